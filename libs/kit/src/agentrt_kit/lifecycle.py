@@ -1,0 +1,58 @@
+"""Service start-up and shutdown helpers shared by every `main.py`.
+
+The order is the same everywhere: telemetry, then an AsyncExitStack holding
+NATS, database and application, then the gRPC server; on SIGTERM or SIGINT
+health goes NOT_SERVING, the server stops with a grace period so in-flight
+calls finish, the exit stack closes (NATS drains) and telemetry flushes last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from agentrt_kit.settings import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+async def wait_for_shutdown(stop: asyncio.Event | None = None) -> str:
+    """Block until `stop` is set or, when no `stop` is given, until SIGTERM or SIGINT.
+
+    Returns:
+        What ended the wait.
+    """
+    received: list[str] = []
+    if stop is not None:
+        await stop.wait()
+    else:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def on_signal(sig: signal.Signals) -> None:
+            received.append(sig.name)
+            stop.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+    reason = received[0] if received else "stop requested"
+    log.info("shutting down", extra={"reason": reason})
+    return reason
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a service's async main; a configuration error exits 2 with its message."""
+    try:
+        asyncio.run(main())
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

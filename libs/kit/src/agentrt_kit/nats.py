@@ -1,0 +1,267 @@
+"""NATS and JetStream helpers: naming, resilient connection, streams, publish, pull consumers.
+
+Subjects are `<prefix>.<context>.<event>[.<id>]` with prefix `agentrt` by
+default; streams are named `<PREFIX>_<CONTEXT>` and KV buckets
+`<prefix>_<name>`. A different prefix isolates deployments (and tests) that
+share one NATS server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsConnection
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, StreamConfig
+from opentelemetry import propagate
+
+from agentrt_kit.context import REQUEST_ID_HEADER, request_id_var
+from agentrt_kit.resilience import jittered_backoff
+
+log = logging.getLogger(__name__)
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+STREAM_CONFIG_MISMATCH = 10058
+
+
+@dataclass(frozen=True)
+class Names:
+    """Subject, stream and bucket names under one prefix."""
+
+    prefix: str = "agentrt"
+
+    def subject(self, *tokens: str) -> str:
+        """The subject `<prefix>.<token>...`, e.g. for ("registry", "agent", "deleted")."""
+        return ".".join((self.prefix, *tokens))
+
+    def stream(self, context: str) -> str:
+        """`<PREFIX>_<CONTEXT>`, e.g. AGENTRT_REGISTRY."""
+        return f"{self.prefix}_{context}".upper().replace("-", "_")
+
+    def bucket(self, name: str) -> str:
+        """`<prefix>_<name>`, e.g. agentrt_templates."""
+        return f"{self.prefix}_{name}".replace("-", "_")
+
+
+class NatsClient:
+    """A NATS connection that is (re)established in the background.
+
+    A service starts even when NATS is down; `connected` says whether it is up
+    now, and nats-py reconnects forever once the first connection is made.
+    """
+
+    def __init__(self, url: str, *, name: str, token: str | None = None) -> None:
+        self._servers = [u.strip() for u in url.split(",") if u.strip()]
+        self._name = name
+        self._token = token
+        self.nc = NatsConnection()
+        self._task: asyncio.Task[None] | None = None
+        self._first = asyncio.Event()
+        self._closing = False
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection is up."""
+        return bool(self.nc.is_connected)
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context of the connection."""
+        return self.nc.jetstream()
+
+    async def start(self) -> None:
+        """Begin connecting in the background (returns at once)."""
+        self._task = asyncio.create_task(self._connect_loop(), name=f"nats-connect-{self._name}")
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait until the first connection is made; False on timeout."""
+        try:
+            await asyncio.wait_for(self._first.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _connect_loop(self) -> None:
+        for delay in jittered_backoff(0.1, 5.0):
+            try:
+                await self.nc.connect(
+                    servers=self._servers,
+                    name=self._name,
+                    token=self._token,
+                    connect_timeout=2,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    error_cb=self._on_error,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                    closed_cb=self._on_closed,
+                )
+            except (OSError, nats.errors.Error, TimeoutError) as e:
+                log.warning("nats connect failed, retrying", extra={"error": str(e), "in_s": delay})
+                self.nc = NatsConnection()
+                await asyncio.sleep(delay)
+                continue
+            url = self.nc.connected_url
+            log.info("nats connected", extra={"server": url.netloc if url else "?"})
+            self._first.set()
+            return
+
+    async def _on_error(self, e: Exception) -> None:
+        log.warning("nats error", extra={"error": str(e)})
+
+    async def _on_disconnected(self) -> None:
+        if self._closing:
+            log.info("nats disconnected (closing)")
+        else:
+            log.warning("nats disconnected")
+
+    async def _on_reconnected(self) -> None:
+        log.info("nats reconnected")
+
+    async def _on_closed(self) -> None:
+        log.info("nats connection closed")
+
+    async def close(self) -> None:
+        """Drain the connection (flush pending publishes) and stop connecting."""
+        self._closing = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self.nc.is_connected:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await self.nc.drain()
+        elif not self.nc.is_closed:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await self.nc.close()
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Create the stream, or bring an existing one to `config` (idempotent)."""
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError as e:
+        if e.err_code != STREAM_CONFIG_MISMATCH:
+            raise
+        await js.update_stream(config)
+
+
+def trace_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Headers carrying the current trace context and request id, plus `extra`."""
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    if (rid := request_id_var.get()) is not None:
+        headers[REQUEST_ID_HEADER] = rid
+    headers.update(extra or {})
+    return headers
+
+
+async def publish(
+    js: JetStreamContext,
+    subject: str,
+    payload: bytes,
+    *,
+    msg_id: str,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 5.0,
+) -> int:
+    """Publish to JetStream with `Nats-Msg-Id` (de-duplicated by the stream) and trace headers.
+
+    Returns:
+        The stream sequence of the stored (or already stored) message.
+    """
+    ack = await js.publish(
+        subject,
+        payload,
+        timeout=timeout,
+        headers=trace_headers({**(headers or {}), MSG_ID_HEADER: msg_id}),
+    )
+    return int(ack.seq)
+
+
+class Retry(Exception):
+    """Raised by a consumer handler: redeliver this message later (nak with delay)."""
+
+    def __init__(self, delay: float = 1.0) -> None:
+        super().__init__(f"retry in {delay}s")
+        self.delay = delay
+
+
+class Reject(Exception):
+    """Raised by a consumer handler: this message can never be processed (term)."""
+
+
+Handler = Callable[[Msg], Awaitable[None]]
+
+
+async def consume(
+    js: JetStreamContext,
+    *,
+    stream: str,
+    durable: str,
+    subject: str,
+    handler: Handler,
+    batch: int = 64,
+    ack_wait: float = 30.0,
+    max_deliver: int = 20,
+    stop: asyncio.Event | None = None,
+    config: ConsumerConfig | None = None,
+) -> None:
+    """Run a durable pull consumer until `stop` is set.
+
+    Each message goes to `handler`: it is acked when the handler returns, nak'ed
+    with the given delay on `Retry` (or after 1 s on any other exception), and
+    terminated on `Reject`. Handlers must be idempotent: JetStream delivers at
+    least once.
+    """
+    stop = stop or asyncio.Event()
+    consumer_config = config or ConsumerConfig(
+        ack_wait=ack_wait, max_deliver=max_deliver, filter_subject=subject
+    )
+    sub = await js.pull_subscribe(subject, durable=durable, stream=stream, config=consumer_config)
+    try:
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(batch, timeout=1.0)
+            except (nats.errors.TimeoutError, TimeoutError):
+                continue
+            for msg in msgs:
+                await _dispatch(msg, handler)
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+
+
+async def _dispatch(msg: Msg, handler: Handler) -> None:
+    try:
+        await handler(msg)
+    except Reject as e:
+        log.error("message rejected", extra={"subject": msg.subject, "error": str(e)})
+        await msg.term()
+    except Retry as e:
+        await msg.nak(delay=e.delay)
+    except Exception:
+        log.exception("message handler failed", extra={"subject": msg.subject})
+        await msg.nak(delay=1.0)
+    else:
+        await msg.ack()
+
+
+def header(msg: Msg, name: str) -> str | None:
+    """A header of `msg`, or None."""
+    return (msg.headers or {}).get(name)
+
+
+def decode_headers(msg: Msg) -> dict[str, Any]:
+    """All headers of `msg` (empty dict when none)."""
+    return dict(msg.headers or {})

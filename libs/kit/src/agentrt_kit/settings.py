@@ -1,0 +1,110 @@
+"""Typed settings shared by every service.
+
+Each service defines one `Settings` class deriving from `ServiceSettings`, with
+its own env prefix (`AGENTRT_<SERVICE>_`); the keys every service shares are read
+from `AGENTRT_*` whatever the service prefix. Build settings once in `main()`
+with `load_settings`, which turns a validation failure into one error naming
+each bad environment variable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+
+def shared(default: Any, env: str, description: str) -> Any:
+    """A field read from the shared `AGENTRT_<NAME>` variable, not the service prefix."""
+    return Field(default, validation_alias=env, description=description)
+
+
+class ServiceSettings(BaseSettings):
+    """Keys every service shares (env `AGENTRT_*`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTRT_",
+        extra="ignore",
+        validate_by_name=True,
+        validate_by_alias=True,
+        frozen=True,
+    )
+
+    nats_url: str = shared(
+        "nats://127.0.0.1:4222", "AGENTRT_NATS_URL", "NATS server URL(s), comma-separated."
+    )
+    nats_prefix: str = shared(
+        "agentrt",
+        "AGENTRT_NATS_PREFIX",
+        "First token of every subject, stream and bucket name; isolates deployments sharing NATS.",
+    )
+    service_token: SecretStr | None = shared(
+        None,
+        "AGENTRT_SERVICE_TOKEN",
+        "Token services present to each other (`authorization: Bearer`); when set, "
+        "every gRPC call but health and reflection must carry it.",
+    )
+    log_level: str = shared("INFO", "AGENTRT_LOG_LEVEL", "Root log level.")
+    log_format: Literal["json", "text"] = shared(
+        "json", "AGENTRT_LOG_FORMAT", "json (one object a line) or text."
+    )
+    otel_exporter: Literal["none", "console", "otlp"] = shared(
+        "none", "AGENTRT_OTEL_EXPORTER", "Where traces go; none keeps OpenTelemetry off."
+    )
+    otel_endpoint: str | None = shared(
+        None, "AGENTRT_OTEL_ENDPOINT", "OTLP gRPC endpoint, e.g. http://collector:4317."
+    )
+    shutdown_grace_seconds: float = shared(
+        10.0, "AGENTRT_SHUTDOWN_GRACE_SECONDS", "How long in-flight calls may finish on SIGTERM."
+    )
+    client_timeout_seconds: float = shared(
+        5.0, "AGENTRT_CLIENT_TIMEOUT_SECONDS", "Default deadline of outgoing gRPC calls."
+    )
+
+    @field_validator("nats_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not value or not value.replace("_", "").replace("-", "").isalnum():
+            raise ValueError("must be letters, digits, '-' or '_'")
+        return value
+
+    def service_token_sha256(self) -> bytes | None:
+        """Digest of the service token: servers keep only this, never the token."""
+        if self.service_token is None:
+            return None
+        return hashlib.sha256(self.service_token.get_secret_value().encode()).digest()
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def env_name(settings_cls: type[BaseSettings], field_name: str) -> str:
+    """The environment variable that sets `field_name` of `settings_cls`."""
+    field = settings_cls.model_fields.get(field_name)
+    if field is not None and isinstance(field.validation_alias, str):
+        return field.validation_alias
+    prefix = settings_cls.model_config.get("env_prefix", "")
+    return f"{prefix}{field_name}".upper()
+
+
+def load_settings(settings_cls: type[S], **overrides: Any) -> S:
+    """Build settings from the environment, failing with every bad key named.
+
+    Raises:
+        ConfigError: when a value is missing or invalid.
+    """
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            loc = str(err["loc"][0]) if err["loc"] else "?"
+            name = loc if loc.isupper() else env_name(settings_cls, loc)
+            problems.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

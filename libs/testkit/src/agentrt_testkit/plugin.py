@@ -1,0 +1,73 @@
+"""pytest plugin: real infrastructure for agentrt tests.
+
+Fixtures:
+- `nats_server` (session): a nats-server with JetStream on a free port.
+- `nats_prefix`: a subject/stream prefix unique to the test (isolation on the
+  shared server).
+- `make_nats_server`: factory for servers a test owns (to stop and restart).
+- `postgres_db` (session): a fresh PostgreSQL database for the run.
+- `postgres_schema`: an empty schema unique to the test in that database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from agentrt_testkit.nats_server import NatsServer
+from agentrt_testkit.postgres import PostgresDatabase, create_schema, drop_schema, test_database
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    """A nats-server (JetStream on) shared by the whole run."""
+    server = NatsServer().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def nats_prefix() -> str:
+    """A prefix no other test uses, for subjects, streams and buckets."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def make_nats_server() -> Iterator[Callable[[], NatsServer]]:
+    """Start servers owned by one test; all are closed after it."""
+    servers: list[NatsServer] = []
+
+    def make() -> NatsServer:
+        server = NatsServer().start()
+        servers.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in servers:
+            server.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_db() -> Iterator[PostgresDatabase]:
+    """A fresh PostgreSQL database for this run; fails (never skips) without PostgreSQL."""
+    try:
+        with test_database() as db:
+            yield db
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture
+def postgres_schema(postgres_db: PostgresDatabase) -> Iterator[str]:
+    """An empty schema for this test only."""
+    schema = create_schema(postgres_db)
+    try:
+        yield schema
+    finally:
+        drop_schema(postgres_db, schema)

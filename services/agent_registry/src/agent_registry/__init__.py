@@ -1,0 +1,1 @@
+"""The agentrt agent registry: the lifecycle of agents as an event log, served over gRPC."""

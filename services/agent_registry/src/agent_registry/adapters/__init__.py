@@ -1,0 +1,1 @@
+"""Adapters: gRPC API, SQL read model, NATS catalogue and publisher, persistence wiring."""

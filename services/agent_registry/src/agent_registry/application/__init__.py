@@ -1,0 +1,1 @@
+"""Application layer: the registry's commands and queries, the listing projection, the relay."""

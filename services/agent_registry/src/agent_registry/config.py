@@ -1,0 +1,56 @@
+"""The registry's settings (env prefix `AGENTRT_REGISTRY_`, shared keys `AGENTRT_*`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from agentrt_kit.settings import ServiceSettings
+
+
+class Settings(ServiceSettings):
+    """Everything the registry can be configured with."""
+
+    model_config = SettingsConfigDict(
+        **{**ServiceSettings.model_config, "env_prefix": "AGENTRT_REGISTRY_"}
+    )
+
+    host: str = Field("127.0.0.1", description="Interface the gRPC server binds.")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one).")
+    persistence: Literal["sqlite", "postgres"] = Field(
+        "sqlite", description="Event store and read model: an SQLite file or PostgreSQL."
+    )
+    sqlite_path: Path = Field(Path("var/registry.sqlite3"), description="SQLite database file.")
+    postgres_dsn: SecretStr | None = Field(
+        None, description="PostgreSQL DSN, e.g. postgresql://user:pw@host:5432/db."
+    )
+    postgres_schema: str = Field("public", description="PostgreSQL schema for all tables.")
+    postgres_pool_size: int = Field(5, ge=1, description="Pooled PostgreSQL connections.")
+    postgres_max_overflow: int = Field(10, ge=0, description="Extra connections under load.")
+    snapshot_interval: int = Field(
+        100, ge=2, description="Snapshot an agent every N events (keeps loads fast)."
+    )
+    aggregate_cache_size: int = Field(
+        10_000, ge=0, description="Agents cached in memory (fast-forwarded on read); 0 = off."
+    )
+    worker_threads: int = Field(8, ge=1, description="Threads for blocking store calls.")
+    relay_enabled: bool = Field(True, description="Publish stored events to JetStream.")
+    relay_batch_size: int = Field(256, ge=1, le=10_000, description="Events per relay batch.")
+    listing_batch_size: int = Field(
+        500, ge=1, le=10_000, description="Notifications per projection transaction."
+    )
+    stream_max_age_days: float = Field(
+        30.0, gt=0, description="How long the registry event stream keeps events."
+    )
+
+    @model_validator(mode="after")
+    def _postgres_needs_dsn(self) -> Settings:
+        if self.persistence == "postgres" and self.postgres_dsn is None:
+            raise ValueError(
+                "AGENTRT_REGISTRY_POSTGRES_DSN is required "
+                "when AGENTRT_REGISTRY_PERSISTENCE=postgres"
+            )
+        return self

@@ -1,0 +1,1 @@
+"""Domain layer: the Agent and AgentName aggregates, their rules and validation (no I/O)."""

@@ -1,0 +1,133 @@
+"""Composition root of the agent registry: wires domain, application and adapters, runs them.
+
+Start-up order: telemetry → NATS connection (background, the registry serves
+without it) → blocking-call pool → template catalogue watch → event-sourced
+application and read model → projection follower and relay → gRPC server.
+Shutdown runs the same stack backwards: NOT_SERVING and a graceful server stop
+first, NATS drained last, telemetry flushed after everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+
+import grpc
+
+from agent_registry.adapters.grpc_api import AgentRegistryServicer
+from agent_registry.adapters.nats_catalog import NatsTemplateCatalog
+from agent_registry.adapters.nats_publisher import JetStreamPublisher
+from agent_registry.adapters.persistence import eventsourcing_env
+from agent_registry.adapters.read_model import read_model_for
+from agent_registry.application.listing import AgentListing, follow
+from agent_registry.application.registry import AgentRegistry
+from agent_registry.application.relay import Relay
+from agent_registry.config import Settings
+from agentrt.registry.v1 import registry_pb2, registry_pb2_grpc
+from agentrt_kit.concurrency import BlockingRunner
+from agentrt_kit.grpc.server import GrpcServer, ServiceBinding
+from agentrt_kit.lifecycle import run, wait_for_shutdown
+from agentrt_kit.logging import setup_logging
+from agentrt_kit.nats import Names, NatsClient
+from agentrt_kit.settings import load_settings
+from agentrt_kit.telemetry import setup_telemetry
+
+SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["AgentRegistry"].full_name
+
+
+async def _stop_tasks(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    stop.set()
+    for task in tasks:
+        try:
+            await asyncio.wait_for(task, timeout=5)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def serve(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Run the registry until `stop` is set (or SIGTERM/SIGINT when `stop` is None)."""
+    telemetry = setup_telemetry("agent-registry", settings.otel_exporter, settings.otel_endpoint)
+    try:
+        async with AsyncExitStack() as stack:
+            names = Names(settings.nats_prefix)
+            client = NatsClient(settings.nats_url, name="agent-registry")
+            await client.start()
+            stack.push_async_callback(client.close)
+
+            run_blocking = BlockingRunner(settings.worker_threads, "registry")
+            stack.callback(run_blocking.shutdown)
+
+            catalog = NatsTemplateCatalog(client, names)
+            await catalog.start()
+            stack.push_async_callback(catalog.stop)
+
+            app = await run_blocking(
+                AgentRegistry,
+                eventsourcing_env(settings),
+                catalog,
+                snapshot_interval=settings.snapshot_interval,
+            )
+            stack.callback(app.close)
+            store = await run_blocking(read_model_for, app.recorder, app.name)
+            listing = AgentListing(app, store, settings.listing_batch_size)
+
+            background_stop, projection_wake = asyncio.Event(), asyncio.Event()
+            tasks = [
+                asyncio.create_task(
+                    follow(lambda: run_blocking(listing.catch_up), projection_wake, background_stop)
+                )
+            ]
+            relay: Relay | None = None
+            if settings.relay_enabled:
+                publisher = JetStreamPublisher(
+                    client, names, max_age_seconds=settings.stream_max_age_days * 86_400
+                )
+                relay = Relay(
+                    app, publisher, store, run_blocking, batch_size=settings.relay_batch_size
+                )
+                tasks.append(asyncio.create_task(relay.run(background_stop)))
+            stack.push_async_callback(_stop_tasks, background_stop, tasks)
+
+            def on_change() -> None:
+                projection_wake.set()
+                if relay is not None:
+                    relay.wake.set()
+
+            servicer = AgentRegistryServicer(app, listing, run_blocking, on_change)
+
+            def register(server: grpc.aio.Server) -> None:
+                registry_pb2_grpc.add_AgentRegistryServicer_to_server(servicer, server)
+
+            server = GrpcServer(
+                [ServiceBinding(SERVICE_NAME, register)],
+                host=settings.host,
+                port=settings.port,
+                service_token_sha256=settings.service_token_sha256(),
+            )
+            await server.start()
+            stack.push_async_callback(server.stop, settings.shutdown_grace_seconds)
+            if on_ready is not None:
+                on_ready(server.port)
+            await wait_for_shutdown(stop)
+    finally:
+        telemetry.shutdown()
+
+
+def main() -> None:
+    """Entry point: `python -m agent_registry` / `agentrt-registry`."""
+
+    async def amain() -> None:
+        settings = load_settings(Settings)
+        setup_logging("agent-registry", settings.log_level, settings.log_format)
+        await serve(settings)
+
+    run(amain)

@@ -1,0 +1,75 @@
+"""Helpers shared by the registry's tests (importable: tests dir is on pythonpath)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent_registry.domain.agent import CommandContext
+from agent_registry.domain.templates import TemplateDescriptor
+from agentrt.registry.v1 import registry_pb2 as pb
+
+SIMPLE = TemplateDescriptor(
+    id="simple-test",
+    version="1.0.0",
+    name="Simple test",
+    framework="langgraph",
+    config_schema={
+        "type": "object",
+        "properties": {
+            "response_prefix": {"type": "string", "maxLength": 50},
+            "system_prompt": {"type": "string"},
+        },
+        "additionalProperties": False,
+    },
+)
+WORKFLOW = TemplateDescriptor(
+    id="langgraph-workflow",
+    version="2.1.0",
+    framework="langgraph",
+    config_schema={
+        "type": "object",
+        "required": ["steps"],
+        "properties": {
+            "steps": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["name", "prompt"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1},
+                        "prompt": {"type": "string"},
+                        "timeout": {"type": "integer", "minimum": 1},
+                    },
+                },
+            },
+            "max_retries": {"type": "integer", "minimum": 0, "maximum": 10},
+        },
+    },
+)
+CTX = CommandContext(actor="tester", request_id="req-1")
+
+
+def spec(**overrides: Any) -> dict[str, Any]:
+    """A valid spec for the simple-test template."""
+    base: dict[str, Any] = {
+        "name": "Support bot",
+        "template_id": "simple-test",
+        "template_config": {"response_prefix": ">> "},
+    }
+    base.update(overrides)
+    return base
+
+
+def proto_spec(**overrides: Any) -> pb.AgentSpec:
+    """A proto spec built from `spec(**overrides)`."""
+    values = spec(**overrides)
+    message = pb.AgentSpec()
+    for key, value in values.items():
+        if isinstance(value, dict):
+            getattr(message, key).update(value)
+        elif isinstance(value, list):
+            getattr(message, key).extend(value)
+        else:
+            setattr(message, key, value)
+    return message
