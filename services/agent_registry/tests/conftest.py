@@ -7,27 +7,22 @@ or schema, its own NATS prefix).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import nats
 import pytest
 from nats.js.kv import KeyValue
-from registry_support import SIMPLE, WORKFLOW
+from registry_support import SIMPLE, WORKFLOW, Registry
 
 from agent_registry.adapters.memory import InMemoryReadModel, InMemoryTemplateCatalog
 from agent_registry.application.listing import AgentListing
 from agent_registry.application.registry import AgentRegistry
 from agent_registry.config import Settings
-from agent_registry.main import serve
 from agentrt.registry.v1 import registry_pb2_grpc as pb_grpc
 from agentrt_kit.catalog import open_bucket, publish_descriptor
-from agentrt_kit.grpc.client import create_channel
 from agentrt_kit.nats import Names
 from agentrt_testkit.postgres import PostgresDatabase
 
@@ -59,42 +54,6 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
     db: PostgresDatabase = request.getfixturevalue("postgres_db")
     schema: str = request.getfixturevalue("postgres_schema")
     return {"persistence": "postgres", "postgres_dsn": db.dsn, "postgres_schema": schema}
-
-
-@dataclass
-class Registry:
-    """A registry service running in the test's loop, and ways to talk to it."""
-
-    settings: Settings
-    port: int = 0
-    task: asyncio.Task[None] | None = None
-    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
-    channels: list[grpc.aio.Channel] = field(default_factory=list)
-
-    async def start(self) -> Registry:
-        self.stop_event = asyncio.Event()
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.task = asyncio.create_task(
-            serve(self.settings, stop=self.stop_event, on_ready=ready.set_result)
-        )
-        done, _ = await asyncio.wait({ready, self.task}, return_when=asyncio.FIRST_COMPLETED)
-        if self.task in done:
-            self.task.result()  # raises what stopped it
-        self.port = ready.result()
-        return self
-
-    async def stop(self) -> None:
-        for channel in self.channels:
-            await channel.close()
-        self.channels.clear()
-        self.stop_event.set()
-        if self.task is not None:
-            await self.task
-
-    def stub(self, token: str | None = None) -> pb_grpc.AgentRegistryStub:
-        channel = create_channel(f"127.0.0.1:{self.port}", service_token=token)
-        self.channels.append(channel)
-        return pb_grpc.AgentRegistryStub(channel)
 
 
 @pytest.fixture

@@ -22,12 +22,14 @@ from nats.js.kv import KeyValue
 from agentrt_kit.nats import Names
 
 BUCKET = "templates"
-_TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# A KV key token: alphanumeric first, no empty subject token ("a..b") and no trailing
+# dot ("a."), which NATS refuses (or never answers); fullmatch, so no trailing newline.
+_TOKEN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?=[A-Za-z0-9_-])){0,127}")
 
 
 def entry_key(template_id: str, version: str | None = None) -> str | None:
     """The KV key of a template (latest when `version` is None); None when unrepresentable."""
-    if not _TOKEN.match(template_id) or (version is not None and not _TOKEN.match(version)):
+    if not _TOKEN.fullmatch(template_id) or (version is not None and not _TOKEN.fullmatch(version)):
         return None
     return template_id if version is None else f"{template_id}/{version}"
 

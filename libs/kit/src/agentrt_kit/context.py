@@ -31,7 +31,8 @@ def clean_header_value(value: str | None) -> str | None:
     Request ids and actor names end up in logs and in the event store, so anything
     with control characters, spaces or excessive length is dropped, not stored.
     """
-    if value and _SAFE.match(value):
+    # fullmatch: with match, `$` also accepts a trailing newline ("id\n").
+    if value and _SAFE.fullmatch(value):
         return value
     return None
 

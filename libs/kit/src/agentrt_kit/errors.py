@@ -32,6 +32,7 @@ class ErrorCode(StrEnum):
     INTERNAL = "INTERNAL"
     UNAVAILABLE = "UNAVAILABLE"
     UNAUTHENTICATED = "UNAUTHENTICATED"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +158,13 @@ class Cancelled(AgentrtError):
     default_reason = "CANCELLED"
 
 
+class Unimplemented(AgentrtError, NotImplementedError):
+    """The service does not offer this operation."""
+
+    code = ErrorCode.UNIMPLEMENTED
+    default_reason = "UNIMPLEMENTED"
+
+
 class Internal(AgentrtError):
     """A bug or an unexpected failure; details are logged, never sent."""
 
@@ -179,6 +187,7 @@ ERROR_CLASSES: dict[ErrorCode, type[AgentrtError]] = {
         DeadlineExceeded,
         Unavailable,
         Cancelled,
+        Unimplemented,
         Internal,
     )
 }

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import uvloop
+
 from agentrt_kit.settings import ConfigError
 
 log = logging.getLogger(__name__)
@@ -50,9 +52,14 @@ async def wait_for_shutdown(stop: asyncio.Event | None = None) -> str:
 
 
 def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run a service's async main; a configuration error exits 2 with its message."""
+    """Run a service's async main on uvloop; a configuration error exits 2 with its message.
+
+    uvloop (libuv) runs the event loop's own work about twice as fast as asyncio's
+    default loop, which is most of a gRPC call's cost in Python.
+    """
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -67,6 +67,9 @@ class NatsClient:
         self._task: asyncio.Task[None] | None = None
         self._first = asyncio.Event()
         self._closing = False
+        self._connect_called = False  # on the current `nc`; nats-py cannot close one before
+        self._js: JetStreamContext | None = None
+        self._js_of: NatsConnection | None = None
 
     @property
     def connected(self) -> bool:
@@ -75,8 +78,10 @@ class NatsClient:
 
     @property
     def js(self) -> JetStreamContext:
-        """The JetStream context of the connection."""
-        return self.nc.jetstream()
+        """The JetStream context of the connection (one per connection: it owns a reply inbox)."""
+        if self._js is None or self._js_of is not self.nc:
+            self._js, self._js_of = self.nc.jetstream(), self.nc
+        return self._js
 
     async def start(self) -> None:
         """Begin connecting in the background (returns at once)."""
@@ -93,6 +98,7 @@ class NatsClient:
     async def _connect_loop(self) -> None:
         for delay in jittered_backoff(0.1, 5.0):
             try:
+                self._connect_called = True
                 await self.nc.connect(
                     servers=self._servers,
                     name=self._name,
@@ -108,7 +114,7 @@ class NatsClient:
                 )
             except (OSError, nats.errors.Error, TimeoutError) as e:
                 log.warning("nats connect failed, retrying", extra={"error": str(e), "in_s": delay})
-                self.nc = NatsConnection()
+                self.nc, self._connect_called = NatsConnection(), False
                 await asyncio.sleep(delay)
                 continue
             url = self.nc.connected_url
@@ -141,7 +147,7 @@ class NatsClient:
         if self.nc.is_connected:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await self.nc.drain()
-        elif not self.nc.is_closed:
+        elif self._connect_called and not self.nc.is_closed:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await self.nc.close()
 

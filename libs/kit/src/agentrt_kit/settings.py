@@ -104,7 +104,7 @@ def load_settings(settings_cls: type[S], **overrides: Any) -> S:
     except ValidationError as e:
         problems = []
         for err in e.errors():
-            loc = str(err["loc"][0]) if err["loc"] else "?"
-            name = loc if loc.isupper() else env_name(settings_cls, loc)
+            loc = str(err["loc"][0]) if err["loc"] else "?"  # "?": a model-level check
+            name = loc if loc == "?" or loc.isupper() else env_name(settings_cls, loc)
             problems.append(f"{name}: {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

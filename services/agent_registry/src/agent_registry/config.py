@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from agentrt_kit.settings import ServiceSettings
@@ -25,7 +25,9 @@ class Settings(ServiceSettings):
     )
     sqlite_path: Path = Field(Path("var/registry.sqlite3"), description="SQLite database file.")
     postgres_dsn: SecretStr | None = Field(
-        None, description="PostgreSQL DSN, e.g. postgresql://user:pw@host:5432/db."
+        None,
+        validate_default=True,
+        description="PostgreSQL DSN, e.g. postgresql://user:pw@host:5432/db.",
     )
     postgres_schema: str = Field("public", description="PostgreSQL schema for all tables.")
     postgres_pool_size: int = Field(5, ge=1, description="Pooled PostgreSQL connections.")
@@ -46,11 +48,11 @@ class Settings(ServiceSettings):
         30.0, gt=0, description="How long the registry event stream keeps events."
     )
 
-    @model_validator(mode="after")
-    def _postgres_needs_dsn(self) -> Settings:
-        if self.persistence == "postgres" and self.postgres_dsn is None:
-            raise ValueError(
-                "AGENTRT_REGISTRY_POSTGRES_DSN is required "
-                "when AGENTRT_REGISTRY_PERSISTENCE=postgres"
-            )
-        return self
+    # A field validator, not a model validator: the error is then located at
+    # postgres_dsn, so load_settings names AGENTRT_REGISTRY_POSTGRES_DSN as the bad key.
+    @field_validator("postgres_dsn")
+    @classmethod
+    def _postgres_needs_dsn(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is None and info.data.get("persistence") == "postgres":
+            raise ValueError("is required when AGENTRT_REGISTRY_PERSISTENCE=postgres")
+        return value

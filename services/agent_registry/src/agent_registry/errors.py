@@ -94,8 +94,9 @@ class InvalidAgent(InvalidArgument):
 
     def __init__(self, violations: Iterable[FieldViolation]) -> None:
         items = list(violations)
-        fields = ", ".join(v.field for v in items)
-        super().__init__(f"invalid fields: {fields}", violations=items)
+        names = list(dict.fromkeys(v.field for v in items))
+        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+        super().__init__(f"invalid fields: {shown}", violations=items)
 
 
 class CatalogUnavailable(Unavailable):

@@ -28,7 +28,7 @@ from agentrt_kit.context import (
     new_request_id,
     request_id_var,
 )
-from agentrt_kit.errors import AgentrtError, Internal, Unauthenticated
+from agentrt_kit.errors import AgentrtError, Internal, Unauthenticated, Unimplemented
 from agentrt_kit.grpc.status import abort_with
 
 log = logging.getLogger("agentrt.grpc")
@@ -68,16 +68,50 @@ async def _iterate(result: Any) -> AsyncIterator[Any]:
         yield item
 
 
-def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
+def _metadata(pairs: Any) -> dict[str, str]:
     out: dict[str, str] = {}
-    for key, value in details.invocation_metadata or ():
+    for key, value in pairs or ():
         if isinstance(value, str):
             out[key] = value
     return out
 
 
+class _PerMethodCache:
+    """Remembers the wrapped handler of each method, so calls do not rebuild it.
+
+    A wrapped handler is reused only while the inner handler is the same object
+    (a per-call handler, such as a refusal, is wrapped afresh and not kept).
+    """
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def wrap(
+        self,
+        method: str,
+        handler: grpc.RpcMethodHandler,
+        unary: Callable[[Behavior], Behavior],
+        stream: Callable[[Behavior], Behavior],
+    ) -> grpc.RpcMethodHandler:
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _wrap_handler(handler, unary, stream)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
 class ContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Sets request id and actor for the call, continues the caller's trace, logs the call."""
+    """Sets request id and actor for the call, continues the caller's trace, logs the call.
+
+    The request id goes back to the caller in the trailers of a unary call (and
+    of a failed one) and in the headers of a stream, sent with its first item:
+    headers sent before the handler ran would commit the call, and gRPC then
+    never retries a failure.
+    """
+
+    def __init__(self) -> None:
+        self._cache = _PerMethodCache()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -87,58 +121,69 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method: str = handler_call_details.method
-        metadata = _metadata(handler_call_details)
-
-        def enter(context: grpc.aio.ServicerContext) -> tuple[Any, Any, str]:
-            rid = clean_header_value(metadata.get(REQUEST_ID_HEADER)) or new_request_id()
-            return (
-                request_id_var.set(rid),
-                actor_var.set(clean_header_value(metadata.get(ACTOR_HEADER))),
-                rid,
-            )
-
-        def leave(tokens: tuple[Any, Any, str], started: float, context: Any) -> None:
-            request_id_var.reset(tokens[0])
-            actor_var.reset(tokens[1])
-            log.debug(
-                "rpc",
-                extra={
-                    "method": method,
-                    "code": str(getattr(context.code(), "name", context.code() or "OK")),
-                    "ms": round((time.perf_counter() - started) * 1000, 3),
-                },
-            )
 
         def unary(behavior: Behavior) -> Behavior:
             async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started, tokens = time.perf_counter(), enter(context)
+                metadata = _metadata(context.invocation_metadata())
+                rid, tokens, started = _enter(metadata)
                 try:
                     with tracer.start_as_current_span(
                         method, context=propagate.extract(metadata), kind=SpanKind.SERVER
                     ):
-                        await context.send_initial_metadata(((REQUEST_ID_HEADER, tokens[2]),))
-                        return await behavior(request, context)
+                        response = await behavior(request, context)
+                        context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
+                        return response
                 finally:
-                    leave(tokens, started, context)
+                    _leave(method, tokens, started, context)
 
             return call
 
         def stream(behavior: Behavior) -> Behavior:
             async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                started, tokens = time.perf_counter(), enter(context)
+                metadata = _metadata(context.invocation_metadata())
+                rid, tokens, started = _enter(metadata)
                 try:
                     with tracer.start_as_current_span(
                         method, context=propagate.extract(metadata), kind=SpanKind.SERVER
                     ):
-                        await context.send_initial_metadata(((REQUEST_ID_HEADER, tokens[2]),))
+                        headers_sent = False
                         async for item in _iterate(behavior(request, context)):
+                            if not headers_sent:
+                                await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
+                                headers_sent = True
                             yield item
+                        if not headers_sent:  # nothing yielded: the id goes in the trailers
+                            context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
                 finally:
-                    leave(tokens, started, context)
+                    _leave(method, tokens, started, context)
 
             return call
 
-        return _wrap_handler(handler, unary, stream)
+        return self._cache.wrap(method, handler, unary, stream)
+
+
+def _enter(metadata: Mapping[str, str]) -> tuple[str, tuple[Any, Any], float]:
+    rid = clean_header_value(metadata.get(REQUEST_ID_HEADER)) or new_request_id()
+    tokens = (
+        request_id_var.set(rid),
+        actor_var.set(clean_header_value(metadata.get(ACTOR_HEADER))),
+    )
+    return rid, tokens, time.perf_counter()
+
+
+def _leave(method: str, tokens: tuple[Any, Any], started: float, context: Any) -> None:
+    request_id_var.reset(tokens[0])
+    actor_var.reset(tokens[1])
+    if log.isEnabledFor(logging.DEBUG):
+        code = context.code()
+        log.debug(
+            "rpc",
+            extra={
+                "method": method,
+                "code": str(getattr(code, "name", code or "OK")),
+                "ms": round((time.perf_counter() - started) * 1000, 3),
+            },
+        )
 
 
 def bearer_token(metadata: Mapping[str, str]) -> str | None:
@@ -163,7 +208,7 @@ class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _allowed(self, details: grpc.HandlerCallDetails) -> bool:
         if self._digest is None or details.method.startswith(EXEMPT_PREFIXES):
             return True
-        token = bearer_token(_metadata(details))
+        token = bearer_token(_metadata(details.invocation_metadata))
         if token is None:
             return False
         return hmac.compare_digest(hashlib.sha256(token.encode()).digest(), self._digest)
@@ -199,6 +244,9 @@ def _record(err: BaseException) -> AgentrtError:
         span = trace.get_current_span()
         span.set_attribute("agentrt.error.reason", err.reason)
         return err
+    if isinstance(err, NotImplementedError):
+        # The generated servicer base class raises this for a method a service lacks.
+        return Unimplemented("method not implemented by this service", reason="UNIMPLEMENTED")
     log.exception("unhandled error in rpc", exc_info=err)
     trace.get_current_span().set_status(Status(StatusCode.ERROR, type(err).__name__))
     rid = request_id_var.get() or "-"
@@ -207,6 +255,9 @@ def _record(err: BaseException) -> AgentrtError:
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Maps raised errors to statuses with rich details; never leaks a traceback."""
+
+    def __init__(self) -> None:
+        self._cache = _PerMethodCache()
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -239,4 +290,4 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             return call
 
-        return _wrap_handler(handler, unary, stream)
+        return self._cache.wrap(handler_call_details.method, handler, unary, stream)

@@ -79,7 +79,10 @@ class GrpcServer:
         reflection.enable_server_reflection(
             [*self.names, health.SERVICE_NAME, reflection.SERVICE_NAME], self._server
         )
-        self.port = self._server.add_insecure_port(self._address)
+        try:
+            self.port = self._server.add_insecure_port(self._address)
+        except RuntimeError:  # grpcio raises on a failed bind (older versions returned 0)
+            self.port = 0
         if self.port == 0:
             raise OSError(f"cannot bind gRPC server to {self._address}")
         await self._server.start()

@@ -13,6 +13,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from agentrt_kit.context import REQUEST_ID_HEADER, request_id_var
 from agentrt_kit.errors import (
     ERROR_CLASSES,
     ERROR_DOMAIN,
@@ -29,28 +30,52 @@ def grpc_code(code: ErrorCode) -> grpc.StatusCode:
     return grpc.StatusCode[code.value]
 
 
+# gRPC clients refuse trailers above 8 KiB by default, and details travel base64-encoded
+# in one: keep the serialized details well below that, whatever the caller sent.
+MAX_DETAILS_BYTES = 4096
+MAX_MESSAGE_CHARS = 1024
+MAX_TEXT_CHARS = 200
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _bad_request(
+    violations: tuple[FieldViolation, ...], budget: int
+) -> error_details_pb2.BadRequest:
+    bad = error_details_pb2.BadRequest()
+    for i, v in enumerate(violations):
+        bad.field_violations.add(
+            field=_clip(v.field, MAX_TEXT_CHARS), description=_clip(v.description, MAX_TEXT_CHARS)
+        )
+        if bad.ByteSize() > budget:
+            del bad.field_violations[-1]
+            bad.field_violations.add(
+                field="", description=f"{len(violations) - i} more violations not shown"
+            )
+            break
+    return bad
+
+
 def to_rpc_status(err: AgentrtError) -> status_pb2.Status:
-    """The google.rpc.Status describing `err`."""
-    info = any_pb2.Any()
-    info.Pack(
-        error_details_pb2.ErrorInfo(reason=err.reason, domain=ERROR_DOMAIN, metadata=err.metadata)
+    """The google.rpc.Status describing `err` (bounded in size)."""
+    info = error_details_pb2.ErrorInfo(
+        reason=err.reason,
+        domain=ERROR_DOMAIN,
+        metadata={k: _clip(v, MAX_TEXT_CHARS) for k, v in list(err.metadata.items())[:20]},
     )
-    details = [info]
+    packed = any_pb2.Any()
+    packed.Pack(info)
+    details = [packed]
     if err.violations:
         bad = any_pb2.Any()
-        bad.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
-                    for v in err.violations
-                ]
-            )
-        )
+        bad.Pack(_bad_request(err.violations, MAX_DETAILS_BYTES - info.ByteSize()))
         details.append(bad)
     return status_pb2.Status(
-        code=code_pb2.Code.Value(err.code.value), message=err.message, details=details
+        code=code_pb2.Code.Value(err.code.value),
+        message=_clip(err.message, MAX_MESSAGE_CHARS),
+        details=details,
     )
 
 
@@ -60,9 +85,16 @@ def to_grpc_status(err: AgentrtError) -> grpc.Status:
 
 
 async def abort_with(context: grpc.aio.ServicerContext, err: AgentrtError) -> None:
-    """Abort the call with `err` mapped to a rich status (raises grpc.aio.AbortError)."""
+    """Abort the call with `err` mapped to a rich status (raises grpc.aio.AbortError).
+
+    The trailers carry the call's request id too: a refused call has sent no
+    response headers, so this is where its caller finds the id.
+    """
     status = to_grpc_status(err)
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    trailing = tuple(status.trailing_metadata)
+    if (rid := request_id_var.get()) is not None:
+        trailing += ((REQUEST_ID_HEADER, rid),)
+    await context.abort(status.code, status.details, trailing)
 
 
 def error_from_status(
@@ -85,7 +117,7 @@ def error_from_status(
     try:
         cls = ERROR_CLASSES[ErrorCode(code_name)]
     except ValueError:
-        # UNKNOWN, UNIMPLEMENTED, DATA_LOSS: nothing the caller can fix by changing input.
+        # UNKNOWN, DATA_LOSS: nothing the caller can fix by changing input.
         cls = Unavailable if code_name == "UNKNOWN" else Internal
     return cls(message, reason=reason, violations=violations, metadata=metadata)
 

@@ -32,10 +32,18 @@ log = logging.getLogger(__name__)
 class NatsTemplateCatalog:
     """TemplateCatalog over the `<prefix>_templates` KV bucket."""
 
-    def __init__(self, client: NatsClient, names: Names, *, lookup_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        client: NatsClient,
+        names: Names,
+        *,
+        lookup_timeout: float = 2.0,
+        recheck_interval: float = 1.0,
+    ) -> None:
         self._client = client
         self._names = names
         self._timeout = lookup_timeout
+        self._recheck = recheck_interval
         self._cache: dict[str, TemplateDescriptor] = {}
         self._kv: KeyValue | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -60,18 +68,37 @@ class NatsTemplateCatalog:
             try:
                 await self._client.wait_connected()
                 self._kv = await open_bucket(self._client.js, self._names)
-                watcher = await self._kv.watchall()
-                async for entry in watcher:
-                    if entry is None:  # initial values delivered
-                        self.synced.set()
-                        continue
-                    self._apply(entry.key, entry.value, entry.operation)
-                    backoff = jittered_backoff(0.2, 5.0)
+                await self._watch(self._kv)
+                backoff = jittered_backoff(0.2, 5.0)
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 log.warning("template catalogue watch failed", extra={"error": str(e)})
                 await asyncio.sleep(next(backoff))
+
+    async def _watch(self, kv: KeyValue) -> None:
+        """Apply bucket updates until the connection has been re-established.
+
+        A watch does not survive a NATS server restart (its consumer is gone and
+        nothing arrives any more), so after a reconnection it is started afresh;
+        the new watch re-delivers every current entry, deletions included.
+        """
+        connection = self._client.nc
+        reconnects = connection.stats["reconnects"]
+        watcher = await kv.watchall()
+        try:
+            while connection is self._client.nc and connection.stats["reconnects"] == reconnects:
+                try:
+                    entry = await watcher.updates(timeout=self._recheck)  # type: ignore[no-untyped-call]
+                except nats.errors.TimeoutError:
+                    continue
+                if entry is None:  # initial values delivered
+                    self.synced.set()
+                    continue
+                self._apply(entry.key, entry.value, entry.operation)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
 
     def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
         if operation in (KV_DEL, KV_PURGE) or not value:

@@ -48,6 +48,7 @@ def encode(event: OutboundEvent) -> bytes:
         changes=changes,
         from_status=proto_status(e.from_status),
         to_status=proto_status(e.to_status),
+        reason=e.reason,
     ).SerializeToString()
 
 
@@ -116,6 +117,7 @@ class JetStreamPublisher:
                 return 0
             msg = await self._client.js.get_msg(self.stream, seq=info.state.last_seq)
         except nats.js.errors.NotFoundError:
+            self._stream_ready = False  # the stream may be gone: re-create it before publishing
             return 0
         except (nats.errors.Error, OSError, TimeoutError) as e:
             self._stream_ready = False

@@ -120,11 +120,13 @@ async def follow(
     wake: asyncio.Event,
     stop: asyncio.Event,
     interval: float = 1.0,
+    linger: float = 0.05,
 ) -> None:
-    """Call `catch_up` whenever woken (after local writes) or every `interval` seconds.
+    """Call `catch_up` when woken (after local writes) or every `interval` seconds.
 
-    Failures are logged and retried on the next round: a projection that falls
-    behind is caught up by the next query anyway.
+    After a wake-up it lingers a moment so a burst of writes is applied in one
+    transaction instead of one each. Failures are logged and retried on the next
+    round: a projection that falls behind is caught up by the next query anyway.
     """
     while not stop.is_set():
         wake.clear()
@@ -132,4 +134,5 @@ async def follow(
             await catch_up()
         except Exception:
             log.exception("projection catch-up failed")
-        await wait_for_any(wake, stop, timeout=interval)
+        if await wait_for_any(wake, stop, timeout=interval) and not stop.is_set():
+            await wait_for_any(stop, timeout=linger)

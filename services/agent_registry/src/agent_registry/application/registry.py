@@ -150,6 +150,16 @@ class AgentRegistry(Application[uuid.UUID]):
     def _create_once(
         self, agent_id: str, spec: dict[str, Any], status: Status, ctx: CommandContext
     ) -> AgentState:
+        # Usually both the id and the name are new: write them without reading first.
+        # If either has history the store refuses the whole transaction, and the stored
+        # state decides (re-registration, name reclaim, or a conflict).
+        fresh = Agent.register(agent_id, spec, status, ctx)
+        try:
+            self.save(fresh, AgentName.claim_new(spec["name"], agent_id))
+        except IntegrityError:
+            pass
+        else:
+            return _state(fresh)
         try:
             agent: Agent = self.repository.get(agent_uuid(agent_id))
         except AggregateNotFoundError:
@@ -339,6 +349,13 @@ class AgentRegistry(Application[uuid.UUID]):
         log.warning("command gave up after repeated write collisions")
         raise ConcurrentModification("the agent kept changing; retry the request")
 
+    def _template_exists(self, template_id: str) -> bool:
+        """Whether any version of the template is known (an outage counts as yes)."""
+        try:
+            return self.catalog.get(template_id, None) is not None
+        except CatalogUnavailable:
+            return True
+
     def _check_template(
         self, spec: Mapping[str, Any], violations: list[FieldViolation]
     ) -> list[str]:
@@ -357,7 +374,7 @@ class AgentRegistry(Application[uuid.UUID]):
                 return []
             raise
         if descriptor is None:
-            if version is not None and self.catalog.get(template_id, None) is not None:
+            if version is not None and self._template_exists(template_id):
                 violations.append(
                     FieldViolation(
                         "spec.template_version_id",

@@ -35,6 +35,7 @@ class Relay:
         *,
         batch_size: int = 256,
         poll_interval: float = 0.5,
+        linger: float = 0.02,
     ) -> None:
         self.app = app
         self.publisher = publisher
@@ -42,6 +43,7 @@ class Relay:
         self.run_blocking = runner
         self.batch_size = batch_size
         self.poll_interval = poll_interval
+        self.linger = linger
         self.tracking_name = f"{app.name}.relay"
         self.wake = asyncio.Event()
         self._position: int | None = None
@@ -94,4 +96,6 @@ class Relay:
                 self._position = None  # resync with the bus once it is back
                 delay = next(backoff)
             self.wake.clear()
-            await wait_for_any(self.wake, stop, timeout=delay)
+            if await wait_for_any(self.wake, stop, timeout=delay) and not stop.is_set():
+                # Woken by a write: let a burst gather so it goes out as one batch.
+                await wait_for_any(stop, timeout=self.linger)

@@ -30,6 +30,7 @@ TEXT_LIMITS: dict[str, int] = {
     "owner_id": 128,
 }
 OBJECT_FIELDS = ("template_config", "conversation_config", "metadata")
+MULTILINE_FIELDS = frozenset({"description", "system_prompt"})
 LIST_FIELDS = ("toolsets",)
 SPEC_FIELDS: tuple[str, ...] = (*TEXT_LIMITS, *OBJECT_FIELDS, *LIST_FIELDS)
 REQUIRED_FIELDS = ("name", "template_id")
@@ -123,8 +124,9 @@ def _check_text(field: str, value: Any, path: str) -> list[FieldViolation]:
             out.append(FieldViolation(path, "must be an http(s) URL"))
     elif "\x00" in value:
         out.append(FieldViolation(path, "must not contain NUL characters"))
-    elif field not in ("description", "system_prompt") and _has_control(value, False):
-        out.append(FieldViolation(path, "must not contain control characters"))
+    elif _has_control(value, allow_newlines=field in MULTILINE_FIELDS):
+        allowed = " other than newlines and tabs" if field in MULTILINE_FIELDS else ""
+        out.append(FieldViolation(path, f"must not contain control characters{allowed}"))
     return out
 
 

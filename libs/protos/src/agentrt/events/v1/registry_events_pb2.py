@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'agentrt/events/v1/registry_events.proto\x12\x11\x61gentrt.events.v1\x1a\"agentrt/registry/v1/registry.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe5\x02\n\x0c\x41gentChanged\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x03\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x16\n\x0e\x63hanged_fields\x18\t \x03(\t\x12(\n\x07\x63hanges\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x35\n\x0b\x66rom_status\x18\x0b \x01(\x0e\x32 .agentrt.registry.v1.AgentStatus\x12\x33\n\tto_status\x18\x0c \x01(\x0e\x32 .agentrt.registry.v1.AgentStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'agentrt/events/v1/registry_events.proto\x12\x11\x61gentrt.events.v1\x1a\"agentrt/registry/v1/registry.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf5\x02\n\x0c\x41gentChanged\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x03\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\x12/\n\x0boccurred_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x07 \x01(\t\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x16\n\x0e\x63hanged_fields\x18\t \x03(\t\x12(\n\x07\x63hanges\x18\n \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x35\n\x0b\x66rom_status\x18\x0b \x01(\x0e\x32 .agentrt.registry.v1.AgentStatus\x12\x33\n\tto_status\x18\x0c \x01(\x0e\x32 .agentrt.registry.v1.AgentStatus\x12\x0e\n\x06reason\x18\r \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,5 +35,5 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentrt.events.v1.registry_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AGENTCHANGED']._serialized_start=162
-  _globals['_AGENTCHANGED']._serialized_end=519
+  _globals['_AGENTCHANGED']._serialized_end=535
 # @@protoc_insertion_point(module_scope)

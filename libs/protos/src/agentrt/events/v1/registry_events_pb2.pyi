@@ -42,6 +42,7 @@ class AgentChanged(_message.Message):
     CHANGES_FIELD_NUMBER: _builtins.int
     FROM_STATUS_FIELD_NUMBER: _builtins.int
     TO_STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """"<application>:<position>": unique and stable across relay restarts."""
     position: _builtins.int
@@ -55,6 +56,8 @@ class AgentChanged(_message.Message):
     request_id: _builtins.str
     from_status: _registry_pb2.AgentStatus.ValueType
     to_status: _registry_pb2.AgentStatus.ValueType
+    reason: _builtins.str
+    """Why the status changed (status_changed only)."""
     @_builtins.property
     def occurred_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -76,10 +79,11 @@ class AgentChanged(_message.Message):
         changes: _struct_pb2.Struct | None = ...,
         from_status: _registry_pb2.AgentStatus.ValueType = ...,
         to_status: _registry_pb2.AgentStatus.ValueType = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "agent_id", b"agent_id", "changed_fields", b"changed_fields", "changes", b"changes", "event_id", b"event_id", "from_status", b"from_status", "occurred_at", b"occurred_at", "position", b"position", "request_id", b"request_id", "to_status", b"to_status", "type", b"type", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "agent_id", b"agent_id", "changed_fields", b"changed_fields", "changes", b"changes", "event_id", b"event_id", "from_status", b"from_status", "occurred_at", b"occurred_at", "position", b"position", "reason", b"reason", "request_id", b"request_id", "to_status", b"to_status", "type", b"type", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,115 @@
+"""BlockingRunner (thread pool with contextvars) and wait_for_any."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from agentrt_kit.concurrency import BlockingRunner, wait_for_any
+from agentrt_kit.context import actor_var, request_id_var
+
+
+@pytest.fixture
+def runner():
+    r = BlockingRunner(max_workers=2, name="kit-blocking")
+    yield r
+    r.shutdown()
+
+
+def seen_in_thread(suffix: str = "", *, extra: str = "") -> tuple[str | None, str | None, str, str]:
+    return (
+        request_id_var.get(),
+        actor_var.get(),
+        threading.current_thread().name,
+        suffix + extra,
+    )
+
+
+async def test_blocking_runner_copies_contextvars_into_the_thread(runner: BlockingRunner) -> None:
+    rid, actor = request_id_var.set("req-5"), actor_var.set("dora")
+    try:
+        got = await runner(seen_in_thread, "a", extra="b")
+    finally:
+        request_id_var.reset(rid)
+        actor_var.reset(actor)
+    assert got[:2] == ("req-5", "dora")
+    assert got[2].startswith("kit-blocking")
+    assert got[2] != threading.current_thread().name
+    assert got[3] == "ab"
+
+
+async def test_changes_in_the_thread_do_not_leak_back(runner: BlockingRunner) -> None:
+    def change() -> str | None:
+        request_id_var.set("changed-in-thread")
+        return request_id_var.get()
+
+    token = request_id_var.set("outer")
+    try:
+        assert await runner(change) == "changed-in-thread"
+        assert request_id_var.get() == "outer"
+    finally:
+        request_id_var.reset(token)
+
+
+async def test_blocking_runner_propagates_exceptions(runner: BlockingRunner) -> None:
+    def fail() -> None:
+        raise KeyError("missing")
+
+    with pytest.raises(KeyError, match="missing"):
+        await runner(fail)
+
+
+async def test_blocking_runner_is_bounded_and_keeps_the_loop_free(runner: BlockingRunner) -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    tick_task = asyncio.create_task(ticker())
+    started = time.monotonic()
+    await asyncio.gather(*(runner(time.sleep, 0.1) for _ in range(4)))
+    elapsed = time.monotonic() - started
+    tick_task.cancel()
+    assert elapsed >= 0.19  # two workers: four sleeps take two rounds
+    assert ticks >= 5  # the event loop kept running meanwhile
+
+
+async def test_blocking_runner_refuses_work_after_shutdown() -> None:
+    r = BlockingRunner(max_workers=1)
+    assert await r(lambda: 1) == 1
+    r.shutdown()
+    with pytest.raises(RuntimeError):
+        await r(lambda: 2)
+
+
+async def test_wait_for_any_returns_true_when_one_event_is_set() -> None:
+    a, b = asyncio.Event(), asyncio.Event()
+    asyncio.get_running_loop().call_later(0.05, b.set)
+    started = time.monotonic()
+    assert await wait_for_any(a, b, timeout=5) is True
+    assert time.monotonic() - started < 1
+
+
+async def test_wait_for_any_returns_false_on_timeout() -> None:
+    started = time.monotonic()
+    assert await wait_for_any(asyncio.Event(), asyncio.Event(), timeout=0.05) is False
+    assert time.monotonic() - started >= 0.04
+
+
+async def test_wait_for_any_with_an_already_set_event() -> None:
+    done = asyncio.Event()
+    done.set()
+    assert await wait_for_any(asyncio.Event(), done) is True
+
+
+async def test_wait_for_any_leaves_no_waiters_behind() -> None:
+    before = asyncio.all_tasks()
+    await wait_for_any(asyncio.Event(), asyncio.Event(), timeout=0.01)
+    await asyncio.sleep(0)
+    assert asyncio.all_tasks() - before == set()
