@@ -840,6 +840,8 @@ def make_relay(
     runner: BlockingRunner,
     **kwargs: Any,
 ) -> Relay:
+    # Record the position after every batch unless a test says otherwise.
+    kwargs.setdefault("track_interval", 0.0)
     return Relay(app, publisher, positions, runner, **kwargs)
 
 
@@ -898,6 +900,29 @@ async def test_relay_moves_past_batches_holding_only_name_index_events(
     assert [e.position for e in publisher.events] == [1]
     assert positions.get_position("AgentRegistry.relay") == 2
     assert await relay.publish_pending() == 0
+
+
+async def test_relay_records_its_position_lazily_while_busy_and_on_stop(
+    app: AgentRegistry, runner: BlockingRunner
+) -> None:
+    create(app, "a1", name="One")
+    publisher, positions = InMemoryPublisher(), InMemoryReadModel(app.name)
+    relay = make_relay(app, publisher, positions, runner, track_interval=3600.0)
+    await relay.resync()
+    await relay.record_position()  # starts the interval
+    assert await relay.publish_pending() == 2
+    assert [e.position for e in publisher.events] == [1]
+    assert positions.get_position("AgentRegistry.relay") == 0  # not yet recorded
+    stop = asyncio.Event()
+    stop.set()
+    await relay.run(stop)  # stopping records where it got
+    assert positions.get_position("AgentRegistry.relay") == 2
+    # A restart with a lagging record still resumes after what the bus holds.
+    positions_behind = InMemoryReadModel(app.name)
+    restarted = make_relay(app, publisher, positions_behind, runner)
+    assert await restarted.resync() == 1
+    assert await restarted.publish_pending() == 1  # only the name claim is left
+    assert [e.position for e in publisher.events] == [1]
 
 
 async def test_relay_resumes_after_its_tracked_position(

@@ -286,3 +286,49 @@ async def test_unknown_template_while_nats_is_down_is_unavailable(
     assert reason == "TEMPLATE_CATALOG_UNAVAILABLE"
     # Known templates keep validating from the cache; reads and writes keep working.
     assert (await create(stub, "a3", name="third")).version == 1
+
+
+# ------------------------------------------------------------------- roles
+
+
+async def stream_size(url: str, prefix: str) -> int:
+    nc = await nats.connect(url)
+    try:
+        return int(
+            (await nc.jetstream().stream_info(Names(prefix).stream("registry"))).state.messages
+        )
+    except nats.js.errors.NotFoundError:
+        return 0
+    finally:
+        await nc.close()
+
+
+async def test_api_and_worker_roles_split_the_work(
+    make_settings: Callable[..., Settings], catalog_kv: Any, nats_server: Any, nats_prefix: str
+) -> None:
+    api = await Registry(make_settings(role="api")).start()
+    worker: Registry | None = None
+    try:
+        stub = api.stub()
+        await create(stub, "a1", name="Split")
+        await stub.SetAgentStatus(
+            pb.SetAgentStatusRequest(agent_id="a1", status=pb.AGENT_STATUS_ACTIVE)
+        )
+        # No follower runs in the API role, yet a list reads its own writes.
+        listed = await stub.ListAgents(pb.ListAgentsRequest(status=pb.AGENT_STATUS_ACTIVE))
+        assert [a.id for a in listed.agents] == ["a1"]
+        await asyncio.sleep(1.0)
+        assert await stream_size(nats_server.url, nats_prefix) == 0  # the API role relays nothing
+
+        worker = await Registry(make_settings(role="worker")).start()
+        code = (await outcome(worker.stub().ListAgents(pb.ListAgentsRequest())))[1].code()
+        assert code == grpc.StatusCode.UNIMPLEMENTED  # a worker serves health only
+        events = decode(await stream_events(nats_server.url, nats_prefix, 2))
+        assert [(e.agent_id, e.type) for e in events] == [
+            ("a1", "registered"),
+            ("a1", "status_changed"),
+        ]
+    finally:
+        await api.stop()
+        if worker is not None:
+            await worker.stop()

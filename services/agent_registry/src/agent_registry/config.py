@@ -18,6 +18,11 @@ class Settings(ServiceSettings):
         **{**ServiceSettings.model_config, "env_prefix": "AGENTRT_REGISTRY_"}
     )
 
+    role: Literal["all", "api", "worker"] = Field(
+        "all",
+        description="all: API and background work; api: the gRPC API only (lists still "
+        "read their writes); worker: projection follower and relay only (gRPC health only).",
+    )
     host: str = Field("127.0.0.1", description="Interface the gRPC server binds.")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 picks a free one).")
     persistence: Literal["sqlite", "postgres"] = Field(

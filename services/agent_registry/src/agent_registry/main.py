@@ -1,5 +1,10 @@
 """Composition root of the agent registry: wires domain, application and adapters, runs them.
 
+Roles (`AGENTRT_REGISTRY_ROLE`): `all` serves the API and runs the background work (the
+listing follower and the relay); `api` only serves the API (lists still catch the projection
+up themselves); `worker` only runs the background work, with a health-only gRPC server, so
+API replicas can scale with traffic while the background work stays out of their way.
+
 Start-up order: telemetry → NATS connection (background, the registry serves
 without it) → blocking-call pool → template catalogue watch → event-sourced
 application and read model → projection follower and relay → gRPC server.
@@ -81,20 +86,24 @@ async def serve(
             listing = AgentListing(app, store, settings.listing_batch_size)
 
             background_stop, projection_wake = asyncio.Event(), asyncio.Event()
-            tasks = [
-                asyncio.create_task(
-                    follow(lambda: run_blocking(listing.catch_up), projection_wake, background_stop)
-                )
-            ]
+            tasks: list[asyncio.Task[None]] = []
             relay: Relay | None = None
-            if settings.relay_enabled:
-                publisher = JetStreamPublisher(
-                    client, names, max_age_seconds=settings.stream_max_age_days * 86_400
+            if settings.role != "api":
+                tasks.append(
+                    asyncio.create_task(
+                        follow(
+                            lambda: run_blocking(listing.catch_up), projection_wake, background_stop
+                        )
+                    )
                 )
-                relay = Relay(
-                    app, publisher, store, run_blocking, batch_size=settings.relay_batch_size
-                )
-                tasks.append(asyncio.create_task(relay.run(background_stop)))
+                if settings.relay_enabled:
+                    publisher = JetStreamPublisher(
+                        client, names, max_age_seconds=settings.stream_max_age_days * 86_400
+                    )
+                    relay = Relay(
+                        app, publisher, store, run_blocking, batch_size=settings.relay_batch_size
+                    )
+                    tasks.append(asyncio.create_task(relay.run(background_stop)))
             stack.push_async_callback(_stop_tasks, background_stop, tasks)
 
             def on_change() -> None:
@@ -107,8 +116,9 @@ async def serve(
             def register(server: grpc.aio.Server) -> None:
                 registry_pb2_grpc.add_AgentRegistryServicer_to_server(servicer, server)
 
+            bindings = [] if settings.role == "worker" else [ServiceBinding(SERVICE_NAME, register)]
             server = GrpcServer(
-                [ServiceBinding(SERVICE_NAME, register)],
+                bindings,
                 host=settings.host,
                 port=settings.port,
                 service_token_sha256=settings.service_token_sha256(),

@@ -1,9 +1,17 @@
-"""Server interceptors: call context and tracing, service-token auth, error mapping.
+"""The server interceptor every service runs: call context and tracing, auth, error mapping.
 
-They wrap the method handler's behaviour, so they see each call's request and
-context. Order (outermost first): `ContextInterceptor` sets the request id,
-actor and a server span; `ServiceTokenInterceptor` refuses calls without the
-service token; `ErrorInterceptor` maps raised errors to rich statuses.
+One interceptor, one wrapper per method (built once, cached), because every
+layer of wrapping costs each call measurably in Python. Per call it:
+- refuses calls without the service token when one is configured (health and
+  reflection stay open), comparing SHA-256 digests in constant time;
+- sets the request id (the caller's when safe, else a new one) and the actor
+  for the call, continues the caller's trace in a server span, and sends the
+  request id back: in the trailers of a unary call, with the first item of a
+  stream (headers sent before the handler ran would commit the call, and gRPC
+  then never retries a failure);
+- maps raised errors to statuses with google.rpc rich details; an unexpected
+  error is logged with its traceback and answered INTERNAL with only the
+  request id, a method the service lacks is answered UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -76,90 +84,27 @@ def _metadata(pairs: Any) -> dict[str, str]:
     return out
 
 
-class _PerMethodCache:
-    """Remembers the wrapped handler of each method, so calls do not rebuild it.
-
-    A wrapped handler is reused only while the inner handler is the same object
-    (a per-call handler, such as a refusal, is wrapped afresh and not kept).
-    """
-
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    def wrap(
-        self,
-        method: str,
-        handler: grpc.RpcMethodHandler,
-        unary: Callable[[Behavior], Behavior],
-        stream: Callable[[Behavior], Behavior],
-    ) -> grpc.RpcMethodHandler:
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _wrap_handler(handler, unary, stream)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+def bearer_token(metadata: Mapping[str, str]) -> str | None:
+    """The token of an `authorization: Bearer <token>` header, if present."""
+    value = metadata.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() == "bearer" and token:
+        return token.strip()
+    return None
 
 
-class ContextInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Sets request id and actor for the call, continues the caller's trace, logs the call.
-
-    The request id goes back to the caller in the trailers of a unary call (and
-    of a failed one) and in the headers of a stream, sent with its first item:
-    headers sent before the handler ran would commit the call, and gRPC then
-    never retries a failure.
-    """
-
-    def __init__(self) -> None:
-        self._cache = _PerMethodCache()
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
-        """Wrap the handler so its behaviour runs inside the call's context."""
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method: str = handler_call_details.method
-
-        def unary(behavior: Behavior) -> Behavior:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                metadata = _metadata(context.invocation_metadata())
-                rid, tokens, started = _enter(metadata)
-                try:
-                    with tracer.start_as_current_span(
-                        method, context=propagate.extract(metadata), kind=SpanKind.SERVER
-                    ):
-                        response = await behavior(request, context)
-                        context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
-                        return response
-                finally:
-                    _leave(method, tokens, started, context)
-
-            return call
-
-        def stream(behavior: Behavior) -> Behavior:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                metadata = _metadata(context.invocation_metadata())
-                rid, tokens, started = _enter(metadata)
-                try:
-                    with tracer.start_as_current_span(
-                        method, context=propagate.extract(metadata), kind=SpanKind.SERVER
-                    ):
-                        headers_sent = False
-                        async for item in _iterate(behavior(request, context)):
-                            if not headers_sent:
-                                await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
-                                headers_sent = True
-                            yield item
-                        if not headers_sent:  # nothing yielded: the id goes in the trailers
-                            context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
-                finally:
-                    _leave(method, tokens, started, context)
-
-            return call
-
-        return self._cache.wrap(method, handler, unary, stream)
+def _record(err: BaseException) -> AgentrtError:
+    """The error to send for `err`; unexpected ones are logged and hidden."""
+    if isinstance(err, AgentrtError):
+        trace.get_current_span().set_attribute("agentrt.error.reason", err.reason)
+        return err
+    if isinstance(err, NotImplementedError):
+        # The generated servicer base class raises this for a method a service lacks.
+        return Unimplemented("method not implemented by this service", reason="UNIMPLEMENTED")
+    log.exception("unhandled error in rpc", exc_info=err)
+    trace.get_current_span().set_status(Status(StatusCode.ERROR, type(err).__name__))
+    rid = request_id_var.get() or "-"
+    return Internal(f"internal error (request id {rid})", reason="INTERNAL_ERROR")
 
 
 def _enter(metadata: Mapping[str, str]) -> tuple[str, tuple[Any, Any], float]:
@@ -186,24 +131,71 @@ def _leave(method: str, tokens: tuple[Any, Any], started: float, context: Any) -
         )
 
 
-def bearer_token(metadata: Mapping[str, str]) -> str | None:
-    """The token of an `authorization: Bearer <token>` header, if present."""
-    value = metadata.get("authorization", "")
-    scheme, _, token = value.partition(" ")
-    if scheme.lower() == "bearer" and token:
-        return token.strip()
-    return None
+def _unary(method: str) -> Callable[[Behavior], Behavior]:
+    def wrap(behavior: Behavior) -> Behavior:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            metadata = _metadata(context.invocation_metadata())
+            rid, tokens, started = _enter(metadata)
+            try:
+                with tracer.start_as_current_span(
+                    method, context=propagate.extract(metadata), kind=SpanKind.SERVER
+                ):
+                    try:
+                        response = await behavior(request, context)
+                    except grpc.aio.AbortError:
+                        raise
+                    except Exception as e:  # every error gets a status
+                        await abort_with(context, _record(e))
+                    context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
+                    return response
+            finally:
+                _leave(method, tokens, started, context)
+
+        return call
+
+    return wrap
 
 
-class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuses calls that lack the service token (health and reflection stay open).
+def _stream(method: str) -> Callable[[Behavior], Behavior]:
+    def wrap(behavior: Behavior) -> Behavior:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            metadata = _metadata(context.invocation_metadata())
+            rid, tokens, started = _enter(metadata)
+            try:
+                with tracer.start_as_current_span(
+                    method, context=propagate.extract(metadata), kind=SpanKind.SERVER
+                ):
+                    headers_sent = False
+                    try:
+                        async for item in _iterate(behavior(request, context)):
+                            if not headers_sent:
+                                await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
+                                headers_sent = True
+                            yield item
+                    except grpc.aio.AbortError:
+                        raise
+                    except Exception as e:  # every error gets a status
+                        await abort_with(context, _record(e))
+                    if not headers_sent:  # nothing yielded: the id goes in the trailers
+                        context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
+            finally:
+                _leave(method, tokens, started, context)
 
-    The server keeps only the token's SHA-256 digest and compares digests in
-    constant time; the token itself is never stored or logged.
+        return call
+
+    return wrap
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Context, tracing, service-token auth and error mapping for every call.
+
+    The server keeps only the token's SHA-256 digest; the token is never stored
+    or logged.
     """
 
-    def __init__(self, token_sha256: bytes | None) -> None:
+    def __init__(self, token_sha256: bytes | None = None) -> None:
         self._digest = token_sha256
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def _allowed(self, details: grpc.HandlerCallDetails) -> bool:
         if self._digest is None or details.method.startswith(EXEMPT_PREFIXES):
@@ -216,78 +208,28 @@ class ServiceTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
-        """Pass authorised calls on; answer the others UNAUTHENTICATED."""
-        handler = await continuation(handler_call_details)
-        if handler is None or self._allowed(handler_call_details):
-            return handler
-        error = Unauthenticated("missing or invalid service token", reason="INVALID_TOKEN")
-
-        def unary(_: Behavior) -> Behavior:
-            async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                await abort_with(context, error)
-
-            return refuse
-
-        def stream(_: Behavior) -> Behavior:
-            async def refuse(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                await abort_with(context, error)
-                yield  # pragma: no cover - abort raises
-
-            return refuse
-
-        return _wrap_handler(handler, unary, stream)
-
-
-def _record(err: BaseException) -> AgentrtError:
-    """The error to send for `err`; unexpected ones are logged and hidden."""
-    if isinstance(err, AgentrtError):
-        span = trace.get_current_span()
-        span.set_attribute("agentrt.error.reason", err.reason)
-        return err
-    if isinstance(err, NotImplementedError):
-        # The generated servicer base class raises this for a method a service lacks.
-        return Unimplemented("method not implemented by this service", reason="UNIMPLEMENTED")
-    log.exception("unhandled error in rpc", exc_info=err)
-    trace.get_current_span().set_status(Status(StatusCode.ERROR, type(err).__name__))
-    rid = request_id_var.get() or "-"
-    return Internal(f"internal error (request id {rid})", reason="INTERNAL_ERROR")
-
-
-class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Maps raised errors to statuses with rich details; never leaks a traceback."""
-
-    def __init__(self) -> None:
-        self._cache = _PerMethodCache()
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
-        """Wrap the handler so raised errors become rich statuses."""
+        """The handler of the call, wrapped (or a refusal when the token is wrong)."""
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
+        method: str = handler_call_details.method
+        if not self._allowed(handler_call_details):
+            return _wrap_handler(handler, _refuse(_unary(method)), _refuse(_stream(method)))
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = _wrap_handler(handler, _unary(method), _stream(method))
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
-        def unary(behavior: Behavior) -> Behavior:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                try:
-                    return await behavior(request, context)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as e:
-                    await abort_with(context, _record(e))
 
-            return call
+def _refuse(wrap: Callable[[Behavior], Behavior]) -> Callable[[Behavior], Behavior]:
+    """The same wrapper around a behaviour that refuses the call as unauthenticated."""
 
-        def stream(behavior: Behavior) -> Behavior:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                try:
-                    async for item in _iterate(behavior(request, context)):
-                        yield item
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as e:
-                    await abort_with(context, _record(e))
+    def refusing(behavior: Behavior) -> Behavior:
+        def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            raise Unauthenticated("missing or invalid service token", reason="INVALID_TOKEN")
 
-            return call
+        return wrap(refuse)
 
-        return self._cache.wrap(handler_call_details.method, handler, unary, stream)
+    return refusing

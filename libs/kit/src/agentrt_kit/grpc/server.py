@@ -16,11 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from agentrt_kit.grpc.interceptors import (
-    ContextInterceptor,
-    ErrorInterceptor,
-    ServiceTokenInterceptor,
-)
+from agentrt_kit.grpc.interceptors import ServiceInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +46,7 @@ class GrpcServer:
         self._address = f"{host}:{port}"
         self.health = health.aio.HealthServicer()
         self._server = grpc.aio.server(
-            interceptors=[
-                ContextInterceptor(),
-                ServiceTokenInterceptor(service_token_sha256),
-                ErrorInterceptor(),
-            ],
+            interceptors=[ServiceInterceptor(service_token_sha256)],
             options=[
                 # Without this a second process could bind the same port silently.
                 ("grpc.so_reuseport", 0),

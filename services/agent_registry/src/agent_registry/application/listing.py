@@ -23,7 +23,13 @@ from collections.abc import Awaitable, Callable
 
 from agent_registry.application.ports import ListFilter, ListingStore
 from agent_registry.application.records import AgentRecord, AgentState
-from agent_registry.application.registry import AgentRegistry, decode_token, encode_token, page_size
+from agent_registry.application.registry import (
+    AgentRegistry,
+    agent_events,
+    decode_token,
+    encode_token,
+    page_size,
+)
 from agent_registry.domain.agent import Agent
 from agentrt_kit.concurrency import wait_for_any
 from agentrt_kit.errors import invalid
@@ -69,11 +75,7 @@ class AgentListing:
                 )
                 if not notifications:
                     break
-                events = [
-                    (n.id, e)
-                    for n in notifications
-                    if isinstance(e := self.app.mapper.to_domain_event(n), Agent.Event)
-                ]
+                events = agent_events(self.app, notifications)
                 records = self.store.load({e.agent_id for _, e in events})
                 for notification_id, event in events:
                     records[event.agent_id] = evolve(

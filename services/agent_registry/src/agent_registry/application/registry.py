@@ -16,15 +16,16 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError
+from eventsourcing.persistence import IntegrityError, Notification
 
 from agent_registry.application.ports import TemplateCatalog
 from agent_registry.application.records import AgentState
 from agent_registry.domain.agent import (
+    AGENT_EVENT_TOPICS,
     Agent,
     AgentName,
     CommandContext,
@@ -394,6 +395,17 @@ class AgentRegistry(Application[uuid.UUID]):
                 f"{template_id!r} (now {descriptor.version})"
             )
         return warnings
+
+
+def agent_events(
+    app: AgentRegistry, notifications: Sequence[Notification]
+) -> list[tuple[int, Agent.Event]]:
+    """The agent events among `notifications`, with their positions (index events skipped)."""
+    return [
+        (n.id, app.mapper.to_domain_event(n))  # type: ignore[misc]
+        for n in notifications
+        if n.topic in AGENT_EVENT_TOPICS
+    ]
 
 
 def _check_version(agent: Agent, expected: int | None) -> None:

@@ -12,11 +12,13 @@ position the bus already holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 
 from agent_registry.application.ports import EventPublisher, OutboundEvent, PositionStore
-from agent_registry.application.registry import AgentRegistry
-from agent_registry.domain.agent import Agent, describe
+from agent_registry.application.registry import AgentRegistry, agent_events
+from agent_registry.domain.agent import describe
 from agentrt_kit.concurrency import BlockingRunner, wait_for_any
 from agentrt_kit.resilience import jittered_backoff
 
@@ -36,6 +38,7 @@ class Relay:
         batch_size: int = 256,
         poll_interval: float = 0.5,
         linger: float = 0.02,
+        track_interval: float = 1.0,
     ) -> None:
         self.app = app
         self.publisher = publisher
@@ -44,26 +47,41 @@ class Relay:
         self.batch_size = batch_size
         self.poll_interval = poll_interval
         self.linger = linger
+        self.track_interval = track_interval
         self.tracking_name = f"{app.name}.relay"
         self.wake = asyncio.Event()
         self._position: int | None = None
+        self._tracked = 0
+        self._tracked_at = 0.0
 
     async def resync(self) -> int:
         """Position to resume from: the later of the tracked one and the bus's last."""
         tracked = await self.run_blocking(self.positions.get_position, self.tracking_name)
         published = await self.publisher.last_position()
         self._position = max(tracked, published)
+        self._tracked = tracked
         return self._position
+
+    async def record_position(self) -> None:
+        """Store the position reached (done at most every `track_interval` while busy).
+
+        Recording lazily is safe: a relay that restarts resumes after the last
+        position the bus holds, which is never behind what was published.
+        """
+        if self._position is not None and self._position > self._tracked:
+            position = self._position
+            await self.run_blocking(self.positions.advance_position, self.tracking_name, position)
+            self._tracked = position
+        self._tracked_at = time.monotonic()
 
     def _batch(self, after: int) -> tuple[list[OutboundEvent], int]:
         notifications = self.app.recorder.select_notifications(
             start=after, limit=self.batch_size, inclusive_of_start=False
         )
-        events = []
-        for n in notifications:
-            event = self.app.mapper.to_domain_event(n)
-            if isinstance(event, Agent.Event):
-                events.append(OutboundEvent(f"{self.app.name}:{n.id}", n.id, describe(event)))
+        events = [
+            OutboundEvent(f"{self.app.name}:{position}", position, describe(event))
+            for position, event in agent_events(self.app, notifications)
+        ]
         return events, (notifications[-1].id if notifications else after)
 
     async def publish_pending(self) -> int:
@@ -78,12 +96,20 @@ class Relay:
             return 0
         if events:
             await self.publisher.publish(events)
-        await self.run_blocking(self.positions.advance_position, self.tracking_name, last)
         self._position = last
+        if time.monotonic() - self._tracked_at >= self.track_interval:
+            await self.record_position()
         return last - position
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until `stop` is set, backing off while the bus is unavailable."""
+        try:
+            await self._run(stop)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.record_position()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         backoff = jittered_backoff(0.1, 5.0)
         while not stop.is_set():
             try:

@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from eventsourcing.domain import Aggregate
+from eventsourcing.utils import get_topic
 
 from agent_registry.domain.spec import complete, name_key
 from agent_registry.domain.status import Status, can_transition
@@ -290,6 +291,11 @@ EVENT_TYPES: dict[type[Agent.Event], str] = {
     Agent.StatusChanged: "status_changed",
     Agent.Deleted: "deleted",
 }
+
+
+AGENT_EVENT_TOPICS = frozenset(get_topic(cls) for cls in EVENT_TYPES)
+"""Stored topics of agent events: lets readers of the notification log skip index events
+without decoding them."""
 
 
 def describe(event: Agent.Event) -> HistoryEntry:

@@ -1,0 +1,113 @@
+"""The Kubernetes manifests hang together: every path a kustomization names exists, every
+patch hits a resource, every Deployment is probed over gRPC and runs unprivileged, and every
+AGENTRT_* variable the manifests set is one the service actually reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent_registry.config import Settings as RegistrySettings
+from agentrt_kit.settings import ServiceSettings, env_name
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "deploy" / "k8s"
+
+
+def load_all(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def kustomization(directory: Path) -> dict[str, Any]:
+    return load_all(directory / "kustomization.yaml")[0]
+
+
+def collect(directory: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(resources, patches) a kustomization builds from, following bases and components."""
+    k = kustomization(directory)
+    resources: list[dict[str, Any]] = []
+    patches: list[dict[str, Any]] = list(k.get("patches", []))
+    for entry in [*k.get("resources", []), *k.get("components", [])]:
+        target = (directory / entry).resolve()
+        if target.is_dir():
+            sub_resources, sub_patches = collect(target)
+            resources += sub_resources
+            patches += sub_patches
+        else:
+            resources += load_all(target)
+    for generator in k.get("configMapGenerator", []):
+        resources.append({"kind": "ConfigMap", "metadata": {"name": generator["name"]}})
+    for generator in k.get("secretGenerator", []):
+        resources.append({"kind": "Secret", "metadata": {"name": generator["name"]}})
+    return resources, patches
+
+
+KUSTOMIZATIONS = sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
+OVERLAYS = sorted((K8S / "overlays").iterdir())
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(K8S)))
+def test_every_path_a_kustomization_names_exists(directory: Path) -> None:
+    k = kustomization(directory)
+    for entry in [*k.get("resources", []), *k.get("components", [])]:
+        assert (directory / entry).exists(), f"{directory}: {entry} is missing"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_every_patch_targets_a_resource_of_the_overlay(overlay: Path) -> None:
+    resources, patches = collect(overlay)
+    names = {(r["kind"], r["metadata"]["name"]) for r in resources}
+    for patch in patches:
+        target = patch["target"]
+        assert (target["kind"], target["name"]) in names, target
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_deployments_are_probed_over_grpc_and_unprivileged(overlay: Path) -> None:
+    resources, _ = collect(overlay)
+    deployments = [r for r in resources if r["kind"] == "Deployment"]
+    assert deployments
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for container in pod["containers"]:
+            port = container["ports"][0]["containerPort"]
+            for probe in ("readinessProbe", "livenessProbe"):
+                assert container[probe]["grpc"]["port"] == port
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+            assert "requests" in container["resources"]
+
+
+def known_variables() -> set[str]:
+    names = {env_name(ServiceSettings, f) for f in ServiceSettings.model_fields}
+    names |= {env_name(RegistrySettings, f) for f in RegistrySettings.model_fields}
+    return names
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_every_variable_the_manifests_set_is_read_by_a_service(overlay: Path) -> None:
+    resources, patches = collect(overlay)
+    known = known_variables()
+    seen: set[str] = set()
+    for resource in resources:
+        if resource["kind"] == "ConfigMap":
+            seen |= set(resource.get("data", {}))
+        if resource["kind"] == "Deployment":
+            for container in resource["spec"]["template"]["spec"]["containers"]:
+                seen |= {e["name"] for e in container.get("env", [])}
+    for patch in patches:
+        for op in yaml.safe_load(patch["patch"]):
+            value = op.get("value")
+            if isinstance(value, dict) and "name" in value:
+                seen.add(value["name"])
+            elif op["path"].startswith("/data/"):
+                seen.add(op["path"].removeprefix("/data/"))
+    k = kustomization(K8S / "base")
+    for generator in k.get("configMapGenerator", []):
+        seen |= {literal.split("=", 1)[0] for literal in generator.get("literals", [])}
+    agentrt = {name for name in seen if name.startswith("AGENTRT_")}
+    assert agentrt, "no AGENTRT_ variables found"
+    assert agentrt <= known, agentrt - known
