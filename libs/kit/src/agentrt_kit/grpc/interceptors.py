@@ -16,15 +16,17 @@ layer of wrapping costs each call measurably in Python. Per call it:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -131,15 +133,42 @@ def _leave(method: str, tokens: tuple[Any, Any], started: float, context: Any) -
         )
 
 
+def _tracing() -> bool:
+    """Whether a tracer provider is installed (telemetry on)."""
+    return not isinstance(
+        trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider
+    )
+
+
+@contextlib.contextmanager
+def _call_span(method: str, metadata: Mapping[str, str]) -> Iterator[None]:
+    """A server span continuing the caller's trace.
+
+    With telemetry off only the caller's trace context is carried on, and only when
+    there is one: a no-op span costs each call about a tenth of its CPU.
+    """
+    if _tracing():
+        with tracer.start_as_current_span(
+            method, context=propagate.extract(metadata), kind=SpanKind.SERVER
+        ):
+            yield
+    elif "traceparent" in metadata:
+        token = otel_context.attach(propagate.extract(metadata))
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
+    else:
+        yield
+
+
 def _unary(method: str) -> Callable[[Behavior], Behavior]:
     def wrap(behavior: Behavior) -> Behavior:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             metadata = _metadata(context.invocation_metadata())
             rid, tokens, started = _enter(metadata)
             try:
-                with tracer.start_as_current_span(
-                    method, context=propagate.extract(metadata), kind=SpanKind.SERVER
-                ):
+                with _call_span(method, metadata):
                     try:
                         response = await behavior(request, context)
                     except grpc.aio.AbortError:
@@ -162,9 +191,7 @@ def _stream(method: str) -> Callable[[Behavior], Behavior]:
             metadata = _metadata(context.invocation_metadata())
             rid, tokens, started = _enter(metadata)
             try:
-                with tracer.start_as_current_span(
-                    method, context=propagate.extract(metadata), kind=SpanKind.SERVER
-                ):
+                with _call_span(method, metadata):
                     headers_sent = False
                     try:
                         async for item in _iterate(behavior(request, context)):
