@@ -145,20 +145,25 @@ def agent_to_proto(state: AgentState) -> registry_pb2.Agent:
     )
 
 
+def entry_fields(entry: HistoryEntry) -> dict[str, Any]:
+    """The proto fields a history entry fills, shared by AgentEvent and AgentChanged."""
+    return {
+        "version": entry.version,
+        "type": entry.type,
+        "occurred_at": timestamp(entry.occurred_at),
+        "actor": entry.actor,
+        "request_id": entry.request_id,
+        "changed_fields": list(entry.changed_fields),
+        "changes": dict_to_struct(entry.changes),
+        "from_status": proto_status(entry.from_status),
+        "to_status": proto_status(entry.to_status),
+        "reason": entry.reason,
+    }
+
+
 def event_to_proto(entry: HistoryEntry) -> registry_pb2.AgentEvent:
     """The proto of a history entry."""
-    return registry_pb2.AgentEvent(
-        version=entry.version,
-        type=entry.type,
-        occurred_at=timestamp(entry.occurred_at),
-        actor=entry.actor,
-        request_id=entry.request_id,
-        changed_fields=list(entry.changed_fields),
-        changes=dict_to_struct(entry.changes),
-        from_status=proto_status(entry.from_status),
-        to_status=proto_status(entry.to_status),
-        reason=entry.reason,
-    )
+    return registry_pb2.AgentEvent(**entry_fields(entry))
 
 
 def command_context() -> CommandContext:

@@ -15,10 +15,9 @@ from collections.abc import Sequence
 
 import nats.errors
 import nats.js.errors
-from google.protobuf import struct_pb2, timestamp_pb2
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-from agent_registry.adapters.grpc_api import proto_status
+from agent_registry.adapters.grpc_api import entry_fields
 from agent_registry.application.ports import OutboundEvent
 from agentrt.events.v1 import registry_events_pb2
 from agentrt_kit.errors import Unavailable
@@ -30,25 +29,11 @@ AGENT_ID_HEADER = "Agentrt-Agent-Id"
 
 def encode(event: OutboundEvent) -> bytes:
     """The AgentChanged protobuf of an event."""
-    e = event.entry
-    changes = struct_pb2.Struct()
-    changes.update(e.changes)
-    occurred = timestamp_pb2.Timestamp()
-    occurred.FromDatetime(e.occurred_at)
     return registry_events_pb2.AgentChanged(
         event_id=event.event_id,
         position=event.position,
-        type=e.type,
-        agent_id=e.agent_id,
-        version=e.version,
-        occurred_at=occurred,
-        actor=e.actor,
-        request_id=e.request_id,
-        changed_fields=list(e.changed_fields),
-        changes=changes,
-        from_status=proto_status(e.from_status),
-        to_status=proto_status(e.to_status),
-        reason=e.reason,
+        agent_id=event.entry.agent_id,
+        **entry_fields(event.entry),
     ).SerializeToString()
 
 

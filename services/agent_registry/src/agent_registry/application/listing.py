@@ -67,6 +67,8 @@ class AgentListing:
         Returns:
             The position reached.
         """
+        if upto is not None and (position := self.store.position()) >= upto:
+            return position  # the usual case for a list: nothing to apply, no lock taken
         with self._lock:
             position = self.store.position()
             while upto is None or position < upto:
