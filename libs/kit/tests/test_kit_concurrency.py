@@ -113,3 +113,32 @@ async def test_wait_for_any_leaves_no_waiters_behind() -> None:
     await wait_for_any(asyncio.Event(), asyncio.Event(), timeout=0.01)
     await asyncio.sleep(0)
     assert asyncio.all_tasks() - before == set()
+
+
+async def test_a_cancelled_caller_leaves_the_runner_working() -> None:
+    r = BlockingRunner(max_workers=1)
+    started, release = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        release.wait(5)
+        return "late"
+
+    task = asyncio.create_task(r(slow))
+    await asyncio.to_thread(started.wait, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    assert await r(lambda: "next") == "next"  # the late result was dropped quietly
+    r.shutdown()
+
+
+async def test_shutdown_lets_queued_calls_finish() -> None:
+    r = BlockingRunner(max_workers=1)
+    done: list[int] = []
+    calls = [asyncio.ensure_future(r(done.append, i)) for i in range(5)]
+    await asyncio.sleep(0)
+    await asyncio.to_thread(r.shutdown)
+    await asyncio.gather(*calls)
+    assert done == [0, 1, 2, 3, 4]

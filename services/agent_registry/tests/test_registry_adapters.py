@@ -25,7 +25,7 @@ from typing import Any
 import nats.js.errors
 import psycopg
 import pytest
-from google.protobuf import field_mask_pb2
+from google.protobuf import field_mask_pb2, timestamp_pb2
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 from registry_support import CTX, SIMPLE, WORKFLOW, spec
@@ -42,6 +42,7 @@ from agent_registry.adapters.grpc_api import (
     spec_values,
     status_from_proto,
     struct_to_dict,
+    timestamp,
     update_fields,
 )
 from agent_registry.adapters.memory import (
@@ -986,3 +987,19 @@ async def test_publisher_gives_up_on_unacknowledged_events(
         assert info.state.messages == len(history)
     finally:
         await own.close()
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(2026, 11, 24, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 500_000, tzinfo=UTC),
+        datetime(2030, 6, 1, 12, 0, 0, 1, tzinfo=timezone(timedelta(hours=-7))),
+    ],
+)
+def test_timestamps_are_exact_to_the_microsecond(moment: datetime) -> None:
+    expected = timestamp_pb2.Timestamp()
+    expected.FromDatetime(moment)
+    assert timestamp(moment) == expected
+    assert timestamp(moment).ToDatetime(tzinfo=UTC) == moment

