@@ -36,7 +36,6 @@ from agent_registry.adapters.grpc_api import (
     dict_to_struct,
     event_to_proto,
     expected,
-    plain,
     proto_status,
     spec_to_proto,
     spec_values,
@@ -59,7 +58,6 @@ from agent_registry.adapters.nats_publisher import (
 from agent_registry.adapters.persistence import eventsourcing_env
 from agent_registry.adapters.read_model import (
     MIGRATIONS,
-    MIGRATIONS_TABLE,
     PostgresReadModel,
     read_model_for,
 )
@@ -76,8 +74,10 @@ from agentrt.events.v1 import registry_events_pb2
 from agentrt.registry.v1 import registry_pb2 as pb
 from agentrt_kit.catalog import open_bucket, publish_descriptor
 from agentrt_kit.errors import InvalidArgument, Unavailable
+from agentrt_kit.grpc.structs import plain
 from agentrt_kit.nats import MSG_ID_HEADER, Names, NatsClient
 from agentrt_kit.settings import ConfigError, load_settings
+from agentrt_kit.sql import MIGRATIONS_TABLE
 from agentrt_testkit.postgres import PostgresDatabase
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)

@@ -13,8 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
-from google.protobuf import struct_pb2, timestamp_pb2
-from google.protobuf.json_format import MessageToDict
+from google.protobuf import timestamp_pb2
 
 from agent_registry.application.listing import AgentListing
 from agent_registry.application.ports import ListFilter
@@ -28,6 +27,7 @@ from agentrt.registry.v1 import registry_pb2, registry_pb2_grpc
 from agentrt_kit.concurrency import BlockingRunner
 from agentrt_kit.context import current_actor, current_request_id, new_request_id
 from agentrt_kit.errors import FieldViolation, invalid
+from agentrt_kit.grpc.structs import dict_to_struct, struct_to_dict
 
 STATUS_TO_PROTO: dict[Status, registry_pb2.AgentStatus.ValueType] = {
     Status.CREATED: registry_pb2.AGENT_STATUS_CREATED,
@@ -36,32 +36,6 @@ STATUS_TO_PROTO: dict[Status, registry_pb2.AgentStatus.ValueType] = {
     Status.ERROR: registry_pb2.AGENT_STATUS_ERROR,
 }
 PROTO_TO_STATUS: dict[int, Status] = {int(v): k for k, v in STATUS_TO_PROTO.items()}
-
-MAX_SAFE_INTEGER = 2**53
-
-
-def plain(value: Any) -> Any:
-    """JSON value from a Struct, with integral numbers as ints (Struct has only doubles)."""
-    if isinstance(value, float) and value.is_integer() and abs(value) < MAX_SAFE_INTEGER:
-        return int(value)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    return value
-
-
-def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as a plain dict."""
-    return plain(MessageToDict(struct))  # type: ignore[no-any-return]
-
-
-def dict_to_struct(value: dict[str, Any]) -> struct_pb2.Struct:
-    """A plain dict as a Struct."""
-    struct = struct_pb2.Struct()
-    struct.update(value)
-    return struct
-
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -3,7 +3,7 @@
 Built on eventsourcing's tracking recorders, so the tracking table is the
 library's own and the listing rows are written in the same transaction as the
 tracking position. The read-model table is created by an ordered list of
-migrations recorded in `registry_schema_migrations`, applied at start-up.
+migrations recorded in `schema_migrations` (`agentrt_kit.sql`), applied at start-up.
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ from eventsourcing.sqlite import SQLiteDatastore, SQLiteTrackingRecorder
 
 from agent_registry.application.ports import ListFilter
 from agent_registry.application.records import AgentRecord
+from agentrt_kit.sql import apply_migrations
 
 TABLE = "agent_listing"
-MIGRATIONS_TABLE = "registry_schema_migrations"
 COMPONENT = "agent_listing"
 
-# Ordered; never edit a shipped entry, append a new one.
+# Ordered; never edit a shipped entry, append a new one. `{agent_listing}` is the
+# table's (schema-qualified) name; index names cannot be qualified.
 MIGRATIONS: list[list[str]] = [
     [
-        "CREATE TABLE IF NOT EXISTS {t} ("
+        "CREATE TABLE IF NOT EXISTS {agent_listing} ("
         " agent_id TEXT PRIMARY KEY,"
         " seq BIGINT NOT NULL,"
         " version BIGINT NOT NULL,"
@@ -38,10 +39,12 @@ MIGRATIONS: list[list[str]] = [
         " owner_id TEXT NOT NULL,"
         " deleted INTEGER NOT NULL,"
         " doc TEXT NOT NULL)",
-        "CREATE INDEX IF NOT EXISTS {i}_live ON {t} (deleted, seq)",
-        "CREATE INDEX IF NOT EXISTS {i}_template ON {t} (template_id, deleted, seq)",
-        "CREATE INDEX IF NOT EXISTS {i}_owner ON {t} (owner_id, deleted, seq)",
-        "CREATE INDEX IF NOT EXISTS {i}_status ON {t} (status, deleted, seq)",
+        "CREATE INDEX IF NOT EXISTS agent_listing_live ON {agent_listing} (deleted, seq)",
+        "CREATE INDEX IF NOT EXISTS agent_listing_template"
+        " ON {agent_listing} (template_id, deleted, seq)",
+        "CREATE INDEX IF NOT EXISTS agent_listing_owner"
+        " ON {agent_listing} (owner_id, deleted, seq)",
+        "CREATE INDEX IF NOT EXISTS agent_listing_status ON {agent_listing} (status, deleted, seq)",
     ],
 ]
 
@@ -83,31 +86,19 @@ class SqlReadModel:
         """A table name as SQL statements must write it."""
         return name
 
-    def _lock_for_migrations(self, c: Any) -> None:
-        """Serialise concurrent start-ups (no-op where the database does it)."""
+    migration_lock: str | None = None  # serialises replicas starting together
 
     def migrate(self) -> int:
         """Apply pending migrations; returns the schema version reached."""
-        t, ph = self.qualified(TABLE), self.ph
-        m = self.qualified(MIGRATIONS_TABLE)
         with self.datastore.transaction(commit=True) as c:
-            self._lock_for_migrations(c)
-            c.execute(
-                f"CREATE TABLE IF NOT EXISTS {m} "
-                "(component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+            return apply_migrations(
+                c,
+                component=COMPONENT,
+                migrations=MIGRATIONS,
+                ph=self.ph,
+                table=self.qualified,
+                lock=self.migration_lock,
             )
-            c.execute(f"SELECT version FROM {m} WHERE component = {ph}", (COMPONENT,))
-            row = c.fetchone()
-            current = int(row["version"]) if row else 0
-            for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
-                for statement in statements:
-                    c.execute(statement.format(t=t, i=TABLE))
-                c.execute(
-                    f"INSERT INTO {m} (component, version) VALUES ({ph}, {ph}) "
-                    "ON CONFLICT (component) DO UPDATE SET version = excluded.version",
-                    (COMPONENT, version),
-                )
-        return len(MIGRATIONS)
 
     # ListingStore
 
@@ -206,8 +197,7 @@ class PostgresReadModel(SqlReadModel, PostgresTrackingRecorder):
         """`"schema"."table"`."""
         return f'"{self.datastore.schema}"."{name}"'
 
-    def _lock_for_migrations(self, c: Any) -> None:
-        c.execute("SELECT pg_advisory_xact_lock(hashtext('agentrt.registry.migrations'))")
+    migration_lock = "SELECT pg_advisory_xact_lock(hashtext('agentrt.migrations.agent_listing'))"
 
 
 def read_model_for(recorder: Any, app_name: str) -> SqlReadModel:

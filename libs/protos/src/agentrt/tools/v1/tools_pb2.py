@@ -25,31 +25,33 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61gentrt/tools/v1/tools.proto\x12\x10\x61gentrt.tools.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xaa\x01\n\x0eToolDescriptor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x31\n\x10\x61rguments_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\x0bside_effect\x18\x04 \x01(\x0e\x32\x1c.agentrt.tools.v1.SideEffect\x12\x0f\n\x07version\x18\x05 \x01(\t\"\x12\n\x10ListToolsRequest\"D\n\x11ListToolsResponse\x12/\n\x05tools\x18\x01 \x03(\x0b\x32 .agentrt.tools.v1.ToolDescriptor\"r\n\x11InvocationContext\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x11\n\tworkspace\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"R\n\x08\x41rtifact\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\"*\n\tToolError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x88\x01\n\x11InvokeToolRequest\x12\x11\n\ttool_name\x18\x01 \x01(\t\x12*\n\targuments\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x34\n\x07\x63ontext\x18\x03 \x01(\x0b\x32#.agentrt.tools.v1.InvocationContext\"\xb9\x01\n\x12InvokeToolResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\tartifacts\x18\x03 \x03(\x0b\x32\x1a.agentrt.tools.v1.Artifact\x12*\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1b.agentrt.tools.v1.ToolError\x12\x10\n\x08replayed\x18\x05 \x01(\x08*~\n\nSideEffect\x12\x1b\n\x17SIDE_EFFECT_UNSPECIFIED\x10\x00\x12\x19\n\x15SIDE_EFFECT_READ_ONLY\x10\x01\x12\x1a\n\x16SIDE_EFFECT_IDEMPOTENT\x10\x02\x12\x1c\n\x18SIDE_EFFECT_AT_MOST_ONCE\x10\x03\x32\xbc\x01\n\x0bToolService\x12T\n\tListTools\x12\".agentrt.tools.v1.ListToolsRequest\x1a#.agentrt.tools.v1.ListToolsResponse\x12W\n\nInvokeTool\x12#.agentrt.tools.v1.InvokeToolRequest\x1a$.agentrt.tools.v1.InvokeToolResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61gentrt/tools/v1/tools.proto\x12\x10\x61gentrt.tools.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xba\x01\n\x0eToolDescriptor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x31\n\x10\x61rguments_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\x0bside_effect\x18\x04 \x01(\x0e\x32\x1c.agentrt.tools.v1.SideEffect\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\".\n\rPluginProblem\x12\x0e\n\x06plugin\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\x12\n\x10ListToolsRequest\"~\n\x11ListToolsResponse\x12/\n\x05tools\x18\x01 \x03(\x0b\x32 .agentrt.tools.v1.ToolDescriptor\x12\x38\n\x0fplugin_problems\x18\x02 \x03(\x0b\x32\x1f.agentrt.tools.v1.PluginProblem\"r\n\x11InvocationContext\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x11\n\tworkspace\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"R\n\x08\x41rtifact\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\"*\n\tToolError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x88\x01\n\x11InvokeToolRequest\x12\x11\n\ttool_name\x18\x01 \x01(\t\x12*\n\targuments\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x34\n\x07\x63ontext\x18\x03 \x01(\x0b\x32#.agentrt.tools.v1.InvocationContext\"\xb9\x01\n\x12InvokeToolResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\tartifacts\x18\x03 \x03(\x0b\x32\x1a.agentrt.tools.v1.Artifact\x12*\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1b.agentrt.tools.v1.ToolError\x12\x10\n\x08replayed\x18\x05 \x01(\x08*~\n\nSideEffect\x12\x1b\n\x17SIDE_EFFECT_UNSPECIFIED\x10\x00\x12\x19\n\x15SIDE_EFFECT_READ_ONLY\x10\x01\x12\x1a\n\x16SIDE_EFFECT_IDEMPOTENT\x10\x02\x12\x1c\n\x18SIDE_EFFECT_AT_MOST_ONCE\x10\x03\x32\xbc\x01\n\x0bToolService\x12T\n\tListTools\x12\".agentrt.tools.v1.ListToolsRequest\x1a#.agentrt.tools.v1.ListToolsResponse\x12W\n\nInvokeTool\x12#.agentrt.tools.v1.InvokeToolRequest\x1a$.agentrt.tools.v1.InvokeToolResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentrt.tools.v1.tools_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIDEEFFECT']._serialized_start=914
-  _globals['_SIDEEFFECT']._serialized_end=1040
+  _globals['_SIDEEFFECT']._serialized_start=1036
+  _globals['_SIDEEFFECT']._serialized_end=1162
   _globals['_TOOLDESCRIPTOR']._serialized_start=81
-  _globals['_TOOLDESCRIPTOR']._serialized_end=251
-  _globals['_LISTTOOLSREQUEST']._serialized_start=253
-  _globals['_LISTTOOLSREQUEST']._serialized_end=271
-  _globals['_LISTTOOLSRESPONSE']._serialized_start=273
-  _globals['_LISTTOOLSRESPONSE']._serialized_end=341
-  _globals['_INVOCATIONCONTEXT']._serialized_start=343
-  _globals['_INVOCATIONCONTEXT']._serialized_end=457
-  _globals['_ARTIFACT']._serialized_start=459
-  _globals['_ARTIFACT']._serialized_end=541
-  _globals['_TOOLERROR']._serialized_start=543
-  _globals['_TOOLERROR']._serialized_end=585
-  _globals['_INVOKETOOLREQUEST']._serialized_start=588
-  _globals['_INVOKETOOLREQUEST']._serialized_end=724
-  _globals['_INVOKETOOLRESPONSE']._serialized_start=727
-  _globals['_INVOKETOOLRESPONSE']._serialized_end=912
-  _globals['_TOOLSERVICE']._serialized_start=1043
-  _globals['_TOOLSERVICE']._serialized_end=1231
+  _globals['_TOOLDESCRIPTOR']._serialized_end=267
+  _globals['_PLUGINPROBLEM']._serialized_start=269
+  _globals['_PLUGINPROBLEM']._serialized_end=315
+  _globals['_LISTTOOLSREQUEST']._serialized_start=317
+  _globals['_LISTTOOLSREQUEST']._serialized_end=335
+  _globals['_LISTTOOLSRESPONSE']._serialized_start=337
+  _globals['_LISTTOOLSRESPONSE']._serialized_end=463
+  _globals['_INVOCATIONCONTEXT']._serialized_start=465
+  _globals['_INVOCATIONCONTEXT']._serialized_end=579
+  _globals['_ARTIFACT']._serialized_start=581
+  _globals['_ARTIFACT']._serialized_end=663
+  _globals['_TOOLERROR']._serialized_start=665
+  _globals['_TOOLERROR']._serialized_end=707
+  _globals['_INVOKETOOLREQUEST']._serialized_start=710
+  _globals['_INVOKETOOLREQUEST']._serialized_end=846
+  _globals['_INVOKETOOLRESPONSE']._serialized_start=849
+  _globals['_INVOKETOOLRESPONSE']._serialized_end=1034
+  _globals['_TOOLSERVICE']._serialized_start=1165
+  _globals['_TOOLSERVICE']._serialized_end=1353
 # @@protoc_insertion_point(module_scope)

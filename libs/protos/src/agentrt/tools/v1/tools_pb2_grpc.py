@@ -50,13 +50,15 @@ class ToolServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ListTools(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every tool this service offers (built-in and plugins), and plugins that failed to load.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def InvokeTool(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Runs one tool inside the caller's workspace.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -1,0 +1,1 @@
+"""The agentrt tools service: what agents may do to the world, confined and audited."""

@@ -1,0 +1,1 @@
+"""Adapters: confined filesystem, HTTP fetcher, SQL ledger, NATS audit, plugins, gRPC API."""

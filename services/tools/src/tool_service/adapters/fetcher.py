@@ -1,0 +1,320 @@
+"""Adapter: fetching URLs over HTTP(S) under the network policy.
+
+- Only http and https, no userinfo; host allow- and deny-lists by setting.
+- The host is resolved once per hop; every address must pass the policy
+  (`tool_service.domain.urls`), and the connection goes to the address that was
+  checked (the URL's host stays in the Host header and TLS SNI/verification), so
+  DNS rebinding between check and connect has nothing to rebind.
+- Redirects are followed by hand, each hop checked the same way, at most
+  `max_redirects`.
+- Connect, read and total timeouts; a byte cap enforced while streaming (on the
+  decoded body, so compression cannot smuggle a bomb past it); retries with
+  exponential backoff and jitter for connection failures and 502/503/504; a
+  circuit breaker per host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urljoin
+
+import httpx
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from tool_service.application.ports import Fetched
+from tool_service.domain.tools import ToolFailure
+from tool_service.domain.urls import (
+    IPAddress,
+    IPNetwork,
+    Target,
+    UrlRefused,
+    check_addresses,
+    host_matches,
+    parse_target,
+)
+from tool_service.errors import UrlBlocked
+
+log = logging.getLogger(__name__)
+
+Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
+RETRYABLE_STATUS = frozenset({502, 503, 504})
+USER_AGENT = "agentrt-tools/0.1 (+fetch_url)"
+
+
+async def system_resolver(host: str, port: int) -> list[IPAddress]:
+    """Every address the system resolver gives for host:port (IPv4 and IPv6)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    seen: dict[str, IPAddress] = {}
+    for info in infos:
+        text = str(info[4][0]).split("%", 1)[0]
+        seen.setdefault(text, ipaddress.ip_address(text))
+    return list(seen.values())
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """The network policy and budgets of fetch_url (all from settings)."""
+
+    allowed_networks: Sequence[IPNetwork] = ()
+    denied_networks: Sequence[IPNetwork] = ()
+    allow_hosts: Sequence[str] = ()
+    deny_hosts: Sequence[str] = ()
+    max_redirects: int = 5
+    connect_timeout: float = 5.0
+    read_timeout: float = 10.0
+    total_timeout: float = 30.0
+    max_bytes: int = 5 * 1024 * 1024
+    retries: int = 2
+    breaker_failures: int = 5
+    breaker_cooldown: float = 30.0
+    verify_tls: bool = True
+
+
+@dataclass
+class CircuitBreaker:
+    """Fails fast for a host after consecutive failures, until a cool-down passes."""
+
+    threshold: int
+    cooldown: float
+    failures: int = 0
+    opened_at: float | None = None
+    clock: Callable[[], float] = field(default=time.monotonic)
+
+    def check(self, host: str) -> None:
+        """Raise CIRCUIT_OPEN while open; after the cool-down one trial goes through."""
+        if self.opened_at is None:
+            return
+        if self.clock() - self.opened_at < self.cooldown:
+            raise ToolFailure(
+                "CIRCUIT_OPEN",
+                f"{host} failed {self.failures} times in a row; not retried for "
+                f"{self.cooldown:.0f} s",
+            )
+        self.opened_at = None  # half-open: this call is the trial
+
+    def succeeded(self) -> None:
+        """Close the circuit."""
+        self.failures, self.opened_at = 0, None
+
+    def failed(self) -> None:
+        """Count a failure; open the circuit at the threshold."""
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.opened_at = self.clock()
+
+
+class _HostFailure(ToolFailure):
+    """A failure that says the host is unwell (counts towards its circuit breaker)."""
+
+
+class _Transient(Exception):
+    def __init__(self, failure: ToolFailure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+class PinnedTransport(httpx.AsyncBaseTransport):
+    """Sends the request to a checked address, keeping the URL's host for Host and TLS."""
+
+    def __init__(self, address: IPAddress, inner: httpx.AsyncBaseTransport) -> None:
+        self._address = address
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Rewrite the connection target, nothing else."""
+        host = request.url.host
+        request.url = request.url.copy_with(host=str(self._address))
+        request.extensions = {**request.extensions, "sni_hostname": host}
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        """Close the inner transport."""
+        await self._inner.aclose()
+
+
+def _content_type(response: httpx.Response) -> tuple[str, str | None]:
+    value = response.headers.get("content-type", "")
+    mime, _, params = value.partition(";")
+    charset = None
+    for param in params.split(";"):
+        key, _, val = param.strip().partition("=")
+        if key.lower() == "charset" and val:
+            charset = val.strip('"').strip()
+    return mime.strip().lower(), charset
+
+
+class HttpFetcher:
+    """Fetcher over httpx with the policy above."""
+
+    def __init__(self, policy: FetchPolicy, resolver: Resolver = system_resolver) -> None:
+        self.policy = policy
+        self._resolve = resolver
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    def _target(self, url: str) -> Target:
+        try:
+            target = parse_target(url)
+        except UrlRefused as e:
+            raise UrlBlocked(url, str(e)) from None
+        if host_matches(target.host, self.policy.deny_hosts):
+            raise UrlBlocked(url, f"host {target.host!r} is on the deny list")
+        if self.policy.allow_hosts and not host_matches(target.host, self.policy.allow_hosts):
+            raise UrlBlocked(url, f"host {target.host!r} is not on the allow list")
+        return target
+
+    async def _address(self, target: Target) -> IPAddress:
+        try:
+            addresses = await self._resolve(target.host, target.port)
+        except (OSError, UnicodeError) as e:
+            raise ToolFailure("FETCH_FAILED", f"cannot resolve {target.host}: {e}") from None
+        try:
+            checked = check_addresses(target.host, addresses, self.policy.allowed_networks)
+        except UrlRefused as e:
+            raise UrlBlocked(target.url, str(e)) from None
+        for address in checked:
+            if any(address in net for net in self.policy.denied_networks):
+                raise UrlBlocked(target.url, f"{address} is on the deny list")
+        return checked[0]
+
+    def _breaker(self, host: str) -> CircuitBreaker:
+        breaker = self._breakers.get(host)
+        if breaker is None:
+            breaker = CircuitBreaker(self.policy.breaker_failures, self.policy.breaker_cooldown)
+            self._breakers[host] = breaker
+        return breaker
+
+    async def fetch(self, url: str, headers: Mapping[str, str], follow_redirects: bool) -> Fetched:
+        """GET `url` under the policy."""
+        try:
+            async with asyncio.timeout(self.policy.total_timeout):
+                return await self._follow(url, headers, follow_redirects)
+        except TimeoutError:
+            raise ToolFailure(
+                "TIMEOUT", f"no complete response within {self.policy.total_timeout:.0f} s"
+            ) from None
+
+    async def _follow(
+        self, url: str, headers: Mapping[str, str], follow_redirects: bool
+    ) -> Fetched:
+        current = url
+        for _ in range(self.policy.max_redirects + 1):
+            target = self._target(current)
+            breaker = self._breaker(target.host)
+            breaker.check(target.host)
+            address = await self._address(target)
+            try:
+                status, location, fetched = await self._get_retrying(target, address, headers)
+            except _HostFailure:
+                breaker.failed()
+                raise
+            breaker.succeeded()
+            if fetched is not None:
+                return fetched
+            if not follow_redirects:
+                raise ToolFailure(
+                    "REDIRECT", f"{current} redirects ({status}) to {location}; not followed"
+                )
+            current = urljoin(current, location)
+        raise ToolFailure("TOO_MANY_REDIRECTS", f"more than {self.policy.max_redirects} redirects")
+
+    async def _get_retrying(
+        self, target: Target, address: IPAddress, headers: Mapping[str, str]
+    ) -> tuple[int, str, Fetched | None]:
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(_Transient),
+                stop=stop_after_attempt(self.policy.retries + 1),
+                wait=wait_random_exponential(multiplier=0.2, max=2.0),
+                reraise=True,
+            ):
+                with attempt:
+                    return await self._get(target, address, headers)
+        except _Transient as e:
+            raise e.failure from None
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _get(
+        self, target: Target, address: IPAddress, headers: Mapping[str, str]
+    ) -> tuple[int, str, Fetched | None]:
+        """One attempt: (status, redirect location, response or None for a redirect)."""
+        policy = self.policy
+        timeout = httpx.Timeout(
+            connect=policy.connect_timeout, read=policy.read_timeout, write=5.0, pool=5.0
+        )
+        inner = httpx.AsyncHTTPTransport(retries=0, verify=policy.verify_tls)
+        transport = PinnedTransport(address, inner)
+        try:
+            async with (
+                httpx.AsyncClient(
+                    transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
+                ) as client,
+                client.stream(
+                    "GET", target.url, headers={"user-agent": USER_AGENT, **headers}
+                ) as response,
+            ):
+                if response.status_code in (301, 302, 303, 307, 308):
+                    location = response.headers.get("location", "")
+                    if not location:
+                        raise ToolFailure("HTTP_ERROR", f"{response.status_code} without Location")
+                    return response.status_code, location, None
+                if response.status_code in RETRYABLE_STATUS:
+                    raise _Transient(
+                        _HostFailure("HTTP_ERROR", f"{target.url} answered {response.status_code}")
+                    )
+                if response.status_code >= 500:
+                    raise _HostFailure(
+                        "HTTP_ERROR", f"{target.url} answered {response.status_code}"
+                    )
+                if response.status_code >= 400:
+                    raise ToolFailure(
+                        "HTTP_ERROR",
+                        f"{target.url} answered {response.status_code} {response.reason_phrase}",
+                    )
+                body = await self._body(response)
+                mime, charset = _content_type(response)
+                return (
+                    response.status_code,
+                    "",
+                    Fetched(
+                        url=target.url,
+                        status=response.status_code,
+                        content_type=mime,
+                        charset=charset,
+                        body=body,
+                    ),
+                )
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise _Transient(
+                _HostFailure("FETCH_FAILED", f"cannot connect to {target.host}: {e}")
+            ) from None
+        except httpx.TimeoutException:
+            raise _HostFailure(
+                "TIMEOUT", f"{target.host} sent nothing for {policy.read_timeout:.0f} s"
+            ) from None
+        except httpx.HTTPError as e:
+            raise ToolFailure("FETCH_FAILED", f"{target.host}: {e}") from None
+
+    async def _body(self, response: httpx.Response) -> bytes:
+        cap = self.policy.max_bytes
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise ToolFailure("TOO_LARGE", f"response is {declared} bytes; at most {cap} are read")
+        chunks, total = [], 0
+        async for chunk in response.aiter_bytes():
+            total += len(chunk)
+            if total > cap:
+                raise ToolFailure("TOO_LARGE", f"response is larger than {cap} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)

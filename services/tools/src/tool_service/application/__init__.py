@@ -1,0 +1,1 @@
+"""Application layer: the tool catalogue, the built-in tools and invoking them safely."""

@@ -1,0 +1,260 @@
+"""Application: the built-in file tools, confined to the caller's workspace.
+
+Names and arguments follow the compatible runtime: `read_lines`, `grep_file`,
+`create_file`, `delete_file`, plus `list_files` so an agent can see what is
+there. Patterns are RE2 (linear time: no catastrophic backtracking, no
+back-references or look-around).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import re2
+
+from agentrt_kit.errors import invalid
+from tool_service.application.environment import ToolEnv, confined, display, parts_of
+from tool_service.domain.text import decode_text, is_binary, slice_lines
+from tool_service.domain.tools import Artifact, SideEffect, ToolFailure, ToolResult, ToolSpec
+
+FILENAME = {"type": "string", "minLength": 1, "description": "Path relative to the workspace."}
+
+
+def _text_of(env: ToolEnv, args: Mapping[str, Any]) -> tuple[list[str], str, int]:
+    parts = parts_of(args["filename"], "filename")
+    with env.workspaces.open(env.workspace) as ws, confined("filename"):
+        data = ws.read_bytes(parts, env.limits.max_read_bytes)
+    if is_binary(data):
+        raise ToolFailure(
+            "BINARY_FILE", f"{display(parts)} is not a text file", bytes_used=len(data)
+        )
+    return parts, decode_text(data), len(data)
+
+
+class ReadLines:
+    """read_lines(filename, start=1, end=None)."""
+
+    spec = ToolSpec(
+        name="read_lines",
+        description="Read lines of a text file in the workspace (1-based, inclusive range).",
+        arguments_schema={
+            "type": "object",
+            "properties": {
+                "filename": FILENAME,
+                "start": {"type": "integer", "minimum": 1, "default": 1},
+                "end": {"type": ["integer", "null"], "minimum": 1, "default": None},
+            },
+            "required": ["filename"],
+            "additionalProperties": False,
+        },
+        side_effect=SideEffect.READ_ONLY,
+    )
+
+    async def run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
+        """Read the range."""
+        return await env.run_blocking(self._run, args, env)
+
+    def _run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
+        start, end = int(args["start"]), args.get("end")
+        if end is not None and int(end) < start:
+            raise invalid("arguments.end", "must not be before start")
+        parts, text, size = _text_of(env, args)
+        lines, total, truncated = slice_lines(
+            text, start, None if end is None else int(end), env.limits.max_lines
+        )
+        last = start + len(lines) - 1 if lines else start - 1
+        return ToolResult(
+            content="\n".join(lines),
+            data={
+                "filename": display(parts),
+                "start": start,
+                "end": last,
+                "total_lines": total,
+                "truncated": truncated,
+            },
+            bytes=size,
+        )
+
+
+class GrepFile:
+    """grep_file(filename, pattern, ignore_case=False, line_numbers=True)."""
+
+    spec = ToolSpec(
+        name="grep_file",
+        description="Search a text file in the workspace for lines matching an RE2 pattern.",
+        arguments_schema={
+            "type": "object",
+            "properties": {
+                "filename": FILENAME,
+                "pattern": {"type": "string", "minLength": 1},
+                "ignore_case": {"type": "boolean", "default": False},
+                "line_numbers": {"type": "boolean", "default": True},
+            },
+            "required": ["filename", "pattern"],
+            "additionalProperties": False,
+        },
+        side_effect=SideEffect.READ_ONLY,
+    )
+
+    async def run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
+        """Search."""
+        return await env.run_blocking(self._run, args, env)
+
+    def _run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
+        pattern: str = args["pattern"]
+        if len(pattern) > env.limits.max_pattern_chars:
+            raise invalid(
+                "arguments.pattern", f"is longer than {env.limits.max_pattern_chars} characters"
+            )
+        options = re2.Options()
+        options.case_sensitive = not args["ignore_case"]
+        options.max_mem = env.limits.regex_max_mem
+        options.log_errors = False
+        try:
+            regex = re2.compile(pattern, options)
+        except re2.error as e:
+            raise invalid("arguments.pattern", f"is not a valid RE2 pattern: {e}") from None
+        parts, text, size = _text_of(env, args)
+        matches: list[tuple[int, str]] = []
+        truncated = False
+        for number, line in enumerate(text.splitlines(), start=1):
+            if regex.search(line):
+                if len(matches) == env.limits.max_matches:
+                    truncated = True
+                    break
+                matches.append((number, line))
+        numbered = bool(args["line_numbers"])
+        content = "\n".join(f"{n}:{line}" if numbered else line for n, line in matches)
+        return ToolResult(
+            content=content,
+            data={
+                "filename": display(parts),
+                "matches": len(matches),
+                "line_numbers": [n for n, _ in matches],
+                "truncated": truncated,
+            },
+            bytes=size,
+        )
+
+
+class CreateFile:
+    """create_file(filename, content, overwrite=False)."""
+
+    spec = ToolSpec(
+        name="create_file",
+        description="Create a text file in the workspace (its directories too).",
+        arguments_schema={
+            "type": "object",
+            "properties": {
+                "filename": FILENAME,
+                "content": {"type": "string"},
+                "overwrite": {"type": "boolean", "default": False},
+            },
+            "required": ["filename", "content"],
+            "additionalProperties": False,
+        },
+        side_effect=SideEffect.AT_MOST_ONCE,
+    )
+
+    async def run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
+        """Write the file."""
+        return await env.run_blocking(self._run, args, env)
+
+    def _run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
+        parts = parts_of(args["filename"], "filename")
+        data = args["content"].encode("utf-8", errors="strict")
+        if len(data) > env.limits.max_write_bytes:
+            limit = env.limits.max_write_bytes
+            raise ToolFailure(
+                "TOO_LARGE", f"content is {len(data)} bytes; at most {limit} may be written"
+            )
+        with env.workspaces.open(env.workspace) as ws, confined("filename"):
+            ws.write_bytes(parts, data, bool(args["overwrite"]))
+        path = display(parts)
+        return ToolResult(
+            content=f"wrote {len(data)} bytes to {path}",
+            data={"filename": path, "bytes": len(data)},
+            artifacts=(Artifact("file", path, "text/plain", len(data)),),
+            bytes=len(data),
+        )
+
+
+class DeleteFile:
+    """delete_file(filename, confirm=False)."""
+
+    spec = ToolSpec(
+        name="delete_file",
+        description="Delete a file in the workspace; `confirm` must be true.",
+        arguments_schema={
+            "type": "object",
+            "properties": {
+                "filename": FILENAME,
+                "confirm": {"type": "boolean", "default": False},
+            },
+            "required": ["filename"],
+            "additionalProperties": False,
+        },
+        side_effect=SideEffect.AT_MOST_ONCE,
+    )
+
+    async def run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
+        """Delete the file."""
+        return await env.run_blocking(self._run, args, env)
+
+    def _run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
+        parts = parts_of(args["filename"], "filename")
+        if not args["confirm"]:
+            raise ToolFailure(
+                "CONFIRMATION_REQUIRED", "deleting needs confirm=true; nothing was deleted"
+            )
+        with env.workspaces.open(env.workspace) as ws, confined("filename"):
+            ws.delete(parts)
+        path = display(parts)
+        return ToolResult(content=f"deleted {path}", data={"filename": path})
+
+
+class ListFiles:
+    """list_files(path=".")."""
+
+    spec = ToolSpec(
+        name="list_files",
+        description="List the entries of a directory in the workspace.",
+        arguments_schema={
+            "type": "object",
+            "properties": {"path": {"type": "string", "default": "."}},
+            "additionalProperties": False,
+        },
+        side_effect=SideEffect.READ_ONLY,
+    )
+
+    async def run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
+        """List the directory."""
+        return await env.run_blocking(self._run, args, env)
+
+    def _run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
+        parts = parts_of(args["path"], "path", allow_root=True)
+        limit = env.limits.max_list_entries
+        with env.workspaces.open(env.workspace) as ws, confined("path"):
+            entries = ws.list(parts, limit + 1)
+        truncated = len(entries) > limit
+        entries = entries[:limit]
+        lines = [
+            f"{e.name}/"
+            if e.kind == "directory"
+            else f"{e.name} ({e.size_bytes} bytes)"
+            if e.kind == "file"
+            else f"{e.name} [{e.kind}]"
+            for e in entries
+        ]
+        return ToolResult(
+            content="\n".join(lines) if lines else "(empty)",
+            data={
+                "path": display(parts),
+                "entries": [vars(e) for e in entries],
+                "truncated": truncated,
+            },
+        )
+
+
+FILE_TOOLS = (ReadLines(), GrepFile(), CreateFile(), DeleteFile(), ListFiles())

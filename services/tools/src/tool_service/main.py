@@ -1,0 +1,199 @@
+"""Composition root of the tools service: wires domain, application and adapters, runs them.
+
+Start-up: telemetry → NATS (background; audit waits for it) → blocking-call pool →
+ledger database → workspaces, fetcher, plugins, catalogue → audit publisher →
+gRPC server. Shutdown: NOT_SERVING and a graceful stop first, queued audit
+records published, NATS drained, telemetry flushed last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+
+from agentrt.tools.v1 import tools_pb2, tools_pb2_grpc
+from agentrt_kit.concurrency import BlockingRunner, wait_for_any
+from agentrt_kit.grpc.server import GrpcServer, ServiceBinding
+from agentrt_kit.lifecycle import run, wait_for_shutdown
+from agentrt_kit.logging import setup_logging
+from agentrt_kit.nats import Names, NatsClient
+from agentrt_kit.settings import load_settings
+from agentrt_kit.sql import SqlDatabase
+from agentrt_kit.telemetry import setup_telemetry
+from tool_service.adapters.audit import NatsAuditSink
+from tool_service.adapters.fetcher import FetchPolicy, HttpFetcher
+from tool_service.adapters.grpc_api import ToolServiceServicer
+from tool_service.adapters.ledger import SqlLedger
+from tool_service.adapters.memory import ListAuditSink
+from tool_service.adapters.plugins import load_plugins
+from tool_service.adapters.workspace_fs import ConfinedWorkspaces
+from tool_service.application.catalog import BUILTIN_TOOLS
+from tool_service.application.environment import Limits
+from tool_service.application.ports import AuditSink
+from tool_service.application.runner import ToolCatalog, ToolRunner
+from tool_service.config import Settings
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = tools_pb2.DESCRIPTOR.services_by_name["ToolService"].full_name
+
+
+def fetch_policy(settings: Settings) -> FetchPolicy:
+    """The fetch policy the settings describe."""
+    return FetchPolicy(
+        allowed_networks=[
+            ipaddress.ip_network(n, strict=False) for n in settings.fetch_allowed_networks
+        ],
+        denied_networks=[
+            ipaddress.ip_network(n, strict=False) for n in settings.fetch_denied_networks
+        ],
+        allow_hosts=settings.fetch_allow_hosts,
+        deny_hosts=settings.fetch_deny_hosts,
+        max_redirects=settings.fetch_max_redirects,
+        connect_timeout=settings.fetch_connect_timeout,
+        read_timeout=settings.fetch_read_timeout,
+        total_timeout=settings.fetch_total_timeout,
+        max_bytes=settings.fetch_max_bytes,
+        retries=settings.fetch_retries,
+        breaker_failures=settings.fetch_breaker_failures,
+        breaker_cooldown=settings.fetch_breaker_cooldown,
+        verify_tls=settings.fetch_verify_tls,
+    )
+
+
+def limits(settings: Settings) -> Limits:
+    """The tool limits the settings describe."""
+    return Limits(
+        max_read_bytes=settings.max_read_bytes,
+        max_write_bytes=settings.max_write_bytes,
+        max_lines=settings.max_lines,
+        max_matches=settings.max_matches,
+        max_pattern_chars=settings.max_pattern_chars,
+        max_list_entries=settings.max_list_entries,
+        max_content_chars=settings.max_content_chars,
+    )
+
+
+async def _purge_forever(
+    ledger: SqlLedger, run_blocking: BlockingRunner, retention: timedelta, stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        try:
+            purged = await run_blocking(ledger.purge, datetime.now(UTC) - retention)
+            if purged:
+                log.info("ledger entries purged", extra={"count": purged})
+        except Exception:
+            log.exception("ledger purge failed")
+        await wait_for_any(stop, timeout=3600)
+
+
+async def serve(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Run the tools service until `stop` is set (or SIGTERM/SIGINT when `stop` is None)."""
+    telemetry = setup_telemetry("tools", settings.otel_exporter, settings.otel_endpoint)
+    try:
+        async with AsyncExitStack() as stack:
+            client = NatsClient(settings.nats_url, name="tools")
+            await client.start()
+            stack.push_async_callback(client.close)
+
+            run_blocking = BlockingRunner(settings.worker_threads, "tools")
+            stack.callback(run_blocking.shutdown)
+
+            db = SqlDatabase(
+                settings.database_url.get_secret_value(), schema=settings.postgres_schema
+            )
+            await run_blocking(db.open)
+            stack.callback(db.close)
+            ledger = await run_blocking(SqlLedger, db)
+
+            workspaces = ConfinedWorkspaces(
+                settings.workspace_root, use_openat2=settings.use_openat2
+            )
+            stack.callback(workspaces.close)
+            plugin_tools, problems = load_plugins(
+                [Path(p) for p in settings.plugin_dirs], [t.spec.name for t in BUILTIN_TOOLS]
+            )
+            catalog = ToolCatalog([*BUILTIN_TOOLS, *plugin_tools], problems)
+
+            audit: AuditSink = ListAuditSink()
+            if settings.audit_enabled:
+                sink = NatsAuditSink(client, Names(settings.nats_prefix))
+                await sink.start()
+                stack.push_async_callback(sink.stop)
+                audit = sink
+
+            runner = ToolRunner(
+                catalog,
+                workspaces=workspaces,
+                fetcher=HttpFetcher(fetch_policy(settings)),
+                ledger=ledger,
+                audit=audit,
+                run_blocking=run_blocking,
+                limits=limits(settings),
+                in_flight_timeout=settings.in_flight_timeout_seconds,
+            )
+            background_stop = asyncio.Event()
+            purge = asyncio.create_task(
+                _purge_forever(
+                    ledger,
+                    run_blocking,
+                    timedelta(days=settings.ledger_retention_days),
+                    background_stop,
+                )
+            )
+
+            async def stop_purge() -> None:
+                background_stop.set()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await purge
+
+            stack.push_async_callback(stop_purge)
+            servicer = ToolServiceServicer(runner)
+
+            def register(server: grpc.aio.Server) -> None:
+                tools_pb2_grpc.add_ToolServiceServicer_to_server(servicer, server)
+
+            server = GrpcServer(
+                [ServiceBinding(SERVICE_NAME, register)],
+                host=settings.host,
+                port=settings.port,
+                service_token_sha256=settings.service_token_sha256(),
+            )
+            await server.start()
+            stack.push_async_callback(server.stop, settings.shutdown_grace_seconds)
+            log.info(
+                "tools service ready",
+                extra={
+                    "tools": len(catalog.specs()),
+                    "plugin_problems": len(problems),
+                    "openat2": workspaces.use_openat2,
+                },
+            )
+            if on_ready is not None:
+                on_ready(server.port)
+            await wait_for_shutdown(stop)
+    finally:
+        telemetry.shutdown()
+
+
+def main() -> None:
+    """Entry point: `python -m tool_service` / `agentrt-tools`."""
+
+    async def amain() -> None:
+        settings = load_settings(Settings)
+        setup_logging("tools", settings.log_level, settings.log_format)
+        await serve(settings)
+
+    run(amain)
