@@ -5,7 +5,8 @@
 - Tokens: ./var/runtime-token (or AGENTRT_RUNTIME_TOKEN / RUNTIME_TOKEN), the
   token HTTP clients will use with the gateway; ./var/service-token (or
   AGENTRT_SERVICE_TOKEN), the token services and gRPC clients present.
-- Services: the agent registry (gRPC, SQLite under ./var), more as they are built.
+- Services: the agent registry (gRPC, SQLite under ./var) and the tools service
+  (gRPC, workspaces and ledger under ./var); more as they are built.
 
 Each service's port can be overridden with its env var (AGENTRT_REGISTRY_PORT, ...).
 """
@@ -77,13 +78,20 @@ def main() -> int:
         "AGENTRT_LOG_FORMAT": os.environ.get("AGENTRT_LOG_FORMAT", "text"),
     }
     registry_port = int(os.environ.get("AGENTRT_REGISTRY_PORT", "50051"))
+    tools_port = int(os.environ.get("AGENTRT_TOOLS_PORT", "50053"))
     env.setdefault("AGENTRT_REGISTRY_SQLITE_PATH", str(VAR / "registry.sqlite3"))
+    env.setdefault("AGENTRT_TOOLS_WORKSPACE_ROOT", str(VAR / "workspaces"))
+    env.setdefault("AGENTRT_TOOLS_DATABASE_URL", f"sqlite:///{VAR / 'tools.sqlite3'}")
     env["AGENTRT_REGISTRY_PORT"] = str(registry_port)
+    env["AGENTRT_TOOLS_PORT"] = str(tools_port)
 
+    ports = {"agent-registry": registry_port, "tools": tools_port}
+    modules = {"agent-registry": "agent_registry", "tools": "tool_service"}
     services = {
-        "agent-registry": subprocess.Popen(
-            [sys.executable, "-m", "agent_registry"], env=env, cwd=ROOT, start_new_session=True
-        ),
+        name: subprocess.Popen(
+            [sys.executable, "-m", modules[name]], env=env, cwd=ROOT, start_new_session=True
+        )
+        for name in ports
     }
     procs = list(services.values())
 
@@ -99,23 +107,27 @@ def main() -> int:
         if nats is not None:
             nats.stop()
 
-    if not healthy(registry_port, 30):
-        print("agent-registry did not become healthy; see the log above", file=sys.stderr)
-        stop_all()
-        return 1
+    for name, port in ports.items():
+        if not healthy(port, 30):
+            print(f"{name} did not become healthy; see the log above", file=sys.stderr)
+            stop_all()
+            return 1
 
-    sqlite = env["AGENTRT_REGISTRY_SQLITE_PATH"]
+    sqlite, workspaces = env["AGENTRT_REGISTRY_SQLITE_PATH"], env["AGENTRT_TOOLS_WORKSPACE_ROOT"]
     print(
         f"""
 Agent Runtime is up (Ctrl-C stops it).
   NATS             {nats_url}{" (dev server, store ./var/nats)" if nats else ""}
   agent registry   grpc://127.0.0.1:{registry_port}   (SQLite: {sqlite})
+  tools            grpc://127.0.0.1:{tools_port}   (workspaces: {workspaces})
   service token    {service_token}   (./var/service-token; gRPC: authorization: Bearer <token>)
   runtime token    {runtime_token}   (./var/runtime-token; for the HTTP gateway, not built yet)
 
 Try it (with grpcurl, if you have it):
   grpcurl -plaintext -H "authorization: Bearer $(cat var/service-token)" \\
     127.0.0.1:{registry_port} agentrt.registry.v1.AgentRegistry/ListAgents
+  grpcurl -plaintext -H "authorization: Bearer $(cat var/service-token)" \\
+    127.0.0.1:{tools_port} agentrt.tools.v1.ToolService/ListTools
 """,
         flush=True,
     )

@@ -12,6 +12,7 @@ import yaml
 
 from agent_registry.config import Settings as RegistrySettings
 from agentrt_kit.settings import ServiceSettings, env_name
+from tool_service.config import Settings as ToolsSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -84,6 +85,7 @@ def test_deployments_are_probed_over_grpc_and_unprivileged(overlay: Path) -> Non
 def known_variables() -> set[str]:
     names = {env_name(ServiceSettings, f) for f in ServiceSettings.model_fields}
     names |= {env_name(RegistrySettings, f) for f in RegistrySettings.model_fields}
+    names |= {env_name(ToolsSettings, f) for f in ToolsSettings.model_fields}
     return names
 
 

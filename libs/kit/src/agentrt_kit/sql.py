@@ -97,7 +97,7 @@ class SqlDatabase:
             self._lock = threading.Lock()
             self.schema = ""
         elif url.startswith(("postgresql://", "postgres://")) or "dbname=" in url:
-            if not _IDENTIFIER.match(schema):
+            if not _IDENTIFIER.fullmatch(schema):
                 raise ValueError(f"unusable schema name {schema!r}")
             self.dialect = "postgres"
             self.ph = "%s"
@@ -126,7 +126,7 @@ class SqlDatabase:
 
     def table(self, name: str) -> str:
         """A table name as statements must write it (schema-qualified on PostgreSQL)."""
-        if not _IDENTIFIER.match(name):
+        if not _IDENTIFIER.fullmatch(name):
             raise ValueError(f"unusable table name {name!r}")
         return f'"{self.schema}"."{name}"' if self.dialect == "postgres" else name
 

@@ -189,7 +189,7 @@ class PostgresReadModel(SqlReadModel, PostgresTrackingRecorder):
 
     def __init__(self, datastore: Any, app_name: str) -> None:
         PostgresTrackingRecorder.__init__(self, datastore)
-        if not _IDENTIFIER.match(datastore.schema):
+        if not _IDENTIFIER.fullmatch(datastore.schema):
             raise ValueError(f"unusable schema name {datastore.schema!r}")
         self.app_name = app_name
 

@@ -1,11 +1,12 @@
 """Adapter: audit records of invocations, published to the JetStream audit stream.
 
 Recording never blocks or slows an invocation: records go into a bounded queue
-that a background task publishes (`agentrt.audit.tools.invoke`, stream
-`AGENTRT_AUDIT`, `Nats-Msg-Id` = record id). While NATS is down records wait in
-the queue; if it overflows the oldest are dropped and the loss is logged with a
-count. Records carry tool, agent, task, run, outcome, duration and byte counts —
-never arguments, file contents or secrets.
+that a background task publishes as `AuditBatch` messages (what queued up within
+50 ms, at most 256) on `agentrt.audit.tools.invoke`, stream `AGENTRT_AUDIT`,
+each with a unique `Nats-Msg-Id` so a retried batch is stored once. While NATS
+is down records wait in the queue; if it overflows the oldest are dropped and the
+loss is logged with a count. Records carry tool, agent, task, run, outcome,
+duration and byte counts — never arguments, file contents or secrets.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 
 from google.protobuf import timestamp_pb2
@@ -26,10 +28,9 @@ from tool_service.application.ports import AuditEntry
 log = logging.getLogger(__name__)
 
 
-def to_record(entry: AuditEntry, record_id: str) -> audit_events_pb2.AuditRecord:
-    """The AuditRecord protobuf of an entry."""
-    occurred = timestamp_pb2.Timestamp()
-    occurred.GetCurrentTime()
+def to_record(entry: AuditEntry, record_id: str, at: float) -> audit_events_pb2.AuditRecord:
+    """The AuditRecord protobuf of an entry that happened at `at` (epoch seconds)."""
+    occurred = timestamp_pb2.Timestamp(seconds=int(at), nanos=int((at % 1) * 1e9))
     return audit_events_pb2.AuditRecord(
         record_id=record_id,
         occurred_at=occurred,
@@ -58,6 +59,7 @@ class NatsAuditSink:
         *,
         capacity: int = 10_000,
         max_age_seconds: float = 90 * 86_400,
+        linger: float = 0.05,
     ) -> None:
         self._client = client
         self.subject = names.subject("audit", "tools", "invoke")
@@ -69,19 +71,22 @@ class NatsAuditSink:
             max_age=max_age_seconds,
             duplicate_window=600.0,
         )
-        self._queue: asyncio.Queue[audit_events_pb2.AuditRecord] = asyncio.Queue(capacity)
+        # Entries wait as they are; building the protobuf happens in the publisher, off
+        # the invocation's path.
+        self._queue: asyncio.Queue[tuple[AuditEntry, float]] = asyncio.Queue(capacity)
         self._task: asyncio.Task[None] | None = None
+        self._linger = linger
         self.dropped = 0
 
     def record(self, entry: AuditEntry) -> None:
         """Queue a record (drops the oldest when full)."""
-        record = to_record(entry, uuid.uuid4().hex)
         if self._queue.full():
             self._queue.get_nowait()
+            self._queue.task_done()  # or `stop()` would wait its whole timeout for it
             self.dropped += 1
             if self.dropped in (1, 100) or self.dropped % 10_000 == 0:
                 log.error("audit queue full: records dropped", extra={"dropped": self.dropped})
-        self._queue.put_nowait(record)
+        self._queue.put_nowait((entry, time.time()))
 
     async def start(self) -> None:
         """Begin publishing in the background."""
@@ -101,9 +106,16 @@ class NatsAuditSink:
         backoff = jittered_backoff(0.2, 5.0)
         ready = False
         while True:
-            batch = [await self._queue.get()]
-            while len(batch) < 256 and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            queued = [await self._queue.get()]
+            # Let records gather for a moment: one publish (and acknowledgement) per batch
+            # instead of per call is most of what auditing costs a busy service.
+            await asyncio.sleep(self._linger)
+            while len(queued) < 256 and not self._queue.empty():
+                queued.append(self._queue.get_nowait())
+            batch = audit_events_pb2.AuditBatch(
+                records=[to_record(entry, uuid.uuid4().hex, at) for entry, at in queued]
+            )
+            payload, batch_id = batch.SerializeToString(), uuid.uuid4().hex
             while True:
                 try:
                     if not self._client.connected:
@@ -112,15 +124,9 @@ class NatsAuditSink:
                     if not ready:
                         await ensure_stream(js, self._config)
                         ready = True
-                    acks = [
-                        await js.publish_async(
-                            self.subject,
-                            record.SerializeToString(),
-                            headers={MSG_ID_HEADER: record.record_id},
-                        )
-                        for record in batch
-                    ]
-                    await asyncio.wait_for(asyncio.gather(*acks), 5.0)
+                    await js.publish(
+                        self.subject, payload, headers={MSG_ID_HEADER: batch_id}, timeout=5.0
+                    )
                     backoff = jittered_backoff(0.2, 5.0)
                     break
                 except asyncio.CancelledError:
@@ -129,5 +135,5 @@ class NatsAuditSink:
                     ready = False
                     log.warning("audit publish failed, retrying", extra={"error": str(e)})
                     await asyncio.sleep(next(backoff))
-            for _ in batch:
+            for _ in queued:
                 self._queue.task_done()

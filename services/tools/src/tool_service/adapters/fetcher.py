@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 RETRYABLE_STATUS = frozenset({502, 503, 504})
+# Sent only to the origin the caller named: a redirect elsewhere drops them (as browsers,
+# requests, curl and httpx do), so an open redirect cannot collect an agent's credentials.
+CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 USER_AGENT = "agentrt-tools/0.1 (+fetch_url)"
 
 
@@ -209,8 +212,13 @@ class HttpFetcher:
         self, url: str, headers: Mapping[str, str], follow_redirects: bool
     ) -> Fetched:
         current = url
+        origin: tuple[str, str, int] | None = None
         for _ in range(self.policy.max_redirects + 1):
             target = self._target(current)
+            if origin is None:
+                origin = (target.scheme, target.host, target.port)
+            elif (target.scheme, target.host, target.port) != origin:
+                headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
             breaker = self._breaker(target.host)
             breaker.check(target.host)
             address = await self._address(target)
@@ -303,7 +311,8 @@ class HttpFetcher:
             raise _HostFailure(
                 "TIMEOUT", f"{target.host} sent nothing for {policy.read_timeout:.0f} s"
             ) from None
-        except httpx.HTTPError as e:
+        except (httpx.HTTPError, httpx.InvalidURL) as e:
+            # InvalidURL: e.g. a host the system resolver accepts but httpx's IDNA 2008 refuses.
             raise ToolFailure("FETCH_FAILED", f"{target.host}: {e}") from None
 
     async def _body(self, response: httpx.Response) -> bytes:

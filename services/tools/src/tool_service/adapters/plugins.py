@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jsonschema import Draft202012Validator, SchemaError
 from langchain_core.tools import BaseTool
 
 from tool_service.application.environment import ToolEnv
@@ -35,6 +36,10 @@ class PluginTool:
         self._tool = tool
         schema = dict(tool.get_input_jsonschema())
         schema.pop("title", None)
+        try:  # e.g. a pattern Python's re cannot compile would break every catalogue
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as e:
+            raise ValueError(f"tool {tool.name!r} has an unusable schema: {e.message}") from None
         declared = getattr(tool, "side_effect", SideEffect.AT_MOST_ONCE.value)
         self.spec = ToolSpec(
             name=tool.name,
@@ -60,7 +65,7 @@ def _build(entry: Any) -> BaseTool:
     tool = entry() if isinstance(entry, type) else entry
     if not isinstance(tool, BaseTool):
         raise TypeError(f"{entry!r} is not a LangChain tool")
-    if not TOOL_NAME.match(tool.name):
+    if not TOOL_NAME.fullmatch(tool.name):
         raise ValueError(f"tool name {tool.name!r} must match {TOOL_NAME.pattern}")
     return tool
 

@@ -253,7 +253,10 @@ class ConfinedWorkspace:
             entries: list[Entry] = []
             with os.scandir(fd) as it:
                 for item in it:
-                    info = item.stat(follow_symlinks=False)
+                    try:
+                        info = item.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # removed while we listed
                     if stat.S_ISLNK(info.st_mode):
                         kind = "symlink"
                     elif stat.S_ISDIR(info.st_mode):
@@ -296,9 +299,10 @@ class ConfinedWorkspaces:
     @contextlib.contextmanager
     def open(self, name: str) -> Iterator[ConfinedWorkspace]:
         """The workspace called `name` (validated segments, each opened without following links)."""
+        segments = workspace_parts(name)  # before taking a descriptor that a refusal would leak
         fd = os.dup(self._root_fd)
         try:
-            for segment in workspace_parts(name):
+            for segment in segments:
                 try:
                     child = os.open(segment, DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
                 except FileNotFoundError:

@@ -8,6 +8,7 @@ back-references or look-around).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,13 +16,14 @@ import re2
 
 from agentrt_kit.errors import invalid
 from tool_service.application.environment import ToolEnv, confined, display, parts_of
-from tool_service.domain.text import decode_text, is_binary, slice_lines
+from tool_service.domain.text import decode_text, is_binary, matching_lines, slice_lines
 from tool_service.domain.tools import Artifact, SideEffect, ToolFailure, ToolResult, ToolSpec
 
 FILENAME = {"type": "string", "minLength": 1, "description": "Path relative to the workspace."}
 
 
-def _text_of(env: ToolEnv, args: Mapping[str, Any]) -> tuple[list[str], str, int]:
+def _text_bytes(env: ToolEnv, args: Mapping[str, Any]) -> tuple[list[str], bytes]:
+    """The file named by `filename`, refused unless it is text."""
     parts = parts_of(args["filename"], "filename")
     with env.workspaces.open(env.workspace) as ws, confined("filename"):
         data = ws.read_bytes(parts, env.limits.max_read_bytes)
@@ -29,7 +31,7 @@ def _text_of(env: ToolEnv, args: Mapping[str, Any]) -> tuple[list[str], str, int
         raise ToolFailure(
             "BINARY_FILE", f"{display(parts)} is not a text file", bytes_used=len(data)
         )
-    return parts, decode_text(data), len(data)
+    return parts, data
 
 
 class ReadLines:
@@ -59,9 +61,10 @@ class ReadLines:
         start, end = int(args["start"]), args.get("end")
         if end is not None and int(end) < start:
             raise invalid("arguments.end", "must not be before start")
-        parts, text, size = _text_of(env, args)
+        parts, data = _text_bytes(env, args)
+        size = len(data)
         lines, total, truncated = slice_lines(
-            text, start, None if end is None else int(end), env.limits.max_lines
+            decode_text(data), start, None if end is None else int(end), env.limits.max_lines
         )
         last = start + len(lines) - 1 if lines else start - 1
         return ToolResult(
@@ -75,6 +78,21 @@ class ReadLines:
             },
             bytes=size,
         )
+
+
+@functools.lru_cache(maxsize=256)
+def compiled(pattern: str, ignore_case: bool, max_mem: int) -> Any:
+    """The RE2 program for a grep pattern (cached: agents repeat their searches).
+
+    Line-by-line semantics in one pass over the file: no match may contain a newline,
+    and ^ and $ match at every line's ends.
+    """
+    options = re2.Options()
+    options.case_sensitive = not ignore_case
+    options.max_mem = max_mem
+    options.log_errors = False
+    options.never_nl = True
+    return re2.compile(f"(?m){pattern}".encode(), options)
 
 
 class GrepFile:
@@ -107,23 +125,18 @@ class GrepFile:
             raise invalid(
                 "arguments.pattern", f"is longer than {env.limits.max_pattern_chars} characters"
             )
-        options = re2.Options()
-        options.case_sensitive = not args["ignore_case"]
-        options.max_mem = env.limits.regex_max_mem
-        options.log_errors = False
         try:
-            regex = re2.compile(pattern, options)
+            regex = compiled(pattern, bool(args["ignore_case"]), env.limits.regex_max_mem)
         except re2.error as e:
             raise invalid("arguments.pattern", f"is not a valid RE2 pattern: {e}") from None
-        parts, text, size = _text_of(env, args)
-        matches: list[tuple[int, str]] = []
-        truncated = False
-        for number, line in enumerate(text.splitlines(), start=1):
-            if regex.search(line):
-                if len(matches) == env.limits.max_matches:
-                    truncated = True
-                    break
-                matches.append((number, line))
+        parts, data = _text_bytes(env, args)
+        size = len(data)
+
+        def find(haystack: bytes, pos: int) -> int | None:
+            match = regex.search(haystack, pos)
+            return match.start() if match else None
+
+        matches, truncated = matching_lines(data, find, env.limits.max_matches)
         numbered = bool(args["line_numbers"])
         content = "\n".join(f"{n}:{line}" if numbered else line for n, line in matches)
         return ToolResult(
@@ -163,7 +176,10 @@ class CreateFile:
 
     def _run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
         parts = parts_of(args["filename"], "filename")
-        data = args["content"].encode("utf-8", errors="strict")
+        try:
+            data = args["content"].encode("utf-8")
+        except UnicodeEncodeError:
+            raise invalid("arguments.content", "is not valid Unicode text") from None
         if len(data) > env.limits.max_write_bytes:
             limit = env.limits.max_write_bytes
             raise ToolFailure(

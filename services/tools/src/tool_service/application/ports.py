@@ -112,7 +112,7 @@ class AuditEntry:
 
     tool: str
     context: InvocationContext
-    outcome: str  # succeeded | failed | refused | replayed
+    outcome: str  # succeeded | failed | refused | replayed | cancelled | error
     detail: str
     duration_ms: int
     bytes: int

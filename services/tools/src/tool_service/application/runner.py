@@ -11,14 +11,16 @@ cannot be known).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import fastjsonschema
 from jsonschema import Draft202012Validator
 
 from agentrt_kit.concurrency import BlockingRunner
@@ -42,21 +44,40 @@ from tool_service.domain.tools import (
     ToolResult,
     ToolSpec,
 )
-from tool_service.errors import IdempotencyKeyReused, InvocationInProgress, UnknownTool
+from tool_service.errors import (
+    IdempotencyKeyReused,
+    InvocationInProgress,
+    PathOutsideWorkspace,
+    UnknownTool,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_KEY_CHARS = 256
 
 
+def _compile(schema: Mapping[str, Any]) -> Callable[[Any], Any] | None:
+    """A fastjsonschema validator (validates and fills defaults), or None if it cannot compile."""
+    try:
+        return fastjsonschema.compile(dict(schema))
+    except (fastjsonschema.JsonSchemaDefinitionException, ValueError, KeyError):
+        return None
+
+
 class ToolCatalog:
-    """The tools on offer, with each one's compiled argument validator."""
+    """The tools on offer, with each one's compiled argument validators.
+
+    Valid arguments take the fast path (fastjsonschema: compiled Python, about ten times
+    quicker than jsonschema, on every call); invalid ones are explained by jsonschema,
+    which reports every violation rather than the first.
+    """
 
     def __init__(self, tools: Sequence[Tool], problems: Sequence[tuple[str, str]] = ()) -> None:
         self._tools = {t.spec.name: t for t in tools}
         self._validators = {
             name: Draft202012Validator(t.spec.arguments_schema) for name, t in self._tools.items()
         }
+        self._fast = {name: _compile(t.spec.arguments_schema) for name, t in self._tools.items()}
         self.problems = list(problems)
 
     def specs(self) -> list[ToolSpec]:
@@ -76,22 +97,50 @@ class ToolCatalog:
         Raises:
             InvalidArgument: one violation per bad argument, named `arguments.<path>`.
         """
+        fast = self._fast[name]
+        if fast is not None:
+            try:
+                return dict(fast(dict(arguments)))
+            except fastjsonschema.JsonSchemaValueException:
+                pass  # explained below, field by field
         validator = self._validators[name]
         errors = sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))
         if errors:
-            violations = []
-            for error in errors[:50]:
-                path = "arguments" + "".join(
-                    f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
-                )
-                violations.append(FieldViolation(path, error.message))
-            raise InvalidArgument("invalid tool arguments", violations=violations)
+            violations = [v for error in errors[:50] for v in _violations(error)]
+            raise InvalidArgument(
+                "invalid tool arguments", violations=list(dict.fromkeys(violations))
+            )
         schema = self._tools[name].spec.arguments_schema
         filled = dict(arguments)
         for key, prop in schema.get("properties", {}).items():
             if key not in filled and "default" in prop:
                 filled[key] = prop["default"]
         return filled
+
+
+def _violations(error: Any) -> list[FieldViolation]:
+    """The field violations of a jsonschema error, each naming the argument at fault.
+
+    A missing or unexpected argument is reported on the argument itself
+    (`arguments.filename`), not on the object that lacks or carries it.
+    """
+    path = "arguments" + "".join(
+        f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path
+    )
+    instance, schema = error.instance, error.schema
+    if error.validator == "required" and isinstance(instance, Mapping):
+        missing = [p for p in error.validator_value if p not in instance]
+        return [FieldViolation(f"{path}.{p}", "is required") for p in missing]
+    if (
+        error.validator == "additionalProperties"
+        and error.validator_value is False
+        and isinstance(instance, Mapping)
+        and "patternProperties" not in schema
+    ):
+        known = schema.get("properties", {})
+        extra = [k for k in instance if k not in known]
+        return [FieldViolation(f"{path}.{k}", "is not an argument of this tool") for k in extra]
+    return [FieldViolation(path, error.message)]
 
 
 def digest(tool: str, arguments: Mapping[str, Any]) -> str:
@@ -164,6 +213,9 @@ class ToolRunner:
                 result = await tool.run(args, env)
             except ToolFailure as failure:
                 result = failure.result()
+            except PathRefused as e:  # the workspace itself cannot be opened safely (a link)
+                field = "context.workspace" if context.workspace else "context.agent_id"
+                raise PathOutsideWorkspace(field, str(e)) from None
             outcome = "failed" if result.failed else "succeeded"
             detail = result.error_code
             if claimed:
@@ -173,6 +225,9 @@ class ToolRunner:
             detail = e.reason
             if claimed:  # refused before it acted: the key may be used again
                 await self.run_blocking(self.ledger.release, context.idempotency_key)
+            raise
+        except asyncio.CancelledError:  # the caller went away; the tool may have acted
+            outcome, detail = "cancelled", "CANCELLED"
             raise
         except Exception:
             outcome, detail = "error", "INTERNAL"

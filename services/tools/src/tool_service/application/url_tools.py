@@ -65,7 +65,10 @@ def readable(fetched: Fetched) -> tuple[str, Any, str]:
             f"{fetched.content_type or 'unknown'} content is not text; nothing was saved",
             bytes_used=len(fetched.body),
         )
-    text = fetched.body.decode(fetched.charset or "utf-8", errors="replace")
+    try:
+        text = fetched.body.decode(fetched.charset or "utf-8", errors="replace")
+    except LookupError:  # a charset Python does not know: read it as UTF-8
+        text = fetched.body.decode("utf-8", errors="replace")
     if kind == "html":
         converter = html2text.HTML2Text(baseurl=fetched.url, bodywidth=0)
         converter.ignore_images = True
@@ -101,14 +104,16 @@ def checked_headers(headers: Mapping[str, Any]) -> dict[str, str]:
         problems.append(FieldViolation("arguments.headers", f"at most {MAX_HEADERS} headers"))
     for name, value in headers.items():
         path = f"arguments.headers.{name}"
-        if not _HEADER_NAME.match(name):
+        if not _HEADER_NAME.fullmatch(name):
             problems.append(FieldViolation(path, "is not a valid header name"))
         elif name.lower() in FORBIDDEN_HEADERS or name.lower().startswith("proxy-"):
             problems.append(FieldViolation(path, "may not be set by a tool call"))
         elif not isinstance(value, str) or len(value) > MAX_HEADER_VALUE:
             problems.append(FieldViolation(path, f"must be a string of at most {MAX_HEADER_VALUE}"))
-        elif any(ord(ch) < 0x20 and ch != "\t" for ch in value):
+        elif any((ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F for ch in value):
             problems.append(FieldViolation(path, "must not contain control characters"))
+        elif not value.isascii():  # HTTP clients send header values as ASCII only
+            problems.append(FieldViolation(path, "must be ASCII text"))
         else:
             out[name] = value
     if problems:

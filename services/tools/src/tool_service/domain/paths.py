@@ -69,7 +69,7 @@ def workspace_parts(name: str) -> list[str]:
         PathRefused: when the name is not one or two plain segments.
     """
     segments = name.split("/")
-    if not 1 <= len(segments) <= 2 or not all(WORKSPACE_SEGMENT.match(s) for s in segments):
+    if not 1 <= len(segments) <= 2 or not all(WORKSPACE_SEGMENT.fullmatch(s) for s in segments):
         raise PathRefused(
             "must be one or two segments of letters, digits, '.', '_', ':' or '-', "
             "starting alphanumeric"

@@ -63,6 +63,8 @@ def parse_target(url: str) -> Target:
     try:
         parts: SplitResult = urlsplit(url)
         port = parts.port
+        if port == 0:
+            raise ValueError("port 0")
     except ValueError as e:
         raise UrlRefused(f"cannot be parsed ({e})") from None
     scheme = parts.scheme.lower()
@@ -96,28 +98,43 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | Non
     return None
 
 
+def _refusal_of(candidate: IPAddress, shown: IPAddress) -> str | None:
+    if candidate.is_unspecified:
+        return f"{shown} is unspecified"
+    if candidate.is_loopback:
+        return f"{shown} is a loopback address"
+    if candidate.is_link_local:
+        return f"{shown} is link-local (metadata services live there)"
+    if candidate.is_multicast:
+        return f"{shown} is multicast"
+    if candidate.is_reserved:
+        return f"{shown} is reserved"
+    if candidate.is_private or not candidate.is_global:
+        return f"{shown} is not a public address"
+    return None
+
+
 def refusal(address: IPAddress, allowed: Sequence[IPNetwork] = ()) -> str | None:
-    """Why `address` may not be contacted, or None when it may."""
+    """Why `address` may not be contacted, or None when it may.
+
+    An IPv6 address that *is* an IPv4 destination (v4-mapped, v4-compatible, NAT64) is
+    judged by that IPv4 address alone: Python versions disagree on the IPv6 forms, and
+    NAT64 is how IPv6-only networks reach public IPv4 sites. A tunnelling address (6to4,
+    Teredo) must pass both as itself and by the IPv4 address it carries.
+    """
     if any(address in net for net in allowed):
         return None
-    candidates: list[IPAddress] = [address]
-    if isinstance(address, ipaddress.IPv6Address) and (v4 := embedded_ipv4(address)) is not None:
-        if any(v4 in net for net in allowed):
-            return None
-        candidates.insert(0, v4)  # judge (and explain) by the IPv4 address it carries
-    for candidate in candidates:
-        if candidate.is_unspecified:
-            return f"{address} is unspecified"
-        if candidate.is_loopback:
-            return f"{address} is a loopback address"
-        if candidate.is_link_local:
-            return f"{address} is link-local (metadata services live there)"
-        if candidate.is_multicast:
-            return f"{address} is multicast"
-        if candidate.is_private or not candidate.is_global:
-            return f"{address} is not a public address"
-        if candidate.is_reserved:
-            return f"{address} is reserved"
+    if not isinstance(address, ipaddress.IPv6Address):
+        return _refusal_of(address, address)
+    v4 = embedded_ipv4(address)
+    if v4 is None:
+        return _refusal_of(address, address)
+    if any(v4 in net for net in allowed):
+        return None
+    if (reason := _refusal_of(v4, address)) is not None:
+        return reason
+    if address.sixtofour is not None or address.teredo is not None:
+        return _refusal_of(address, address)
     return None
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$agentrt/events/v1/audit_events.proto\x12\x11\x61gentrt.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x02\n\x0b\x41uditRecord\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x14\n\x0cprincipal_id\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x0e\n\x06target\x18\x07 \x01(\t\x12\x0f\n\x07outcome\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\n \x01(\x03\x12\r\n\x05\x62ytes\x18\x0b \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x0c \x01(\t\x12\x0e\n\x06run_id\x18\r \x01(\t\x12\x0f\n\x07task_id\x18\x0e \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$agentrt/events/v1/audit_events.proto\x12\x11\x61gentrt.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\x02\n\x0b\x41uditRecord\x12\x11\n\trecord_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x14\n\x0cprincipal_id\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x0e\n\x06target\x18\x07 \x01(\t\x12\x0f\n\x07outcome\x18\x08 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\n \x01(\x03\x12\r\n\x05\x62ytes\x18\x0b \x01(\x03\x12\x10\n\x08\x61gent_id\x18\x0c \x01(\t\x12\x0e\n\x06run_id\x18\r \x01(\t\x12\x0f\n\x07task_id\x18\x0e \x01(\t\"=\n\nAuditBatch\x12/\n\x07records\x18\x01 \x03(\x0b\x32\x1e.agentrt.events.v1.AuditRecordb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,4 +34,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUDITRECORD']._serialized_start=93
   _globals['_AUDITRECORD']._serialized_end=385
+  _globals['_AUDITBATCH']._serialized_start=387
+  _globals['_AUDITBATCH']._serialized_end=448
 # @@protoc_insertion_point(module_scope)
