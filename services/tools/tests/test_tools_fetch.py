@@ -315,6 +315,23 @@ async def test_unsupported_type_is_a_tool_error_and_nothing_is_saved(
     assert http.paths() == ["/logo.png"]
 
 
+async def test_other_types_are_saved_as_they_came_when_the_operator_allows_it(
+    make_settings: Callable[..., Settings], http: LocalHttp, workspace_root: Path
+) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+    http.routes["/logo.png"] = lambda h: h.reply(200, png, "image/png")
+    async with running(make_settings, fetch_save_other_types=True) as stub:
+        reply = await fetch(stub, http.url("/logo.png"))
+        refused = await fetch(stub, http.url("/logo.png"), save_to_file=False)
+    assert not reply.HasField("error")
+    saved = struct_to_dict(reply.data)["saved_to"]
+    assert saved.startswith("downloads/")
+    assert saved.endswith(".png")
+    assert (workspace_root / "agent-1" / saved).read_bytes() == png
+    assert reply.artifacts[0].media_type == "image/png"
+    assert refused.error.code == "UNSUPPORTED_CONTENT_TYPE"  # nothing to show, nothing kept
+
+
 async def test_save_to_file_false_saves_nothing(
     make_settings: Callable[..., Settings], http: LocalHttp, workspace_root: Path
 ) -> None:

@@ -71,6 +71,9 @@ class Settings(ServiceSettings):
     fetch_breaker_failures: int = Field(5, ge=1, description="Failures that open a circuit.")
     fetch_breaker_cooldown: float = Field(30.0, gt=0, description="Seconds a circuit stays open.")
     fetch_verify_tls: bool = Field(True, description="Verify TLS certificates.")
+    fetch_save_other_types: bool = Field(
+        False, description="Save responses that are not text as they came (else refuse them)."
+    )
 
     @field_validator(
         "plugin_dirs",

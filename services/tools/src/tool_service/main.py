@@ -78,6 +78,7 @@ def limits(settings: Settings) -> Limits:
         max_pattern_chars=settings.max_pattern_chars,
         max_list_entries=settings.max_list_entries,
         max_content_chars=settings.max_content_chars,
+        save_other_types=settings.fetch_save_other_types,
     )
 
 

@@ -25,6 +25,8 @@ class Limits:
     max_list_entries: int = 1_000
     max_content_chars: int = 200_000
     regex_max_mem: int = 8 * 1024 * 1024
+    # fetch_url: save responses that are not text as they came (else refuse them).
+    save_other_types: bool = False
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mimetypes
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -152,6 +153,12 @@ class FetchUrl:
         """Fetch, convert, and save."""
         headers = checked_headers(args["headers"])
         fetched = await env.fetcher.fetch(args["url"], headers, bool(args["follow_redirects"]))
+        if (
+            kind_of(fetched.content_type) == "other"
+            and env.limits.save_other_types
+            and args["save_to_file"]
+        ):
+            return await self._save_as_is(fetched, env)
         text, data, suffix = readable(fetched)
         limit = env.limits.max_content_chars
         result_data: dict[str, Any] = {
@@ -173,6 +180,27 @@ class FetchUrl:
             artifacts = (Artifact("file", location, fetched.content_type, len(encoded)),)
         return ToolResult(
             content=text[:limit], data=result_data, artifacts=artifacts, bytes=len(fetched.body)
+        )
+
+    async def _save_as_is(self, fetched: Fetched, env: ToolEnv) -> ToolResult:
+        """Keep a response that is not text as it came (when the operator allows it)."""
+        suffix = mimetypes.guess_extension(fetched.content_type or "") or ".bin"
+        name = download_name(fetched.url, suffix)
+        await env.run_blocking(self._save, env, name, fetched.body)
+        location = f"downloads/{name}"
+        size = len(fetched.body)
+        return ToolResult(
+            content=f"saved {size} bytes of {fetched.content_type or 'unknown content'} "
+            f"to {location}",
+            data={
+                "url": fetched.url,
+                "status": fetched.status,
+                "content_type": fetched.content_type,
+                "bytes": size,
+                "saved_to": location,
+            },
+            artifacts=(Artifact("file", location, fetched.content_type, size),),
+            bytes=size,
         )
 
     @staticmethod
