@@ -21,12 +21,10 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from eventsourcing.domain import Aggregate, event
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "services" / "agent_registry" / "tests"))
 
+from bench_support import atimed, throughput, timed, write_section  # noqa: E402
 from registry_support import SIMPLE  # noqa: E402
 
 from agent_registry.adapters.memory import InMemoryTemplateCatalog  # noqa: E402
@@ -85,46 +84,6 @@ class Bare(Application[uuid.UUID]):
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def stats(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "n": len(ordered),
-        "p50_ms": round(statistics.median(ordered) * 1000, 3),
-        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 3),
-        "ops_s": round(len(ordered) / sum(ordered), 1),
-    }
-
-
-def timed(fn: Callable[[int], Any], n: int) -> dict[str, float]:
-    samples = []
-    for i in range(n):
-        t = time.perf_counter()
-        fn(i)
-        samples.append(time.perf_counter() - t)
-    return stats(samples)
-
-
-async def atimed(fn: Callable[[int], Awaitable[Any]], n: int) -> dict[str, float]:
-    samples = []
-    for i in range(n):
-        t = time.perf_counter()
-        await fn(i)
-        samples.append(time.perf_counter() - t)
-    return stats(samples)
-
-
-async def throughput(fn: Callable[[int], Awaitable[Any]], n: int, concurrency: int) -> float:
-    counter = iter(range(n))
-
-    async def worker() -> None:
-        for i in counter:
-            await fn(i)
-
-    t = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return round(n / (time.perf_counter() - t), 1)
 
 
 def spec_message(name: str, **extra: Any) -> pb.AgentSpec:
@@ -526,18 +485,6 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    header = "# Benchmarks\n\nNumbers measured by `make bench`; each section is rewritten by its benchmark.\n\n"
-    text = path.read_text() if path.exists() else header
-    start = text.find("## Agent registry (issue 2)")
-    if start == -1:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end != -1 else "\n")
-    path.write_text(text)
-
-
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--write", type=Path)
@@ -587,7 +534,7 @@ async def main() -> None:
     section = report(results, args, info)
     print(section)
     if args.write:
-        write_section(args.write, section)
+        write_section(args.write, "## Agent registry (issue 2)", section)
 
 
 if __name__ == "__main__":

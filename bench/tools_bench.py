@@ -11,15 +11,12 @@ Usage: python bench/tools_bench.py [--write docs/BENCHMARKS.md] [--quick]
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,8 @@ import grpc
 import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
+
+from bench_support import atimed, throughput, timed, write_section  # noqa: E402
 
 from agentrt.tools.v1 import tools_pb2 as pb  # noqa: E402
 from agentrt.tools.v1 import tools_pb2_grpc as pb_grpc  # noqa: E402
@@ -48,45 +47,6 @@ CALLS = {
     "read_lines": {"filename": "docs/notes.txt", "start": 10, "end": 30},
     "grep_file": {"filename": "docs/notes.txt", "pattern": "dog [0-9]*7$", "ignore_case": False},
 }
-
-
-def stats(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "n": len(ordered),
-        "p50_ms": round(statistics.median(ordered) * 1000, 4),
-        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 4),
-    }
-
-
-def timed(fn: Callable[[], Any], n: int) -> dict[str, float]:
-    samples = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return stats(samples)
-
-
-async def atimed(fn: Callable[[], Awaitable[Any]], n: int) -> dict[str, float]:
-    samples = []
-    for _ in range(n):
-        t = time.perf_counter()
-        await fn()
-        samples.append(time.perf_counter() - t)
-    return stats(samples)
-
-
-async def throughput(fn: Callable[[], Awaitable[Any]], n: int, concurrency: int) -> float:
-    remaining = iter(range(n))
-
-    async def worker() -> None:
-        for _ in remaining:
-            await fn()
-
-    t = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return round(n / (time.perf_counter() - t), 1)
 
 
 def prepare(root: Path) -> None:
@@ -118,10 +78,10 @@ async def in_process(root: Path, n: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, tool in (("read_lines", ReadLines()), ("grep_file", GrepFile())):
         args = catalog.arguments(name, CALLS[name])
-        out[f"{name}/function"] = timed(lambda tool=tool, args=args: tool._run(args, env), n)
+        out[f"{name}/function"] = timed(lambda _i, tool=tool, args=args: tool._run(args, env), n)
         ctx = InvocationContext(agent_id="bench")
         out[f"{name}/invoke"] = await atimed(
-            lambda name=name, ctx=ctx: runner.invoke(name, CALLS[name], ctx), n
+            lambda _i, name=name, ctx=ctx: runner.invoke(name, CALLS[name], ctx), n
         )
     run_blocking.shutdown()
     workspaces.close()
@@ -143,9 +103,9 @@ async def over_grpc(address: str, n: int, concurrency: int, total: int) -> dict[
             message = request(name)
             for _ in range(200):  # warm up
                 await stub.InvokeTool(message, metadata=md)
-            out[name] = await atimed(lambda m=message: stub.InvokeTool(m, metadata=md), n)
+            out[name] = await atimed(lambda _i, m=message: stub.InvokeTool(m, metadata=md), n)
             out[name]["concurrent_ops_s"] = await throughput(
-                lambda m=message: stub.InvokeTool(m, metadata=md), total, concurrency
+                lambda _i, m=message: stub.InvokeTool(m, metadata=md), total, concurrency
             )
     return out
 
@@ -163,7 +123,7 @@ async def two_replicas(target: str, concurrency: int, total: int) -> dict[str, f
             for _ in range(200):
                 await stub.InvokeTool(message, metadata=md)
             out[name] = await throughput(
-                lambda m=message: stub.InvokeTool(m, metadata=md), total, concurrency
+                lambda _i, m=message: stub.InvokeTool(m, metadata=md), total, concurrency
             )
     return out
 
@@ -223,17 +183,6 @@ def report(inproc: dict[str, Any], rpc: dict[str, Any], args: argparse.Namespace
         )
     lines.append("")
     return "\n".join(lines)
-
-
-def write_section(path: Path, title: str, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start = text.find(title)
-    if start == -1:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + ("\n" + text[end + 1 :] if end != -1 else "\n")
-    path.write_text(text)
 
 
 async def main() -> None:

@@ -12,12 +12,17 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AsyncExitStack
+from typing import Any, TypeVar
 
 import uvloop
 
-from agentrt_kit.settings import ConfigError
+from agentrt_kit.grpc.server import GrpcServer
+from agentrt_kit.logging import setup_logging
+from agentrt_kit.settings import ConfigError, ServiceSettings, load_settings
+
+S = TypeVar("S", bound=ServiceSettings)
 
 log = logging.getLogger(__name__)
 
@@ -63,3 +68,34 @@ def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+async def serve_until_stopped(
+    stack: AsyncExitStack,
+    server: GrpcServer,
+    *,
+    grace: float,
+    on_ready: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Start `server`, stop it gracefully when the stack unwinds, and wait for shutdown.
+
+    The server's stop is pushed last onto `stack`, so on the way out it goes first:
+    NOT_SERVING, in-flight calls finish within `grace`, then everything it depended on.
+    """
+    await server.start()
+    stack.push_async_callback(server.stop, grace)
+    if on_ready is not None:
+        on_ready(server.port)
+    await wait_for_shutdown(stop)
+
+
+def service_main(name: str, settings_cls: type[S], serve: Callable[[S], Awaitable[None]]) -> None:
+    """A service's `main()`: settings from the environment, logging, then `serve` on uvloop."""
+
+    async def amain() -> None:
+        settings = load_settings(settings_cls)
+        setup_logging(name, settings.log_level, settings.log_format)
+        await serve(settings)
+
+    run(amain)

@@ -33,10 +33,8 @@ from agent_registry.config import Settings
 from agentrt.registry.v1 import registry_pb2, registry_pb2_grpc
 from agentrt_kit.concurrency import BlockingRunner
 from agentrt_kit.grpc.server import GrpcServer, ServiceBinding
-from agentrt_kit.lifecycle import run, wait_for_shutdown
-from agentrt_kit.logging import setup_logging
+from agentrt_kit.lifecycle import serve_until_stopped, service_main
 from agentrt_kit.nats import Names, NatsClient
-from agentrt_kit.settings import load_settings
 from agentrt_kit.telemetry import setup_telemetry
 
 SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["AgentRegistry"].full_name
@@ -123,21 +121,17 @@ async def serve(
                 port=settings.port,
                 service_token_sha256=settings.service_token_sha256(),
             )
-            await server.start()
-            stack.push_async_callback(server.stop, settings.shutdown_grace_seconds)
-            if on_ready is not None:
-                on_ready(server.port)
-            await wait_for_shutdown(stop)
+            await serve_until_stopped(
+                stack,
+                server,
+                grace=settings.shutdown_grace_seconds,
+                on_ready=on_ready,
+                stop=stop,
+            )
     finally:
         telemetry.shutdown()
 
 
 def main() -> None:
     """Entry point: `python -m agent_registry` / `agentrt-registry`."""
-
-    async def amain() -> None:
-        settings = load_settings(Settings)
-        setup_logging("agent-registry", settings.log_level, settings.log_format)
-        await serve(settings)
-
-    run(amain)
+    service_main("agent-registry", Settings, serve)

@@ -22,10 +22,8 @@ import grpc
 from agentrt.tools.v1 import tools_pb2, tools_pb2_grpc
 from agentrt_kit.concurrency import BlockingRunner, wait_for_any
 from agentrt_kit.grpc.server import GrpcServer, ServiceBinding
-from agentrt_kit.lifecycle import run, wait_for_shutdown
-from agentrt_kit.logging import setup_logging
+from agentrt_kit.lifecycle import serve_until_stopped, service_main
 from agentrt_kit.nats import Names, NatsClient
-from agentrt_kit.settings import load_settings
 from agentrt_kit.sql import SqlDatabase
 from agentrt_kit.telemetry import setup_telemetry
 from tool_service.adapters.audit import NatsAuditSink
@@ -172,29 +170,25 @@ async def serve(
                 port=settings.port,
                 service_token_sha256=settings.service_token_sha256(),
             )
-            await server.start()
-            stack.push_async_callback(server.stop, settings.shutdown_grace_seconds)
             log.info(
-                "tools service ready",
+                "tools service starting",
                 extra={
                     "tools": len(catalog.specs()),
                     "plugin_problems": len(problems),
                     "openat2": workspaces.use_openat2,
                 },
             )
-            if on_ready is not None:
-                on_ready(server.port)
-            await wait_for_shutdown(stop)
+            await serve_until_stopped(
+                stack,
+                server,
+                grace=settings.shutdown_grace_seconds,
+                on_ready=on_ready,
+                stop=stop,
+            )
     finally:
         telemetry.shutdown()
 
 
 def main() -> None:
     """Entry point: `python -m tool_service` / `agentrt-tools`."""
-
-    async def amain() -> None:
-        settings = load_settings(Settings)
-        setup_logging("tools", settings.log_level, settings.log_format)
-        await serve(settings)
-
-    run(amain)
+    service_main("tools", Settings, serve)

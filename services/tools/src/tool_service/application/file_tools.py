@@ -22,6 +22,17 @@ from tool_service.domain.tools import Artifact, SideEffect, ToolFailure, ToolRes
 FILENAME = {"type": "string", "minLength": 1, "description": "Path relative to the workspace."}
 
 
+class FileTool:
+    """A tool whose work is file I/O: it runs on a worker thread, never on the event loop."""
+
+    async def run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
+        """Do the work on a worker thread."""
+        return await env.run_blocking(self._run, args, env)
+
+    def _run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
+        raise NotImplementedError  # pragma: no cover - every file tool defines it
+
+
 def _text_bytes(env: ToolEnv, args: Mapping[str, Any]) -> tuple[list[str], bytes]:
     """The file named by `filename`, refused unless it is text."""
     parts = parts_of(args["filename"], "filename")
@@ -34,7 +45,7 @@ def _text_bytes(env: ToolEnv, args: Mapping[str, Any]) -> tuple[list[str], bytes
     return parts, data
 
 
-class ReadLines:
+class ReadLines(FileTool):
     """read_lines(filename, start=1, end=None)."""
 
     spec = ToolSpec(
@@ -52,10 +63,6 @@ class ReadLines:
         },
         side_effect=SideEffect.READ_ONLY,
     )
-
-    async def run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
-        """Read the range."""
-        return await env.run_blocking(self._run, args, env)
 
     def _run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
         start, end = int(args["start"]), args.get("end")
@@ -95,7 +102,7 @@ def compiled(pattern: str, ignore_case: bool, max_mem: int) -> Any:
     return re2.compile(f"(?m){pattern}".encode(), options)
 
 
-class GrepFile:
+class GrepFile(FileTool):
     """grep_file(filename, pattern, ignore_case=False, line_numbers=True)."""
 
     spec = ToolSpec(
@@ -114,10 +121,6 @@ class GrepFile:
         },
         side_effect=SideEffect.READ_ONLY,
     )
-
-    async def run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
-        """Search."""
-        return await env.run_blocking(self._run, args, env)
 
     def _run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
         pattern: str = args["pattern"]
@@ -151,7 +154,7 @@ class GrepFile:
         )
 
 
-class CreateFile:
+class CreateFile(FileTool):
     """create_file(filename, content, overwrite=False)."""
 
     spec = ToolSpec(
@@ -169,10 +172,6 @@ class CreateFile:
         },
         side_effect=SideEffect.AT_MOST_ONCE,
     )
-
-    async def run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
-        """Write the file."""
-        return await env.run_blocking(self._run, args, env)
 
     def _run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
         parts = parts_of(args["filename"], "filename")
@@ -196,7 +195,7 @@ class CreateFile:
         )
 
 
-class DeleteFile:
+class DeleteFile(FileTool):
     """delete_file(filename, confirm=False)."""
 
     spec = ToolSpec(
@@ -214,10 +213,6 @@ class DeleteFile:
         side_effect=SideEffect.AT_MOST_ONCE,
     )
 
-    async def run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
-        """Delete the file."""
-        return await env.run_blocking(self._run, args, env)
-
     def _run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
         parts = parts_of(args["filename"], "filename")
         if not args["confirm"]:
@@ -230,7 +225,7 @@ class DeleteFile:
         return ToolResult(content=f"deleted {path}", data={"filename": path})
 
 
-class ListFiles:
+class ListFiles(FileTool):
     """list_files(path=".")."""
 
     spec = ToolSpec(
@@ -243,10 +238,6 @@ class ListFiles:
         },
         side_effect=SideEffect.READ_ONLY,
     )
-
-    async def run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
-        """List the directory."""
-        return await env.run_blocking(self._run, args, env)
 
     def _run(self, args: Mapping[str, Any], env: ToolEnv) -> ToolResult:
         parts = parts_of(args["path"], "path", allow_root=True)

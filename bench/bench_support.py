@@ -1,0 +1,68 @@
+"""Timing helpers and the report writer shared by the benchmarks in this folder."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+HEADER = "# Benchmarks\n\nNumbers measured by `make bench`; each section is rewritten by its benchmark.\n"
+
+
+def stats(samples: list[float]) -> dict[str, float]:
+    """p50/p99 latency in milliseconds and the sequential rate of a list of durations."""
+    ordered = sorted(samples)
+    return {
+        "n": len(ordered),
+        "p50_ms": round(statistics.median(ordered) * 1000, 4),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 4),
+        "ops_s": round(len(ordered) / sum(ordered), 1),
+    }
+
+
+def timed(fn: Callable[[int], Any], n: int) -> dict[str, float]:
+    """Call ``fn(i)`` for i in range(n), one after another, and time each call."""
+    samples = []
+    for i in range(n):
+        t = time.perf_counter()
+        fn(i)
+        samples.append(time.perf_counter() - t)
+    return stats(samples)
+
+
+async def atimed(fn: Callable[[int], Awaitable[Any]], n: int) -> dict[str, float]:
+    """Await ``fn(i)`` for i in range(n), one after another, and time each call."""
+    samples = []
+    for i in range(n):
+        t = time.perf_counter()
+        await fn(i)
+        samples.append(time.perf_counter() - t)
+    return stats(samples)
+
+
+async def throughput(fn: Callable[[int], Awaitable[Any]], n: int, concurrency: int) -> float:
+    """Calls per second when ``concurrency`` workers share ``n`` calls of ``fn(i)``."""
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        for i in counter:
+            await fn(i)
+
+    t = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return round(n / (time.perf_counter() - t), 1)
+
+
+def write_section(path: Path, title: str, section: str) -> None:
+    """Replace the section starting at ``title`` (up to the next ``## ``) or append it."""
+    text = path.read_text() if path.exists() else HEADER
+    start = text.find(title)
+    if start == -1:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + ("\n" + text[end + 1 :] if end != -1 else "\n")
+    path.write_text(text)
