@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import platform
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -54,6 +56,22 @@ async def throughput(fn: Callable[[int], Awaitable[Any]], n: int, concurrency: i
     t = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return round(n / (time.perf_counter() - t), 1)
+
+
+def machine() -> dict[str, str]:
+    """CPU model, core count, Python version and date, for the report's header."""
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
 
 
 def write_section(path: Path, title: str, section: str) -> None:

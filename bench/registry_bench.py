@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -37,7 +35,7 @@ from eventsourcing.domain import Aggregate, event
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "services" / "agent_registry" / "tests"))
 
-from bench_support import atimed, throughput, timed, write_section  # noqa: E402
+from bench_support import atimed, machine, throughput, timed, write_section  # noqa: E402
 from registry_support import SIMPLE  # noqa: E402
 
 from agent_registry.adapters.memory import InMemoryTemplateCatalog  # noqa: E402
@@ -360,21 +358,6 @@ async def run_backend(
     print(f"[{backend}] snapshot load ...", flush=True)
     result["snapshots"] = snapshot_load(env, args.events, 200)
     return result
-
-
-def machine() -> dict[str, str]:
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d"),
-    }
 
 
 def row(op: str, r: dict[str, Any]) -> str:

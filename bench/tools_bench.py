@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,7 @@ import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from bench_support import atimed, throughput, timed, write_section  # noqa: E402
+from bench_support import atimed, machine, throughput, timed, write_section  # noqa: E402
 
 from agentrt.tools.v1 import tools_pb2 as pb  # noqa: E402
 from agentrt.tools.v1 import tools_pb2_grpc as pb_grpc  # noqa: E402
@@ -146,17 +143,12 @@ def verdicts(inproc: dict[str, Any], rpc: dict[str, Any]) -> list[str]:
 
 
 def report(inproc: dict[str, Any], rpc: dict[str, Any], args: argparse.Namespace) -> str:
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    info = machine()
     lines = [
         "## Tools service (issue 3)",
         "",
-        f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({cpu}), "
-        f"Python {platform.python_version()}.",
+        f"Measured {info['date']} on {info['cores']} cores ({info['cpu']}), "
+        f"Python {info['python']}.",
         "Reproduce: `make bench` (or `python bench/tools_bench.py --write docs/BENCHMARKS.md`).",
         f"{args.ops} sequential calls per row; throughput: {args.total} calls from "
         f"{args.concurrency} concurrent callers. The service runs as its own process (uvloop,",

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass, field
 from typing import Any
-
-import grpc
 
 from agent_registry.config import Settings
 from agent_registry.domain.agent import CommandContext
@@ -14,7 +10,7 @@ from agent_registry.domain.templates import TemplateDescriptor
 from agent_registry.main import serve
 from agentrt.registry.v1 import registry_pb2 as pb
 from agentrt.registry.v1 import registry_pb2_grpc as pb_grpc
-from agentrt_kit.grpc.client import create_channel
+from agentrt_testkit.inloop import InLoopService
 
 SIMPLE = TemplateDescriptor(
     id="simple-test",
@@ -83,37 +79,8 @@ def proto_spec(**overrides: Any) -> pb.AgentSpec:
     return message
 
 
-@dataclass
-class Registry:
+class Registry(InLoopService[Settings, pb_grpc.AgentRegistryStub]):
     """A registry service running in the test's loop, and ways to talk to it."""
 
-    settings: Settings
-    port: int = 0
-    task: asyncio.Task[None] | None = None
-    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
-    channels: list[grpc.aio.Channel] = field(default_factory=list)
-
-    async def start(self) -> Registry:
-        self.stop_event = asyncio.Event()
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.task = asyncio.create_task(
-            serve(self.settings, stop=self.stop_event, on_ready=ready.set_result)
-        )
-        done, _ = await asyncio.wait({ready, self.task}, return_when=asyncio.FIRST_COMPLETED)
-        if self.task in done:
-            self.task.result()  # raises what stopped it
-        self.port = ready.result()
-        return self
-
-    async def stop(self) -> None:
-        for channel in self.channels:
-            await channel.close()
-        self.channels.clear()
-        self.stop_event.set()
-        if self.task is not None:
-            await self.task
-
-    def stub(self, token: str | None = None) -> pb_grpc.AgentRegistryStub:
-        channel = create_channel(f"127.0.0.1:{self.port}", service_token=token)
-        self.channels.append(channel)
-        return pb_grpc.AgentRegistryStub(channel)
+    serve = staticmethod(serve)
+    stub_class = pb_grpc.AgentRegistryStub

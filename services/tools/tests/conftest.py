@@ -4,12 +4,12 @@ PostgreSQL, with real NATS, in each confinement mode (openat2 and the O_NOFOLLOW
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tools_support import ToolsService
+from tools_support import Canary, ToolsService
 
 from agentrt.tools.v1 import tools_pb2_grpc as pb_grpc
 from agentrt_testkit.postgres import PostgresDatabase
@@ -71,3 +71,12 @@ async def tools(make_settings: Callable[..., Settings]) -> AsyncIterator[ToolsSe
 @pytest.fixture
 def stub(tools: ToolsService) -> pb_grpc.ToolServiceStub:
     return tools.stub()
+
+
+@pytest.fixture
+def canary() -> Iterator[Canary]:
+    listener = Canary()
+    try:
+        yield listener
+    finally:
+        listener.close()

@@ -13,18 +13,14 @@ import asyncio
 import contextlib
 import gzip
 import json
-import select
-import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from tools_support import ToolsService, invoke_request
+from tools_support import Canary, LocalHttp, ToolsService, invoke_request
 
 from agentrt.tools.v1 import tools_pb2 as pb
 from agentrt_kit.grpc.status import error_from_rpc
@@ -45,118 +41,10 @@ def confinement() -> str:
 # --------------------------------------------------------------------------- servers
 
 
-class LocalHttp:
-    """A tiny HTTP/1.1 server in a thread; routes by path, records every request."""
-
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self.routes: dict[str, Callable[[Any], None]] = {}
-        self.hits: list[tuple[str, dict[str, str]]] = []
-        self.stop = threading.Event()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def start(self, status: int, ctype: str = "text/plain", **headers: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Connection", "close")
-                for name, value in headers.items():
-                    self.send_header(name.replace("_", "-"), value)
-                self.end_headers()
-                self.close_connection = True
-
-            def reply(
-                self, status: int, body: bytes = b"", ctype: str = "text/plain", **headers: str
-            ) -> None:
-                self.start(status, ctype, Content_Length=str(len(body)), **headers)
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                outer.hits.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
-                route = outer.routes.get(path)
-                try:
-                    if route is None:
-                        self.reply(404, b"no such page")
-                    else:
-                        route(self)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up, as it should
-
-        self.server = ThreadingHTTPServer((host, 0), Handler)
-        self.server.daemon_threads = True
-        self.host = host
-        self.port: int = self.server.server_address[1]
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-
-    def url(self, path: str, host: str | None = None) -> str:
-        return f"http://{host or self.host}:{self.port}{path}"
-
-    def paths(self) -> list[str]:
-        return [p for p, _ in self.hits]
-
-    def __enter__(self) -> LocalHttp:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class Canary:
-    """A TCP listener on every local address (dual-stack) that counts connections."""
-
-    def __init__(self) -> None:
-        try:
-            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind(("::", 0))
-        except OSError:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("0.0.0.0", 0))
-        sock.listen(64)
-        self.sock = sock
-        self.port: int = sock.getsockname()[1]
-        self.connections: list[Any] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            ready, _, _ = select.select([self.sock], [], [], 0.05)
-            if ready:
-                conn, peer = self.sock.accept()
-                self.connections.append(peer)
-                conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
-
-
 @pytest.fixture
 def http() -> Iterator[LocalHttp]:
     with LocalHttp() as server:
         yield server
-
-
-@pytest.fixture
-def canary() -> Iterator[Canary]:
-    listener = Canary()
-    try:
-        yield listener
-    finally:
-        listener.close()
 
 
 @contextlib.asynccontextmanager

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass, field
+import select
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-
-import grpc
 
 from agentrt.tools.v1 import tools_pb2 as pb
 from agentrt.tools.v1 import tools_pb2_grpc as pb_grpc
-from agentrt_kit.grpc.client import create_channel
+from agentrt_testkit.inloop import InLoopService
 from tool_service.config import Settings
 from tool_service.main import serve
 
@@ -40,37 +41,107 @@ def invoke_request(
     return request
 
 
-@dataclass
-class ToolsService:
+class ToolsService(InLoopService[Settings, pb_grpc.ToolServiceStub]):
     """The tools service running in the test's loop, and ways to talk to it."""
 
-    settings: Settings
-    port: int = 0
-    task: asyncio.Task[None] | None = None
-    stop_event: asyncio.Event = field(default_factory=asyncio.Event)
-    channels: list[grpc.aio.Channel] = field(default_factory=list)
+    serve = staticmethod(serve)
+    stub_class = pb_grpc.ToolServiceStub
 
-    async def start(self) -> ToolsService:
-        self.stop_event = asyncio.Event()
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self.task = asyncio.create_task(
-            serve(self.settings, stop=self.stop_event, on_ready=ready.set_result)
+
+class Canary:
+    """A TCP listener on every local address (dual-stack) that counts connections."""
+
+    def __init__(self) -> None:
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind(("::", 0))
+        except OSError:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("0.0.0.0", 0))
+        sock.listen(64)
+        self.sock = sock
+        self.port: int = sock.getsockname()[1]
+        self.connections: list[Any] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.sock], [], [], 0.05)
+            if ready:
+                conn, peer = self.sock.accept()
+                self.connections.append((peer, conn.getsockname()))
+                conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.sock.close()
+
+
+class LocalHttp:
+    """A tiny HTTP/1.1 server in a thread; routes by path, records every request."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.routes: dict[str, Callable[[Any], None]] = {}
+        self.hits: list[tuple[str, dict[str, str]]] = []
+        self.stop = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def start(self, status: int, ctype: str = "text/plain", **headers: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Connection", "close")
+                for name, value in headers.items():
+                    self.send_header(name.replace("_", "-"), value)
+                self.end_headers()
+                self.close_connection = True
+
+            def reply(
+                self, status: int, body: bytes = b"", ctype: str = "text/plain", **headers: str
+            ) -> None:
+                self.start(status, ctype, Content_Length=str(len(body)), **headers)
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                outer.hits.append((self.path, {k.lower(): v for k, v in self.headers.items()}))
+                route = outer.routes.get(path)
+                try:
+                    if route is None:
+                        self.reply(404, b"no such page")
+                    else:
+                        route(self)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up, as it should
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.host = host
+        self.port: int = self.server.server_address[1]
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
-        done, _ = await asyncio.wait({ready, self.task}, return_when=asyncio.FIRST_COMPLETED)
-        if self.task in done:
-            self.task.result()
-        self.port = ready.result()
+
+    def url(self, path: str, host: str | None = None) -> str:
+        return f"http://{host or self.host}:{self.port}{path}"
+
+    def paths(self) -> list[str]:
+        return [p for p, _ in self.hits]
+
+    def __enter__(self) -> LocalHttp:
+        self.thread.start()
         return self
 
-    async def stop(self) -> None:
-        for channel in self.channels:
-            await channel.close()
-        self.channels.clear()
-        self.stop_event.set()
-        if self.task is not None:
-            await self.task
-
-    def stub(self, token: str | None = None) -> pb_grpc.ToolServiceStub:
-        channel = create_channel(f"127.0.0.1:{self.port}", service_token=token)
-        self.channels.append(channel)
-        return pb_grpc.ToolServiceStub(channel)
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
