@@ -164,3 +164,35 @@ def test_start_is_not_fooled_by_another_program_on_the_port() -> None:
             stop.set()
             thread.join()
             server.close()
+
+
+def ping(server: NatsServer, timeout: float) -> bool:
+    """Whether the server answers a protocol PING with PONG within `timeout`."""
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.recv(4096)  # INFO
+        sock.sendall(b"CONNECT {}\r\nPING\r\n")
+        sock.settimeout(timeout)
+        try:
+            return b"PONG" in sock.recv(4096)
+        except TimeoutError:
+            return False
+
+
+def test_paused_server_keeps_connections_but_answers_nothing() -> None:
+    server = NatsServer().start()
+    try:
+        with socket.create_connection((server.host, server.port), timeout=5) as sock:
+            sock.recv(4096)
+            with server.paused():
+                sock.sendall(b"CONNECT {}\r\nPING\r\n")
+                sock.settimeout(0.3)
+                with pytest.raises(TimeoutError):
+                    sock.recv(4096)
+            sock.settimeout(5)
+            assert b"PONG" in sock.recv(4096)  # answered once resumed
+        assert ping(server, timeout=5)
+        server.stop()
+        with pytest.raises(RuntimeError, match="not running"), server.paused():
+            pass
+    finally:
+        server.close()

@@ -9,11 +9,8 @@ their own; outages are real (the test's own server is stopped).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
-import signal
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -767,17 +764,6 @@ async def test_catalog_follows_updates_after_nats_restarts(
         await own.close()
 
 
-@contextlib.contextmanager
-def frozen(server: Any) -> Iterator[None]:
-    """Pause this test's own nats-server: connections stay up, nothing answers."""
-    pid = server._proc.pid
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
-
-
 async def test_catalog_lookup_gives_up_when_nats_hangs(
     make_nats_server: Callable[[], Any], nats_prefix: str
 ) -> None:
@@ -789,7 +775,7 @@ async def test_catalog_lookup_gives_up_when_nats_hangs(
     try:
         await bucket(own, nats_prefix)
         catalog = await started_catalog(own, nats_prefix, lookup_timeout=0.3)
-        with frozen(server):
+        with server.paused():
             started = asyncio.get_running_loop().time()
             with pytest.raises(CatalogUnavailable):
                 await get(catalog, "never-seen")
@@ -979,7 +965,7 @@ async def test_publisher_gives_up_on_unacknowledged_events(
             own, Names(nats_prefix), max_age_seconds=3600, ack_timeout=0.3
         )
         await publisher.publish(history[:1])
-        with frozen(server), pytest.raises(Unavailable, match="publishing agent events failed"):
+        with server.paused(), pytest.raises(Unavailable, match="publishing agent events failed"):
             await publisher.publish(history[1:])
         await publisher.publish(history)  # retried once NATS answers again
         assert await publisher.last_position() == history[-1].position

@@ -8,13 +8,17 @@ bring it back with its streams intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sysconfig
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from agentrt_testkit.ports import free_port
@@ -116,8 +120,35 @@ class NatsServer:
                 self._proc.wait()
         self._proc = None
 
+    @contextlib.contextmanager
+    def paused(self, timeout: float = 5.0) -> Iterator[None]:
+        """Freeze the server (SIGSTOP): connections stay open, nothing answers.
+
+        Returns only once the kernel reports the process stopped, so nothing the
+        caller sends next can be served; SIGCONT on the way out.
+        """
+        if self._proc is None or self._proc.poll() is not None:
+            raise RuntimeError("nats-server is not running")
+        pid = self._proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            deadline = time.monotonic() + timeout
+            while _process_state(pid) != "T":
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"nats-server {pid} did not stop")
+                time.sleep(0.001)
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
     def close(self) -> None:
         """Stop the server and delete its store."""
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.store_dir, ignore_errors=True)
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of /proc/<pid>/stat (R, S, T, ...)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
