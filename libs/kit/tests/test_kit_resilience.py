@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from agentrt_kit.resilience import jittered_backoff, retry_async
+from agentrt_kit.resilience import CircuitBreaker, jittered_backoff, retry_async
 
 
 def test_jittered_backoff_stays_between_half_cap_and_cap() -> None:
@@ -67,3 +67,27 @@ async def test_retry_async_first_success_needs_no_retry() -> None:
     op = Flaky()
     assert await retry_async(op, retry_on=(ConnectionError,)) == "done"
     assert op.calls == 1
+
+
+def test_circuit_breaker_opens_at_threshold_and_allows_one_trial_after_cooldown() -> None:
+    now = [100.0]
+    breaker = CircuitBreaker(threshold=3, cooldown=10.0, clock=lambda: now[0])
+    for _ in range(2):
+        breaker.failed()
+        assert breaker.allow()
+    breaker.failed()
+    assert breaker.is_open
+    assert not breaker.allow()
+    now[0] += 9.9
+    assert not breaker.allow()
+    now[0] += 0.2
+    assert breaker.allow()  # the trial
+    assert not breaker.is_open
+    breaker.failed()  # the trial failed: open again at once
+    assert not breaker.allow()
+    now[0] += 10.0
+    assert breaker.allow()
+    breaker.succeeded()
+    assert breaker.failures == 0
+    breaker.failed()
+    assert breaker.allow()  # one failure after closing does not open it

@@ -22,7 +22,7 @@ import hmac
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -69,13 +69,16 @@ def _wrap_handler(
     return grpc.stream_stream_rpc_method_handler(stream(handler.stream_stream), **kwargs)
 
 
-async def _iterate(result: Any) -> AsyncIterator[Any]:
+async def _iterate(result: Any) -> AsyncGenerator[Any, None]:
     """Iterate a streaming behaviour's result (async generator or writer coroutine)."""
     if inspect.isawaitable(result):
         await result
         return
-    async for item in result:
-        yield item
+    # Close the handler's generator as soon as the call ends (a client that went
+    # away included), so its `finally` blocks run now rather than at garbage collection.
+    async with contextlib.aclosing(result):
+        async for item in result:
+            yield item
 
 
 def _metadata(pairs: Any) -> dict[str, str]:
@@ -194,11 +197,14 @@ def _stream(method: str) -> Callable[[Behavior], Behavior]:
                 with _call_span(method, metadata):
                     headers_sent = False
                     try:
-                        async for item in _iterate(behavior(request, context)):
-                            if not headers_sent:
-                                await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
-                                headers_sent = True
-                            yield item
+                        async with contextlib.aclosing(
+                            _iterate(behavior(request, context))
+                        ) as items:
+                            async for item in items:
+                                if not headers_sent:
+                                    await context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
+                                    headers_sent = True
+                                yield item
                     except grpc.aio.AbortError:
                         raise
                     except Exception as e:  # every error gets a status

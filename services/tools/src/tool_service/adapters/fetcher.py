@@ -19,9 +19,8 @@ import asyncio
 import ipaddress
 import logging
 import socket
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urljoin
 
 import httpx
@@ -32,6 +31,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from agentrt_kit.resilience import CircuitBreaker
 from tool_service.application.ports import Fetched
 from tool_service.domain.tools import ToolFailure
 from tool_service.domain.urls import (
@@ -83,39 +83,6 @@ class FetchPolicy:
     breaker_failures: int = 5
     breaker_cooldown: float = 30.0
     verify_tls: bool = True
-
-
-@dataclass
-class CircuitBreaker:
-    """Fails fast for a host after consecutive failures, until a cool-down passes."""
-
-    threshold: int
-    cooldown: float
-    failures: int = 0
-    opened_at: float | None = None
-    clock: Callable[[], float] = field(default=time.monotonic)
-
-    def check(self, host: str) -> None:
-        """Raise CIRCUIT_OPEN while open; after the cool-down one trial goes through."""
-        if self.opened_at is None:
-            return
-        if self.clock() - self.opened_at < self.cooldown:
-            raise ToolFailure(
-                "CIRCUIT_OPEN",
-                f"{host} failed {self.failures} times in a row; not retried for "
-                f"{self.cooldown:.0f} s",
-            )
-        self.opened_at = None  # half-open: this call is the trial
-
-    def succeeded(self) -> None:
-        """Close the circuit."""
-        self.failures, self.opened_at = 0, None
-
-    def failed(self) -> None:
-        """Count a failure; open the circuit at the threshold."""
-        self.failures += 1
-        if self.failures >= self.threshold:
-            self.opened_at = self.clock()
 
 
 class _HostFailure(ToolFailure):
@@ -220,7 +187,12 @@ class HttpFetcher:
             elif (target.scheme, target.host, target.port) != origin:
                 headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
             breaker = self._breaker(target.host)
-            breaker.check(target.host)
+            if not breaker.allow():
+                raise ToolFailure(
+                    "CIRCUIT_OPEN",
+                    f"{target.host} failed {breaker.failures} times in a row; not retried for "
+                    f"{self.policy.breaker_cooldown:.0f} s",
+                )
             address = await self._address(target)
             try:
                 status, location, fetched = await self._get_retrying(target, address, headers)

@@ -22,16 +22,17 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agentrt.executor.v1 import executor_pb2 as agentrt_dot_executor_dot_v1_dot_executor__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"agentrt/events/v1/run_events.proto\x12\x11\x61gentrt.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb9\x01\n\x08RunEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x03\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\x12\x15\n\ragent_version\x18\x07 \x01(\x03\x12\x11\n\tdata_json\x18\x08 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"agentrt/events/v1/run_events.proto\x12\x11\x61gentrt.events.v1\x1a\"agentrt/executor/v1/executor.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe7\x01\n\x08RunEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x03\x12/\n\x0boccurred_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04type\x18\x05 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\x12\x15\n\ragent_version\x18\x07 \x01(\x03\x12\x39\n\x05\x65vent\x18\t \x01(\x0b\x32*.agentrt.executor.v1.ExecuteStreamResponseJ\x04\x08\x08\x10\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentrt.events.v1.run_events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNEVENT']._serialized_start=91
-  _globals['_RUNEVENT']._serialized_end=276
+  _globals['_RUNEVENT']._serialized_start=127
+  _globals['_RUNEVENT']._serialized_end=358
 # @@protoc_insertion_point(module_scope)

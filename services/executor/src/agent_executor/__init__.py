@@ -1,0 +1,1 @@
+"""The agentrt executor: templates, model providers, sessions and runs, over gRPC."""

@@ -1,0 +1,1 @@
+"""Adapter layer of the executor: gRPC, NATS, SQL, checkpointers, providers and plugins."""

@@ -1,0 +1,96 @@
+"""Adapter: this executor's templates published to the template catalogue (NATS KV).
+
+Every served template's descriptor is written under `<id>/<version>` and as the
+template's latest `<id>`; the registry validates agent configs against them and
+the gateway lists them even while no executor runs. Descriptors are written at
+start-up, whenever templates change (hot reload), again after every reconnect
+and every `interval` seconds, so a bucket that was lost or written by an older
+replica heals. A template this executor stops serving has its latest key
+deleted (its versioned entry stays for history).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+
+from agent_executor.application.templates import LoadedTemplate
+from agentrt_kit.catalog import entry_key, open_bucket, publish_descriptor
+from agentrt_kit.nats import Names, NatsClient
+
+log = logging.getLogger(__name__)
+
+
+class CatalogPublisher:
+    """Keeps the KV bucket in step with the templates served."""
+
+    def __init__(
+        self,
+        client: NatsClient,
+        names: Names,
+        templates: Callable[[], Sequence[LoadedTemplate]],
+        *,
+        interval: float = 60.0,
+    ) -> None:
+        self._client = client
+        self._names = names
+        self._templates = templates
+        self._interval = interval
+        self._wake = asyncio.Event()
+        self._removed: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+        self.published = asyncio.Event()  # set after each complete publication
+        self.rounds = 0
+
+    async def start(self) -> None:
+        """Publish now and keep publishing in the background."""
+        self._task = asyncio.create_task(self._loop(), name="template-catalog-publish")
+
+    def changed(self, removed: Sequence[str] = ()) -> None:
+        """Templates changed: publish soon (and delete the ids no longer served)."""
+        self._removed.update(removed)
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        connection: Any = None
+        while True:
+            await self._client.wait_connected()
+            try:
+                await self._publish()
+                connection = self._client.nc
+            except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as e:
+                log.warning("template catalogue publication failed", extra={"error": str(e)})
+                await asyncio.sleep(1.0)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval)
+            if self._client.nc is not connection:
+                continue
+
+    async def _publish(self) -> None:
+        self._wake.clear()
+        kv = await open_bucket(self._client.js, self._names)
+        served = list(self._templates())
+        for loaded in served:
+            await publish_descriptor(kv, dict(loaded.descriptor))
+        for template_id in sorted(self._removed - {t.id for t in served}):
+            key = entry_key(template_id)
+            if key is not None:
+                with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+                    await kv.delete(key)
+        self._removed.clear()
+        self.rounds += 1
+        self.published.set()
+
+    async def stop(self) -> None:
+        """Stop publishing."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,112 @@
+"""Adapter: the `agentrt.executor.v1.Executor` gRPC servicer.
+
+Translation only: proto → run request → one application call → proto. A
+streamed run whose caller goes away (cancel, deadline, disconnect) is cancelled
+and recorded as such.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from agent_executor.adapters.proto_mapping import (
+    failed_run,
+    problem_pb,
+    run_pb,
+    run_request,
+    stream_event,
+    template_pb,
+    usage_pb,
+)
+from agent_executor.application.runs import RunService
+from agent_executor.application.templates import TemplateCatalog
+from agent_executor.domain.runs import MessageCompleted, RunCompleted, RunFailed
+from agentrt.executor.v1 import executor_pb2 as pb
+from agentrt.executor.v1 import executor_pb2_grpc as pb_grpc
+from agentrt_kit.errors import invalid
+
+
+class ExecutorServicer(pb_grpc.ExecutorServicer):
+    """Executor RPCs over the run service and the template catalogue."""
+
+    def __init__(self, runs: RunService, catalog: TemplateCatalog) -> None:
+        self.runs = runs
+        self.catalog = catalog
+
+    async def Execute(self, request: pb.ExecuteRequest, context: Any) -> pb.ExecuteResponse:
+        """Run to completion; the final message, or how the run failed."""
+        handle = await self.runs.start(run_request(request.input, stream=False))
+        self._cancel_when_done(context, handle.run_id)
+        final = ""
+        terminal: RunCompleted | RunFailed | None = None
+        try:
+            async for event in handle:
+                body = event.body
+                if isinstance(body, MessageCompleted):
+                    final = body.content
+                elif isinstance(body, RunCompleted | RunFailed):
+                    terminal = body
+        finally:
+            await handle.aclose()
+        record = handle.record
+        response = pb.ExecuteResponse(
+            run_id=record.run_id,
+            agent_id=record.agent_id,
+            agent_version=record.agent_version,
+            usage=usage_pb(record.usage),
+            task_id=record.task_id,
+            context_id=record.context_id,
+        )
+        if isinstance(terminal, RunCompleted):
+            response.message.CopyFrom(pb.ChatMessage(role="assistant", content=final))
+            response.finish_reason = terminal.finish_reason
+        elif isinstance(terminal, RunFailed):
+            response.finish_reason = "cancelled" if terminal.code == "CANCELLED" else "error"
+            response.error.CopyFrom(failed_run(terminal))
+        return response
+
+    async def ExecuteStream(
+        self, request: pb.ExecuteStreamRequest, context: Any
+    ) -> AsyncIterator[pb.ExecuteStreamResponse]:
+        """Run and stream every event; the last is run_completed or run_failed."""
+        handle = await self.runs.start(run_request(request.input, stream=True))
+        self._cancel_when_done(context, handle.run_id)
+        try:
+            async for event in handle:
+                yield stream_event(event)
+        finally:
+            await handle.aclose()
+
+    def _cancel_when_done(self, context: Any, run_id: str) -> None:
+        """Cancel the run when the call ends first (the caller cancelled, timed out or left).
+
+        grpc.aio does not always cancel a handler parked between two messages when the
+        client goes away; the call's done callback always fires.
+        """
+        context.add_done_callback(lambda _: self.runs.cancel_local(run_id, "the caller went away"))
+
+    async def CancelRun(self, request: pb.CancelRunRequest, context: Any) -> pb.CancelRunResponse:
+        """Cancel a run wherever it runs."""
+        if not request.run_id:
+            raise invalid("run_id", "is required")
+        return pb.CancelRunResponse(cancelled=await self.runs.cancel(request.run_id))
+
+    async def GetRun(self, request: pb.GetRunRequest, context: Any) -> pb.GetRunResponse:
+        """A run's durable record."""
+        if not request.run_id:
+            raise invalid("run_id", "is required")
+        return pb.GetRunResponse(run=run_pb(await self.runs.get(request.run_id)))
+
+    async def ListTemplates(
+        self, request: pb.ListTemplatesRequest, context: Any
+    ) -> pb.ListTemplatesResponse:
+        """The templates served, optionally of one framework, and plugin problems."""
+        return pb.ListTemplatesResponse(
+            templates=[
+                template_pb(t)
+                for t in self.catalog.templates()
+                if not request.framework or t.template.framework == request.framework
+            ],
+            problems=[problem_pb(p) for p in self.catalog.problems()],
+        )

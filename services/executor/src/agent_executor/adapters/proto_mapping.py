@@ -1,0 +1,175 @@
+"""Adapter: executor values to and from their protobuf messages (pure functions)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import timestamp_pb2
+
+from agent_executor.application.context import Sampling
+from agent_executor.application.runs import InputMessage, RunRequest
+from agent_executor.application.templates import LoadedTemplate, TemplateProblem
+from agent_executor.domain.runs import (
+    MessageCompleted,
+    MessageDelta,
+    RunCompleted,
+    RunEvent,
+    RunFailed,
+    RunRecord,
+    RunStarted,
+    StepProgress,
+    ToolCallFinished,
+    ToolCallStarted,
+    Usage,
+)
+from agentrt.executor.v1 import executor_pb2 as pb
+from agentrt_kit.grpc.structs import dict_to_struct
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """A Timestamp, or None."""
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def usage_pb(usage: Usage) -> pb.Usage:
+    """The Usage message."""
+    return pb.Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+    )
+
+
+def run_request(message: pb.RunInput, *, stream: bool) -> RunRequest:
+    """The run request a RunInput describes."""
+    s = message.sampling
+    return RunRequest(
+        agent_id=message.agent_id,
+        messages=[
+            InputMessage(m.role, m.content, m.name, m.tool_call_id) for m in message.messages
+        ],
+        sampling=Sampling(
+            temperature=s.temperature if s.HasField("temperature") else None,
+            max_tokens=s.max_tokens if s.HasField("max_tokens") else None,
+            top_p=s.top_p if s.HasField("top_p") else None,
+            frequency_penalty=s.frequency_penalty if s.HasField("frequency_penalty") else None,
+            presence_penalty=s.presence_penalty if s.HasField("presence_penalty") else None,
+            stop=tuple(s.stop),
+        ),
+        task_id=message.task_id,
+        context_id=message.context_id,
+        user_id=message.user_id,
+        run_id=message.run_id,
+        stream=stream,
+    )
+
+
+def stream_event(event: RunEvent) -> pb.ExecuteStreamResponse:
+    """The ExecuteStreamResponse of a run event."""
+    out = pb.ExecuteStreamResponse(
+        sequence=event.sequence, occurred_at=timestamp(event.occurred_at)
+    )
+    body = event.body
+    if isinstance(body, RunStarted):
+        out.run_started.CopyFrom(
+            pb.RunStarted(
+                run_id=body.run_id,
+                agent_id=body.agent_id,
+                agent_version=body.agent_version,
+                task_id=body.task_id,
+                context_id=body.context_id,
+            )
+        )
+    elif isinstance(body, MessageDelta):
+        out.message_delta.CopyFrom(
+            pb.MessageDelta(content=body.content, message_id=body.message_id)
+        )
+    elif isinstance(body, ToolCallStarted):
+        out.tool_call_started.CopyFrom(
+            pb.ToolCallStarted(
+                tool_call_id=body.tool_call_id,
+                tool_name=body.tool_name,
+                arguments_json=body.arguments_json,
+            )
+        )
+    elif isinstance(body, ToolCallFinished):
+        out.tool_call_finished.CopyFrom(
+            pb.ToolCallFinished(
+                tool_call_id=body.tool_call_id,
+                tool_name=body.tool_name,
+                ok=body.ok,
+                result_preview=body.result_preview,
+            )
+        )
+    elif isinstance(body, StepProgress):
+        out.step_progress.CopyFrom(
+            pb.StepProgress(
+                step_id=body.step_id,
+                step_name=body.step_name,
+                state=body.state,
+                attempt=body.attempt,
+            )
+        )
+    elif isinstance(body, MessageCompleted):
+        out.message_completed.CopyFrom(
+            pb.MessageCompleted(
+                message=pb.ChatMessage(role=body.role, content=body.content),
+                message_id=body.message_id,
+            )
+        )
+    elif isinstance(body, RunCompleted):
+        out.run_completed.CopyFrom(
+            pb.RunCompleted(finish_reason=body.finish_reason, usage=usage_pb(body.usage))
+        )
+    else:
+        out.run_failed.CopyFrom(pb.RunFailed(code=body.code, message=body.message))
+    return out
+
+
+def run_pb(record: RunRecord) -> pb.Run:
+    """The Run message of a record."""
+    return pb.Run(
+        run_id=record.run_id,
+        agent_id=record.agent_id,
+        agent_version=record.agent_version,
+        status=record.status.value,
+        created_at=timestamp(record.created_at),
+        started_at=timestamp(record.started_at),
+        finished_at=timestamp(record.finished_at),
+        usage=usage_pb(record.usage),
+        error_code=record.error_code,
+        error_message=record.error_message,
+        task_id=record.task_id,
+        context_id=record.context_id,
+        tool_calls=record.tool_calls,
+        executor_id=record.executor_id,
+    )
+
+
+def template_pb(loaded: LoadedTemplate) -> pb.TemplateDescriptor:
+    """The TemplateDescriptor message of a served template."""
+    d = loaded.descriptor
+    out = pb.TemplateDescriptor(
+        id=d["id"],
+        version=d["version"],
+        name=d["name"],
+        description=d["description"],
+        framework=d["framework"],
+        config_schema=dict_to_struct(dict(d["config_schema"])),
+    )
+    out.config_fields.extend(list(d["config_fields"]))
+    return out
+
+
+def problem_pb(problem: TemplateProblem) -> pb.TemplateProblem:
+    """The TemplateProblem message."""
+    return pb.TemplateProblem(source=problem.source, error=problem.error)
+
+
+def failed_run(body: RunFailed) -> pb.RunFailed:
+    """The RunFailed message."""
+    return pb.RunFailed(code=body.code, message=body.message)

@@ -1,0 +1,1 @@
+"""Model provider adapters: the deterministic offline model and OpenAI-compatible servers."""

@@ -1,0 +1,1 @@
+"""The built-in templates: simple-test, conversation, langgraph-workflow and task."""

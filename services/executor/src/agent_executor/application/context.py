@@ -1,0 +1,105 @@
+"""Application: what the code inside a graph knows about the run it serves.
+
+LangGraph runs nodes in tasks that inherit the caller's contextvars, so the run's
+context (its id, the request's sampling parameters, its tool-call budget) reaches
+models and tools without threading it through every template. Events that must
+keep their place among the streamed model tokens (tool calls, step progress) go
+through LangGraph's custom stream writer.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from langgraph.config import get_stream_writer
+
+from agent_executor.domain.limits import RunLimits
+from agent_executor.errors import LimitExceeded
+
+EVENT_KEY = "agentrt_event"
+INTERNAL_TAG = "agentrt:internal"  # model calls whose tokens are not streamed to the client
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Request-level sampling parameters (None: the agent's or provider's default)."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    top_p: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    stop: tuple[str, ...] = ()
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The parameters that are set, as model keyword arguments."""
+        values: dict[str, Any] = {
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "top_p": self.top_p,
+            "frequency_penalty": self.frequency_penalty,
+            "presence_penalty": self.presence_penalty,
+        }
+        out = {k: v for k, v in values.items() if v is not None}
+        if self.stop:
+            out["stop"] = list(self.stop)
+        return out
+
+
+@dataclass(slots=True)
+class RunContext:
+    """The run a graph is executing, as models and tools need it."""
+
+    run_id: str
+    agent_id: str
+    agent_version: int
+    task_id: str
+    workspace: str
+    limits: RunLimits
+    sampling: Sampling = field(default_factory=Sampling)
+    agent_sampling: Mapping[str, Any] = field(default_factory=dict)
+    tool_calls: int = 0
+    reply_prefix: str = ""
+
+    def count_tool_call(self, tool_name: str) -> None:
+        """Count one tool call against the budget.
+
+        Raises:
+            LimitExceeded: when the call would exceed `max_tool_calls`.
+        """
+        limit = self.limits.max_tool_calls
+        if limit and self.tool_calls >= limit:
+            raise LimitExceeded(f"max tool calls ({limit}) reached; {tool_name} not called")
+        self.tool_calls += 1
+
+
+current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
+    "agentrt_run", default=None
+)
+
+
+def emit(event: str, **data: Any) -> None:
+    """Send a run event from inside a graph, in order with the streamed tokens.
+
+    Outside a graph (a template's unit test calling a node directly) it is dropped.
+    """
+    try:
+        writer = get_stream_writer()
+    except RuntimeError:
+        return
+    writer({EVENT_KEY: event, **data})
+
+
+def progress(step_id: str, step_name: str, state: str, attempt: int = 1) -> None:
+    """Report a step's state: started, succeeded, failed, working, retrying or skipped."""
+    emit("step_progress", step_id=step_id, step_name=step_name, state=state, attempt=attempt)
+
+
+def set_reply_prefix(prefix: str) -> None:
+    """Prefix every assistant message of this run with `prefix` (streamed first)."""
+    ctx = current_run.get()
+    if ctx is not None:
+        ctx.reply_prefix = prefix

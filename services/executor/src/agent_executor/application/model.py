@@ -1,0 +1,229 @@
+"""Application: the chat model templates get — a provider with fallback and request sampling.
+
+`RoutedChatModel` wraps the agent's provider (and the configured fallback). On
+every call it applies the sampling parameters in force — the provider's
+defaults, then the agent's `conversation_config`, then the request's — so
+request-level `temperature`, `max_tokens`, `top_p`, penalties and `stop` reach
+the model whatever graph a template builds. Each provider has a circuit
+breaker; while the primary's is open, or when it fails before producing
+anything, the fallback answers. Transient-error retries with backoff happen
+inside the provider adapters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from pydantic import ConfigDict, PrivateAttr
+
+from agent_executor.application.context import current_run
+from agent_executor.errors import ProviderFailed, RunFailure
+from agentrt_kit.resilience import CircuitBreaker
+
+SAMPLING_KEYS = ("temperature", "max_tokens", "top_p", "frequency_penalty", "presence_penalty")
+
+
+def agent_sampling(conversation_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampling parameters an agent's `conversation_config` sets (valid ones only)."""
+    out: dict[str, Any] = {}
+    for key in SAMPLING_KEYS:
+        value = conversation_config.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if not math.isfinite(value):
+            continue
+        if key == "max_tokens":
+            if value >= 1 and value == int(value):
+                out[key] = int(value)
+        else:
+            out[key] = float(value)
+    stop = conversation_config.get("stop")
+    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        out["stop"] = stop
+    return out
+
+
+class Route:
+    """One provider: its model, breaker and name."""
+
+    def __init__(
+        self,
+        name: str,
+        model: BaseChatModel,
+        breaker: CircuitBreaker,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.model = model
+        self.breaker = breaker
+        self.defaults = dict(defaults or {})  # the provider's sampling defaults
+        self._tool_kwargs: dict[int, dict[str, Any]] = {}
+
+    def tool_kwargs(self, tools: Sequence[Any], tool_choice: Any) -> dict[str, Any]:
+        """The keyword arguments this provider's `bind_tools` produces (cached per tool list)."""
+        key = hash((id(tools), repr(tool_choice)))
+        cached = self._tool_kwargs.get(key)
+        if cached is None:
+            bound = self.model.bind_tools(tools, tool_choice=tool_choice)
+            cached = dict(getattr(bound, "kwargs", {}))
+            if len(self._tool_kwargs) > 256:
+                self._tool_kwargs.clear()
+            self._tool_kwargs[key] = cached
+        return cached
+
+
+def _always(error: BaseException) -> bool:
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Classifier:
+    transient: Callable[[BaseException], bool]
+
+
+class RoutedChatModel(BaseChatModel):
+    """A provider with a fallback, applying the run's sampling parameters."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    _routes: list[Route] = PrivateAttr(default_factory=list)
+    # A holder, not the callable itself: pydantic would bind a function default as a method.
+    _classify: _Classifier = PrivateAttr(default_factory=lambda: _Classifier(_always))
+
+    @classmethod
+    def over(
+        cls, routes: Sequence[Route], *, transient: Callable[[BaseException], bool]
+    ) -> RoutedChatModel:
+        """A model trying `routes` in order (the primary first)."""
+        model = cls()
+        model._routes = list(routes)
+        model._classify = _Classifier(transient)
+        return model
+
+    @property
+    def _llm_type(self) -> str:
+        return "agentrt-routed"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"routes": [r.name for r in self._routes]}
+
+    def bind_tools(
+        self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Bind tools; each provider formats them its own way at call time."""
+        return self.bind(agentrt_tools=tuple(tools), agentrt_tool_choice=tool_choice, **kwargs)
+
+    # -------------------------------------------------------------- routing
+
+    def _open_routes(self) -> list[Route]:
+        routes = [r for r in self._routes if r.breaker.allow()]
+        if not routes:
+            names = ", ".join(r.name for r in self._routes)
+            raise ProviderFailed(f"model providers unavailable (circuit open): {names}")
+        return routes
+
+    def _call_kwargs(
+        self, route: Route, stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        tools = kwargs.pop("agentrt_tools", None)
+        tool_choice = kwargs.pop("agentrt_tool_choice", None)
+        merged: dict[str, Any] = dict(route.defaults)
+        ctx = current_run.get()
+        if ctx is not None:
+            merged.update(ctx.agent_sampling)
+            merged.update(ctx.sampling.as_kwargs())
+        merged.update(kwargs)
+        stops = list(merged.pop("stop", None) or []) + list(stop or [])
+        if tools:
+            merged.update(route.tool_kwargs(tools, tool_choice))
+        merged["stop"] = stops or None
+        return merged
+
+    def _failed(self, route: Route, error: BaseException) -> bool:
+        """Count a failure; True when the next provider should be tried."""
+        if isinstance(error, RunFailure) or not self._classify.transient(error):
+            return False
+        route.breaker.failed()
+        return True
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        last: BaseException | None = None
+        for route in self._open_routes():
+            call = self._call_kwargs(route, stop, dict(kwargs))
+            try:
+                result = await route.model._agenerate(messages, **call)
+            except Exception as e:
+                if not self._failed(route, e):
+                    raise _as_failure(route, e) from e
+                last = e
+                continue
+            route.breaker.succeeded()
+            return result
+        raise _as_failure(self._routes[-1], last) from last
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        last: BaseException | None = None
+        for route in self._open_routes():
+            call = self._call_kwargs(route, stop, dict(kwargs))
+            produced = False
+            try:
+                async for chunk in route.model._astream(messages, **call):
+                    produced = True
+                    yield chunk
+            except Exception as e:
+                if produced or not self._failed(route, e):
+                    raise _as_failure(route, e) from e
+                last = e
+                continue
+            route.breaker.succeeded()
+            return
+        raise _as_failure(self._routes[-1], last) from last
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        last: BaseException | None = None
+        for route in self._open_routes():
+            call = self._call_kwargs(route, stop, dict(kwargs))
+            try:
+                result = route.model._generate(messages, **call)
+            except Exception as e:
+                if not self._failed(route, e):
+                    raise _as_failure(route, e) from e
+                last = e
+                continue
+            route.breaker.succeeded()
+            return result
+        raise _as_failure(self._routes[-1], last) from last
+
+
+def _as_failure(route: Route, error: BaseException | None) -> BaseException:
+    if isinstance(error, RunFailure):
+        return error
+    detail = f"{type(error).__name__}: {error}" if error is not None else "no provider answered"
+    return ProviderFailed(f"model provider {route.name} failed: {detail}"[:1000])

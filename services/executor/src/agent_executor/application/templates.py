@@ -1,0 +1,262 @@
+"""Application: the template SDK and the catalogue of templates an executor serves.
+
+A template declares who it is (id, name, description, version, framework), a
+pydantic model of its configuration (published as JSON Schema and as the COMPAT
+field list) and a graph factory `build(agent, model, tools)` returning a compiled
+LangGraph graph whose state has a `messages` list. Templates come from the
+built-ins and from plugin folders (`__agents__`); the catalogue keeps which
+source each came from, so a plugin can be reloaded or removed on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.tools import BaseTool
+from langgraph.graph.state import CompiledStateGraph
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from agent_executor.domain.agents import AgentSnapshot
+from agent_executor.domain.fields import fields_of
+from agentrt_kit.errors import FieldViolation
+
+TEMPLATE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+BUILTIN = "builtin"
+
+
+class NoConfig(BaseModel):
+    """A template without configuration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentView:
+    """What a template's `build` sees of the agent: identity, prompt and validated config."""
+
+    id: str
+    version: int
+    name: str
+    system_prompt: str
+    config: BaseModel
+    conversation_config: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def history_length(self) -> int | None:
+        """`conversation_config.historyLength` (or `history_length`) when a positive integer."""
+        for key in ("historyLength", "history_length"):
+            value = self.conversation_config.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+
+class AgentTemplate:
+    """Base class of every template (built-in or plugin).
+
+    Subclasses set the class attributes and implement `build`.
+    """
+
+    id: ClassVar[str]
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    version: ClassVar[str] = "1.0.0"
+    framework: ClassVar[str] = "langgraph"
+    Config: ClassVar[type[BaseModel]] = NoConfig
+
+    def build(
+        self, agent: AgentView, model: BaseChatModel, tools: Sequence[BaseTool]
+    ) -> CompiledStateGraph[Any, Any, Any, Any]:
+        """The agent's graph; its state must have a `messages` list (the conversation)."""
+        raise TypeError(f"template {type(self).__name__} does not define build()")
+
+    @classmethod
+    def config_schema(cls) -> dict[str, Any]:
+        """JSON Schema (2020-12) of the template's configuration."""
+        return cls.Config.model_json_schema()
+
+    @classmethod
+    def descriptor(cls) -> dict[str, Any]:
+        """The catalogue entry: id, version, name, description, framework, schema, fields."""
+        schema = cls.config_schema()
+        return {
+            "id": cls.id,
+            "version": cls.version,
+            "name": cls.name,
+            "description": cls.description,
+            "framework": cls.framework,
+            "config_schema": schema,
+            "config_fields": fields_of(schema),
+        }
+
+    @classmethod
+    def problems(cls) -> list[str]:
+        """Why this class cannot be served (empty when it can)."""
+        out = []
+        for attr in ("id", "name"):
+            if not isinstance(getattr(cls, attr, None), str):
+                out.append(f"{attr} must be a string")
+        if isinstance(getattr(cls, "id", None), str) and not TEMPLATE_ID.fullmatch(cls.id):
+            out.append(f"id {cls.id!r} must be 1-128 of [A-Za-z0-9_-], alphanumeric first")
+        if not isinstance(cls.version, str) or not VERSION.fullmatch(cls.version):
+            out.append(f"version {cls.version!r} must be 1-64 of [A-Za-z0-9._-]")
+        config: object = cls.Config
+        if not (isinstance(config, type) and issubclass(config, BaseModel)):
+            out.append("Config must be a pydantic model class")
+        elif not out:
+            try:
+                cls.descriptor()
+            except Exception as e:  # a schema pydantic cannot render
+                out.append(f"config schema: {e}")
+        if cls.build is AgentTemplate.build:
+            out.append("build() is not defined")
+        return out
+
+    def view(self, agent: AgentSnapshot) -> AgentView:
+        """The agent as `build` sees it, with its template config validated.
+
+        Raises:
+            ConfigViolations: naming each bad `template_config` field.
+        """
+        try:
+            config = self.Config.model_validate(dict(agent.template_config))
+        except ValidationError as e:
+            raise ConfigViolations(
+                [
+                    FieldViolation(
+                        "template_config" + "".join(_path_part(p) for p in err["loc"]),
+                        err["msg"],
+                    )
+                    for err in e.errors()
+                ]
+            ) from None
+        return AgentView(
+            id=agent.id,
+            version=agent.version,
+            name=agent.name,
+            system_prompt=agent.system_prompt,
+            config=config,
+            conversation_config=agent.conversation_config,
+        )
+
+
+def _path_part(part: Any) -> str:
+    return f"[{part}]" if isinstance(part, int) else f".{part}"
+
+
+class ConfigViolations(ValueError):
+    """A template config does not validate; `violations` names each bad field."""
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+        self.violations = violations
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedTemplate:
+    """A template instance and where it came from (a new object on every reload)."""
+
+    template: AgentTemplate
+    source: str
+    descriptor: Mapping[str, Any]
+
+    @property
+    def id(self) -> str:
+        """The template id."""
+        return self.template.id
+
+    @property
+    def version(self) -> str:
+        """The template version."""
+        return self.template.version
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateProblem:
+    """A plugin (or one of its templates) that could not be served, and why."""
+
+    source: str
+    error: str
+
+
+class TemplateCatalog:
+    """The templates this executor serves, by id; plugins are replaced source by source."""
+
+    def __init__(self, builtins: Iterable[type[AgentTemplate]] = ()) -> None:
+        self._by_id: dict[str, LoadedTemplate] = {}
+        self._problems: dict[str, list[TemplateProblem]] = {}
+        self.generation = 0
+        for cls in builtins:
+            problems = cls.problems()
+            if problems:
+                raise TypeError(f"built-in template {cls.__name__}: {'; '.join(problems)}")
+            self._by_id[cls.id] = LoadedTemplate(cls(), BUILTIN, cls.descriptor())
+
+    def get(self, template_id: str) -> LoadedTemplate | None:
+        """The template serving `template_id`, if any."""
+        return self._by_id.get(template_id)
+
+    def templates(self) -> list[LoadedTemplate]:
+        """Every template served, by id."""
+        return [self._by_id[k] for k in sorted(self._by_id)]
+
+    def problems(self) -> list[TemplateProblem]:
+        """Every current problem, by source."""
+        return [p for source in sorted(self._problems) for p in self._problems[source]]
+
+    def sources(self) -> set[str]:
+        """Plugin sources with templates or problems."""
+        return {t.source for t in self._by_id.values() if t.source != BUILTIN} | set(self._problems)
+
+    def replace_source(
+        self,
+        source: str,
+        classes: Sequence[type[AgentTemplate]] | None,
+        problems: Sequence[str] = (),
+    ) -> tuple[list[LoadedTemplate], list[str]]:
+        """Serve `classes` as everything `source` provides now.
+
+        `classes=None` means the source failed to load: what it served before keeps
+        serving and `problems` are recorded. Templates whose id another source (or a
+        built-in) serves are refused. Returns the templates added or changed and
+        the ids no longer served.
+        """
+        recorded = [TemplateProblem(source, p) for p in problems]
+        if classes is None:
+            self._problems[source] = recorded
+            self.generation += 1
+            return [], []
+        fresh: dict[str, LoadedTemplate] = {}
+        for cls in classes:
+            bad = cls.problems()
+            template_id = getattr(cls, "id", "?")
+            owner = self._by_id.get(template_id) if isinstance(template_id, str) else None
+            if bad:
+                recorded.append(TemplateProblem(source, f"{cls.__name__}: {'; '.join(bad)}"))
+            elif owner is not None and owner.source != source:
+                recorded.append(
+                    TemplateProblem(
+                        source, f"{cls.__name__}: id {template_id!r} is served by {owner.source}"
+                    )
+                )
+            elif template_id in fresh:
+                recorded.append(
+                    TemplateProblem(source, f"{cls.__name__}: id {template_id!r} listed twice")
+                )
+            else:
+                fresh[template_id] = LoadedTemplate(cls(), source, cls.descriptor())
+        removed = [tid for tid, t in self._by_id.items() if t.source == source and tid not in fresh]
+        for tid in removed:
+            del self._by_id[tid]
+        self._by_id.update(fresh)
+        if recorded:
+            self._problems[source] = recorded
+        else:
+            self._problems.pop(source, None)
+        self.generation += 1
+        return list(fresh.values()), removed

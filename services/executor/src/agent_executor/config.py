@@ -1,0 +1,158 @@
+"""The executor's settings (env prefix `AGENTRT_EXECUTOR_`, shared keys `AGENTRT_*`).
+
+The services configuration old deployments carry is read from
+`SERVICES_CONFIG_FILE` (a JSON file) or `SERVICES_CONFIG` (JSON text), as the
+old runtime did; `AGENTRT_EXECUTOR_SERVICES_CONFIG_FILE` / `..._SERVICES_CONFIG`
+work too. List settings take JSON (`["a", "b"]`) or comma-separated text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from agent_executor.domain.limits import RunLimits
+from agent_executor.domain.services_config import (
+    DEFAULT,
+    ConfigProblem,
+    ServicesConfig,
+    parse_services_config,
+)
+from agentrt_kit.settings import ConfigError, ServiceSettings
+
+StrList = Annotated[list[str], NoDecode]
+
+
+def _default_executor_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(ServiceSettings):
+    """Everything the executor can be configured with."""
+
+    model_config = SettingsConfigDict(
+        **{**ServiceSettings.model_config, "env_prefix": "AGENTRT_EXECUTOR_"}
+    )
+
+    host: str = Field("127.0.0.1", description="Interface the gRPC server binds.")
+    port: int = Field(50052, ge=0, le=65535, description="gRPC port (0 picks a free one).")
+    executor_id: str = Field(
+        default_factory=_default_executor_id, description="This replica's name in run records."
+    )
+    registry_target: str = Field("127.0.0.1:50051", description="Agent registry gRPC address.")
+    tools_target: str = Field("127.0.0.1:50053", description="Tools service gRPC address.")
+    database_url: SecretStr = Field(
+        SecretStr("sqlite:///var/executor.sqlite3"),
+        description="Run records: sqlite:///path or a postgresql:// DSN.",
+    )
+    sessions_url: SecretStr = Field(
+        SecretStr("sqlite:///var/executor-sessions.sqlite3"),
+        description="Server-side memory (LangGraph checkpointer): sqlite:///path or postgresql://.",
+    )
+    postgres_schema: str = Field("public", description="PostgreSQL schema for both.")
+    services_config_file: Path | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "AGENTRT_EXECUTOR_SERVICES_CONFIG_FILE", "SERVICES_CONFIG_FILE"
+        ),
+        description="The services configuration (JSON file): providers, toolsets.",
+    )
+    services_config: str | None = Field(
+        None,
+        validation_alias=AliasChoices("AGENTRT_EXECUTOR_SERVICES_CONFIG", "SERVICES_CONFIG"),
+        description="The services configuration as JSON text (when no file is given).",
+    )
+    plugin_dirs: StrList = Field(
+        default_factory=list, description="Directories of template plugins (`__agents__`)."
+    )
+    watch_plugins: bool = Field(True, description="Reload plugins when their files change.")
+    worker_threads: int = Field(8, ge=1, description="Threads for database work.")
+
+    run_timeout_seconds: float = Field(300.0, gt=0, description="Longest a run may take.")
+    max_steps: int = Field(50, ge=0, description="Most graph steps per run (0: unlimited).")
+    max_tool_calls: int = Field(50, ge=0, description="Most tool calls per run (0: unlimited).")
+    max_runs_per_agent: int = Field(
+        0, ge=0, description="Most live runs of one agent across replicas (0: unlimited)."
+    )
+    max_message_chars: int = Field(100_000, gt=0, description="Longest input message.")
+    max_concurrent_runs: int = Field(
+        64, ge=1, description="Most runs this replica runs at once; beyond: RESOURCE_EXHAUSTED."
+    )
+    lease_seconds: float = Field(
+        60.0, gt=0, description="A run whose executor is silent this long is ended as lost."
+    )
+    heartbeat_seconds: float = Field(10.0, gt=0, description="How often leases are renewed.")
+
+    provider_timeout_seconds: float = Field(60.0, gt=0, description="Model request timeout.")
+    provider_retries: int = Field(2, ge=0, le=10, description="Retries of transient errors.")
+    provider_breaker_failures: int = Field(
+        5, ge=1, description="Failures in a row that open a provider's circuit."
+    )
+    provider_breaker_cooldown_seconds: float = Field(
+        30.0, gt=0, description="How long an open circuit refuses calls."
+    )
+    tool_timeout_seconds: float = Field(120.0, gt=0, description="Deadline of a tool call.")
+    tools_list_ttl_seconds: float = Field(
+        30.0, gt=0, description="How long the tool list is cached."
+    )
+    run_events_retention_seconds: float = Field(
+        86_400.0, gt=0, description="How long run events stay in JetStream."
+    )
+    catalog_publish_interval_seconds: float = Field(
+        60.0, gt=0, description="How often template descriptors are re-published."
+    )
+
+    @field_validator("plugin_dirs", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    def run_limits(self) -> RunLimits:
+        """The executor-wide run limits."""
+        return RunLimits(
+            timeout_seconds=self.run_timeout_seconds,
+            max_steps=self.max_steps,
+            max_tool_calls=self.max_tool_calls,
+            max_concurrent_runs=self.max_runs_per_agent,
+            max_message_chars=self.max_message_chars,
+        )
+
+
+def load_services_config(settings: Settings, env: Mapping[str, str]) -> ServicesConfig:
+    """The services configuration the settings point at (the offline default without one).
+
+    Raises:
+        ConfigError: the file is missing, not JSON, or names an unusable key.
+    """
+    if settings.services_config_file is not None:
+        source = "SERVICES_CONFIG_FILE"
+        try:
+            text = settings.services_config_file.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(
+                f"{source}: cannot read {settings.services_config_file}: {e}"
+            ) from None
+    elif settings.services_config:
+        source, text = "SERVICES_CONFIG", settings.services_config
+    else:
+        return DEFAULT
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{source}: not JSON: {e}") from None
+    try:
+        return parse_services_config(doc, env)
+    except ConfigProblem as e:
+        raise ConfigError(f"{source}: {e}") from None

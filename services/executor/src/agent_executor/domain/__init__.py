@@ -1,0 +1,1 @@
+"""Domain layer of the executor: runs, limits, agents and configuration as plain values."""

@@ -1,0 +1,240 @@
+"""Composition root of the executor: wires domain, application and adapters, runs them.
+
+Start-up: telemetry → NATS (background) → blocking-call threads → templates
+(built-ins, plugins, their watcher and the catalogue publisher) → run records
+database → sessions checkpointer → registry and tools clients → run events,
+cancel bus → run service and its maintenance → gRPC server.
+Shutdown: NOT_SERVING and a graceful stop first (streams get `grace` seconds),
+runs still going are cancelled and recorded, event acknowledgements awaited,
+then everything else in reverse, telemetry flushed last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from agent_executor.adapters.catalog_publisher import CatalogPublisher
+from agent_executor.adapters.checkpointer import open_checkpointer
+from agent_executor.adapters.grpc_api import ExecutorServicer
+from agent_executor.adapters.models import ProviderModels
+from agent_executor.adapters.nats_runs import JetStreamRunEvents, NatsCancelBus
+from agent_executor.adapters.plugins import TemplatePlugins
+from agent_executor.adapters.registry_client import RegistryAgents
+from agent_executor.adapters.run_store import SqlRunStore
+from agent_executor.adapters.tools_client import GrpcTools
+from agent_executor.application.builtin.conversation import Conversation
+from agent_executor.application.builtin.simple_test import SimpleTest
+from agent_executor.application.builtin.task import Task
+from agent_executor.application.builtin.workflow import Workflow
+from agent_executor.application.runs import RunService, RunSettings
+from agent_executor.application.templates import LoadedTemplate, TemplateCatalog
+from agent_executor.config import Settings, load_services_config
+from agent_executor.domain.services_config import ServicesConfig
+from agentrt.executor.v1 import executor_pb2, executor_pb2_grpc
+from agentrt_kit.concurrency import BlockingRunner
+from agentrt_kit.grpc.server import GrpcServer, ServiceBinding
+from agentrt_kit.lifecycle import serve_until_stopped, service_main
+from agentrt_kit.nats import Names, NatsClient
+from agentrt_kit.sql import SqlDatabase
+from agentrt_kit.telemetry import setup_telemetry
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = executor_pb2.DESCRIPTOR.services_by_name["Executor"].full_name
+BUILTINS = (SimpleTest, Conversation, Workflow, Task)
+
+
+async def _background(
+    stack: AsyncExitStack, name: str, job: Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+) -> None:
+    """Run `job(stop)` as a task until the stack unwinds."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(job(stop), name=name)
+
+    async def finish() -> None:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=5)
+
+    stack.push_async_callback(finish)
+
+
+def _models(settings: Settings, services: ServicesConfig) -> ProviderModels:
+    return ProviderModels(
+        services,
+        timeout=settings.provider_timeout_seconds,
+        retries=settings.provider_retries,
+        breaker_failures=settings.provider_breaker_failures,
+        breaker_cooldown=settings.provider_breaker_cooldown_seconds,
+    )
+
+
+def _run_settings(settings: Settings) -> RunSettings:
+    return RunSettings(
+        limits=settings.run_limits(),
+        max_concurrent_runs=settings.max_concurrent_runs,
+        lease_seconds=settings.lease_seconds,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        executor_id=settings.executor_id,
+    )
+
+
+async def _templates(
+    stack: AsyncExitStack,
+    settings: Settings,
+    client: NatsClient,
+    names: Names,
+    run_blocking: BlockingRunner,
+) -> TemplateCatalog:
+    """Built-in and plugin templates, published to the catalogue and kept current."""
+    catalog = TemplateCatalog(BUILTINS)
+    publisher = CatalogPublisher(
+        client, names, catalog.templates, interval=settings.catalog_publish_interval_seconds
+    )
+
+    def changed(added: Sequence[LoadedTemplate], removed: Sequence[str]) -> None:
+        publisher.changed(removed)
+
+    plugins = TemplatePlugins(
+        [Path(d) for d in settings.plugin_dirs],
+        catalog,
+        run_blocking=run_blocking,
+        on_change=changed,
+    )
+    await plugins.load_all()
+    if settings.watch_plugins and settings.plugin_dirs:
+        await _background(stack, "plugin-watch", plugins.watch)
+    await publisher.start()
+    stack.push_async_callback(publisher.stop)
+    return catalog
+
+
+async def _run_service(
+    stack: AsyncExitStack,
+    settings: Settings,
+    *,
+    services: ServicesConfig,
+    catalog: TemplateCatalog,
+    client: NatsClient,
+    run_blocking: BlockingRunner,
+) -> RunService:
+    """The run service and everything it talks to."""
+    token = settings.service_token.get_secret_value() if settings.service_token else None
+    names = Names(settings.nats_prefix)
+    db = SqlDatabase(settings.database_url.get_secret_value(), schema=settings.postgres_schema)
+    await run_blocking(db.open)
+    stack.callback(db.close)
+    store = await run_blocking(SqlRunStore, db, lease_seconds=settings.lease_seconds)
+    checkpointer = await stack.enter_async_context(
+        open_checkpointer(settings.sessions_url.get_secret_value(), schema=settings.postgres_schema)
+    )
+    agents = RegistryAgents(
+        settings.registry_target,
+        client,
+        names,
+        service_token=token,
+        timeout=settings.client_timeout_seconds,
+    )
+    await agents.start()
+    stack.push_async_callback(agents.close)
+    tools = GrpcTools(
+        settings.tools_target,
+        service_token=token,
+        timeout=settings.client_timeout_seconds,
+        invoke_timeout=settings.tool_timeout_seconds,
+        list_ttl=settings.tools_list_ttl_seconds,
+    )
+    stack.push_async_callback(tools.close)
+    events = JetStreamRunEvents(
+        client, names, retention_seconds=settings.run_events_retention_seconds
+    )
+    await events.start()
+    stack.push_async_callback(events.stop)
+    cancel_bus = NatsCancelBus(client, names)
+    runs = RunService(
+        agents=agents,
+        catalog=catalog,
+        models=_models(settings, services),
+        tools=tools,
+        store=store,
+        events=events,
+        cancel_bus=cancel_bus,
+        services=services,
+        run_blocking=run_blocking,
+        checkpointer=checkpointer,
+        settings=_run_settings(settings),
+    )
+    await cancel_bus.start(runs.cancel_local)
+    stack.push_async_callback(cancel_bus.close)
+    stack.push_async_callback(runs.shutdown, settings.shutdown_grace_seconds)
+    await _background(stack, "run-maintenance", runs.maintain)
+    return runs
+
+
+async def serve(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[int], None] | None = None,
+) -> None:
+    """Run the executor until `stop` is set (or SIGTERM/SIGINT when `stop` is None)."""
+    services = load_services_config(settings, os.environ)
+    for path in services.unset_variables:
+        log.warning("services config placeholder not set; left empty", extra={"key": path})
+    telemetry = setup_telemetry("executor", settings.otel_exporter, settings.otel_endpoint)
+    try:
+        async with AsyncExitStack() as stack:
+            client = NatsClient(settings.nats_url, name="executor")
+            await client.start()
+            stack.push_async_callback(client.close)
+            run_blocking = BlockingRunner(settings.worker_threads, "executor")
+            stack.callback(run_blocking.shutdown)
+            catalog = await _templates(
+                stack, settings, client, Names(settings.nats_prefix), run_blocking
+            )
+            runs = await _run_service(
+                stack,
+                settings,
+                services=services,
+                catalog=catalog,
+                client=client,
+                run_blocking=run_blocking,
+            )
+            servicer = ExecutorServicer(runs, catalog)
+
+            def register(server: grpc.aio.Server) -> None:
+                executor_pb2_grpc.add_ExecutorServicer_to_server(servicer, server)
+
+            server = GrpcServer(
+                [ServiceBinding(SERVICE_NAME, register)],
+                host=settings.host,
+                port=settings.port,
+                service_token_sha256=settings.service_token_sha256(),
+            )
+            log.info(
+                "executor starting",
+                extra={
+                    "templates": len(catalog.templates()),
+                    "template_problems": len(catalog.problems()),
+                    "providers": sorted(services.providers),
+                    "executor_id": settings.executor_id,
+                },
+            )
+            await serve_until_stopped(
+                stack, server, grace=settings.shutdown_grace_seconds, on_ready=on_ready, stop=stop
+            )
+    finally:
+        telemetry.shutdown()
+
+
+def main() -> None:
+    """Entry point: `python -m agent_executor` / `agentrt-executor`."""
+    service_main("executor", Settings, serve)
