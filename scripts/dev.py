@@ -5,8 +5,11 @@
 - Tokens: ./var/runtime-token (or AGENTRT_RUNTIME_TOKEN / RUNTIME_TOKEN), the
   token HTTP clients will use with the gateway; ./var/service-token (or
   AGENTRT_SERVICE_TOKEN), the token services and gRPC clients present.
-- Services: the agent registry (gRPC, SQLite under ./var) and the tools service
-  (gRPC, workspaces and ledger under ./var); more as they are built.
+- Services: the agent registry (gRPC, SQLite under ./var), the tools service
+  (gRPC, workspaces and ledger under ./var) and the executor (gRPC, run records
+  and sessions in SQLite under ./var, the offline model provider, the built-in
+  templates plus plugins from ./plugins when that folder exists).
+  They start in that order and stop in reverse.
 
 Each service's port can be overridden with its env var (AGENTRT_REGISTRY_PORT, ...).
 """
@@ -79,27 +82,32 @@ def main() -> int:
     }
     registry_port = int(os.environ.get("AGENTRT_REGISTRY_PORT", "50051"))
     tools_port = int(os.environ.get("AGENTRT_TOOLS_PORT", "50053"))
+    executor_port = int(os.environ.get("AGENTRT_EXECUTOR_PORT", "50052"))
     env.setdefault("AGENTRT_REGISTRY_SQLITE_PATH", str(VAR / "registry.sqlite3"))
     env.setdefault("AGENTRT_TOOLS_WORKSPACE_ROOT", str(VAR / "workspaces"))
     env.setdefault("AGENTRT_TOOLS_DATABASE_URL", f"sqlite:///{VAR / 'tools.sqlite3'}")
+    env.setdefault("AGENTRT_EXECUTOR_DATABASE_URL", f"sqlite:///{VAR / 'executor.sqlite3'}")
+    env.setdefault("AGENTRT_EXECUTOR_SESSIONS_URL", f"sqlite:///{VAR / 'sessions.sqlite3'}")
+    if (ROOT / "plugins").is_dir():
+        env.setdefault("AGENTRT_EXECUTOR_PLUGIN_DIRS", str(ROOT / "plugins"))
     env["AGENTRT_REGISTRY_PORT"] = str(registry_port)
     env["AGENTRT_TOOLS_PORT"] = str(tools_port)
+    env["AGENTRT_EXECUTOR_PORT"] = str(executor_port)
+    env["AGENTRT_EXECUTOR_REGISTRY_TARGET"] = f"127.0.0.1:{registry_port}"
+    env["AGENTRT_EXECUTOR_TOOLS_TARGET"] = f"127.0.0.1:{tools_port}"
 
-    ports = {"agent-registry": registry_port, "tools": tools_port}
-    modules = {"agent-registry": "agent_registry", "tools": "tool_service"}
-    services = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", modules[name]], env=env, cwd=ROOT, start_new_session=True
-        )
-        for name in ports
+    ports = {"agent-registry": registry_port, "tools": tools_port, "executor": executor_port}
+    modules = {
+        "agent-registry": "agent_registry",
+        "tools": "tool_service",
+        "executor": "agent_executor",
     }
-    procs = list(services.values())
+    services: dict[str, subprocess.Popen[bytes]] = {}
 
     def stop_all() -> None:
-        for proc in procs:
+        for proc in reversed(list(services.values())):  # dependants first
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc in procs:
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -108,6 +116,9 @@ def main() -> int:
             nats.stop()
 
     for name, port in ports.items():
+        services[name] = subprocess.Popen(
+            [sys.executable, "-m", modules[name]], env=env, cwd=ROOT, start_new_session=True
+        )
         if not healthy(port, 30):
             print(f"{name} did not become healthy; see the log above", file=sys.stderr)
             stop_all()
@@ -120,6 +131,7 @@ Agent Runtime is up (Ctrl-C stops it).
   NATS             {nats_url}{" (dev server, store ./var/nats)" if nats else ""}
   agent registry   grpc://127.0.0.1:{registry_port}   (SQLite: {sqlite})
   tools            grpc://127.0.0.1:{tools_port}   (workspaces: {workspaces})
+  executor         grpc://127.0.0.1:{executor_port}   (offline model; runs and sessions in ./var)
   service token    {service_token}   (./var/service-token; gRPC: authorization: Bearer <token>)
   runtime token    {runtime_token}   (./var/runtime-token; for the HTTP gateway, not built yet)
 
@@ -128,6 +140,14 @@ Try it (with grpcurl, if you have it):
     127.0.0.1:{registry_port} agentrt.registry.v1.AgentRegistry/ListAgents
   grpcurl -plaintext -H "authorization: Bearer $(cat var/service-token)" \\
     127.0.0.1:{tools_port} agentrt.tools.v1.ToolService/ListTools
+  grpcurl -plaintext -H "authorization: Bearer $(cat var/service-token)" \\
+    -d '{{"spec": {{"name": "Demo", "template_id": "conversation", "toolsets": ["custom"]}},
+         "status": "AGENT_STATUS_ACTIVE"}}' \\
+    127.0.0.1:{registry_port} agentrt.registry.v1.AgentRegistry/CreateAgent
+  grpcurl -plaintext -H "authorization: Bearer $(cat var/service-token)" \\
+    -d '{{"input": {{"agent_id": "<id from above>", "messages": [{{"role": "user",
+         "content": "/parse_url {{\\"url\\": \\"https://example.com/a?b=1\\"}}"}}]}}}}' \\
+    127.0.0.1:{executor_port} agentrt.executor.v1.Executor/ExecuteStream
 """,
         flush=True,
     )

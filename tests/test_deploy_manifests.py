@@ -4,12 +4,15 @@ AGENTRT_* variable the manifests set is one the service actually reads."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from agent_executor.config import Settings as ExecutorSettings
+from agent_executor.domain.services_config import OPENAI_FAMILY, parse_services_config
 from agent_registry.config import Settings as RegistrySettings
 from agentrt_kit.settings import ServiceSettings, env_name
 from tool_service.config import Settings as ToolsSettings
@@ -86,6 +89,9 @@ def known_variables() -> set[str]:
     names = {env_name(ServiceSettings, f) for f in ServiceSettings.model_fields}
     names |= {env_name(RegistrySettings, f) for f in RegistrySettings.model_fields}
     names |= {env_name(ToolsSettings, f) for f in ToolsSettings.model_fields}
+    names |= {env_name(ExecutorSettings, f) for f in ExecutorSettings.model_fields}
+    # Provider keys the executor's services config reads from the environment.
+    names |= {key for _, key in OPENAI_FAMILY.values() if key}
     return names
 
 
@@ -96,7 +102,8 @@ def test_every_variable_the_manifests_set_is_read_by_a_service(overlay: Path) ->
     seen: set[str] = set()
     for resource in resources:
         if resource["kind"] == "ConfigMap":
-            seen |= set(resource.get("data", {}))
+            # Keys with a dot are files mounted as volumes, not environment variables.
+            seen |= {k for k in resource.get("data", {}) if "." not in k}
         if resource["kind"] == "Deployment":
             for container in resource["spec"]["template"]["spec"]["containers"]:
                 seen |= {e["name"] for e in container.get("env", [])}
@@ -113,3 +120,15 @@ def test_every_variable_the_manifests_set_is_read_by_a_service(overlay: Path) ->
     agentrt = {name for name in seen if name.startswith("AGENTRT_")}
     assert agentrt, "no AGENTRT_ variables found"
     assert agentrt <= known, agentrt - known
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_the_executor_services_config_parses(overlay: Path) -> None:
+    resources, _ = collect(overlay)
+    config_map = next(
+        r
+        for r in resources
+        if r["kind"] == "ConfigMap" and r["metadata"]["name"] == "executor-services"
+    )
+    config = parse_services_config(json.loads(config_map["data"]["services.json"]), {})
+    assert config.default_provider in config.providers

@@ -77,14 +77,24 @@ async def serve_until_stopped(
     grace: float,
     on_ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
+    drain: Callable[[float], Awaitable[None]] | None = None,
 ) -> None:
     """Start `server`, stop it gracefully when the stack unwinds, and wait for shutdown.
 
     The server's stop is pushed last onto `stack`, so on the way out it goes first:
-    NOT_SERVING, in-flight calls finish within `grace`, then everything it depended on.
+    NOT_SERVING, then `drain(grace)` when given (a service ends its long-running
+    work while the calls that follow it are still open, so they hear how it
+    ended), in-flight calls finish within `grace`, then everything it depended on.
     """
     await server.start()
-    stack.push_async_callback(server.stop, grace)
+
+    async def shutdown() -> None:
+        if drain is not None:
+            await server.begin_shutdown()
+            await drain(grace)
+        await server.stop(grace)
+
+    stack.push_async_callback(shutdown)
     if on_ready is not None:
         on_ready(server.port)
     await wait_for_shutdown(stop)

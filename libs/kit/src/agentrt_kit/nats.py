@@ -70,6 +70,11 @@ class NatsClient:
         self._connect_called = False  # on the current `nc`; nats-py cannot close one before
         self._js: JetStreamContext | None = None
         self._js_of: NatsConnection | None = None
+        self._reconnect_listeners: list[Callable[[], None]] = []
+
+    def on_reconnect(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (synchronously, in the loop) after every reconnect."""
+        self._reconnect_listeners.append(listener)
 
     @property
     def connected(self) -> bool:
@@ -133,6 +138,8 @@ class NatsClient:
 
     async def _on_reconnected(self) -> None:
         log.info("nats reconnected")
+        for listener in self._reconnect_listeners:
+            listener()
 
     async def _on_closed(self) -> None:
         log.info("nats connection closed")

@@ -83,11 +83,24 @@ def _expand(statement: str, table: Callable[[str], str]) -> str:
     return re.sub(r"\{([a-z_]+)\}", lambda m: table(m.group(1)), statement)
 
 
+def dialect_of(url: str) -> str:
+    """`sqlite` for `sqlite:///path`, `postgres` for a PostgreSQL DSN (URL or key=value).
+
+    Raises:
+        ValueError: for anything else.
+    """
+    if url.startswith("sqlite:///"):
+        return "sqlite"
+    if url.startswith(("postgresql://", "postgres://")) or "dbname=" in url:
+        return "postgres"
+    raise ValueError("database URL must start with sqlite:/// or postgresql://")
+
+
 class SqlDatabase:
     """Connections to one database, a transaction at a time per caller thread."""
 
     def __init__(self, url: str, *, schema: str = "public", pool_size: int = 5) -> None:
-        if url.startswith("sqlite:///"):
+        if dialect_of(url) == "sqlite":
             self.dialect = "sqlite"
             self.ph = "?"
             self._path = Path(url.removeprefix("sqlite:///")).expanduser().resolve()
@@ -96,7 +109,7 @@ class SqlDatabase:
             self._connections: list[sqlite3.Connection] = []
             self._lock = threading.Lock()
             self.schema = ""
-        elif url.startswith(("postgresql://", "postgres://")) or "dbname=" in url:
+        else:
             if not _IDENTIFIER.fullmatch(schema):
                 raise ValueError(f"unusable schema name {schema!r}")
             self.dialect = "postgres"
@@ -105,8 +118,6 @@ class SqlDatabase:
             self._pool = ConnectionPool(
                 url, min_size=1, max_size=pool_size, open=False, kwargs={"autocommit": False}
             )
-        else:
-            raise ValueError("database URL must start with sqlite:/// or postgresql://")
 
     def open(self) -> SqlDatabase:
         """Connect (PostgreSQL: open the pool and check it answers)."""

@@ -60,6 +60,11 @@ class ServiceProcess:
         self.kill()
         raise RuntimeError(f"{self.module} not serving after {timeout}s:\n{self.log()}")
 
+    @property
+    def pid(self) -> int:
+        """The process id (0 before start)."""
+        return self._proc.pid if self._proc is not None else 0
+
     def log(self, tail: int = 4000) -> str:
         """The end of the process's output."""
         return self.log_path.read_text(errors="replace")[-tail:]

@@ -98,6 +98,12 @@ class SessionBusy(_Aborted):
         )
 
 
+class ExecutorClosing(Unavailable):
+    """This replica is shutting down; another one can take the run."""
+
+    default_reason = "EXECUTOR_SHUTTING_DOWN"
+
+
 class RegistryUnavailable(Unavailable):
     """The agent registry could not be asked."""
 

@@ -174,7 +174,6 @@ async def _run_service(
     )
     await cancel_bus.start(runs.cancel_local)
     stack.push_async_callback(cancel_bus.close)
-    stack.push_async_callback(runs.shutdown, settings.shutdown_grace_seconds)
     await _background(stack, "run-maintenance", runs.maintain)
     return runs
 
@@ -229,7 +228,12 @@ async def serve(
                 },
             )
             await serve_until_stopped(
-                stack, server, grace=settings.shutdown_grace_seconds, on_ready=on_ready, stop=stop
+                stack,
+                server,
+                grace=settings.shutdown_grace_seconds,
+                on_ready=on_ready,
+                stop=stop,
+                drain=runs.shutdown,
             )
     finally:
         telemetry.shutdown()

@@ -93,6 +93,10 @@ class GrpcServer:
         for name in ("", *self.names):
             await self.health.set(name, status)
 
+    async def begin_shutdown(self) -> None:
+        """Report NOT_SERVING (load balancers stop sending calls) while still serving."""
+        await self.health.enter_graceful_shutdown()
+
     async def stop(self, grace: float) -> None:
         """NOT_SERVING first, then stop accepting calls and let in-flight ones finish."""
         await self.health.enter_graceful_shutdown()

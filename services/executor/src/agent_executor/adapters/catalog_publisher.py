@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -47,6 +46,7 @@ class CatalogPublisher:
         self._task: asyncio.Task[None] | None = None
         self.published = asyncio.Event()  # set after each complete publication
         self.rounds = 0
+        client.on_reconnect(self._wake.set)
 
     async def start(self) -> None:
         """Publish now and keep publishing in the background."""
@@ -58,20 +58,16 @@ class CatalogPublisher:
         self._wake.set()
 
     async def _loop(self) -> None:
-        connection: Any = None
         while True:
             await self._client.wait_connected()
             try:
                 await self._publish()
-                connection = self._client.nc
             except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as e:
                 log.warning("template catalogue publication failed", extra={"error": str(e)})
                 await asyncio.sleep(1.0)
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._interval)
-            if self._client.nc is not connection:
-                continue
 
     async def _publish(self) -> None:
         self._wake.clear()

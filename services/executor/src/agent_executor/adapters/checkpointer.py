@@ -1,7 +1,7 @@
 """Adapter: the LangGraph checkpointer holding sessions (server-side memory).
 
 SQLite by default (`sqlite:///path`, through aiosqlite) and PostgreSQL by
-setting (a `postgresql://` DSN, through a psycopg async pool); the tables are
+setting (a `postgresql://` or `key=value` DSN, through a psycopg async pool); the tables are
 LangGraph's own, created at start-up. A session is the thread `<agent>:<task>`.
 """
 
@@ -20,6 +20,8 @@ from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from agentrt_kit.sql import dialect_of
+
 SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -35,15 +37,13 @@ async def open_checkpointer(
     url: str, *, schema: str = "public", pool_size: int = 10
 ) -> AsyncIterator[BaseCheckpointSaver[Any]]:
     """A set-up checkpointer for `url`, closed on exit."""
-    if url.startswith("sqlite:///"):
+    if dialect_of(url) == "sqlite":
         async with aiosqlite.connect(sqlite_path(url)) as conn:
             await conn.execute("PRAGMA journal_mode=WAL")
             sqlite_saver = AsyncSqliteSaver(conn)
             await sqlite_saver.setup()
             yield sqlite_saver
         return
-    if not url.startswith(("postgresql://", "postgres://")):
-        raise ValueError("sessions database URL must start with sqlite:/// or postgresql://")
     if not SCHEMA.fullmatch(schema):
         raise ValueError(f"unusable schema name {schema!r}")
     kwargs: dict[str, Any] = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}

@@ -70,7 +70,8 @@ class InMemoryTools:
 class InMemoryRunStore:
     """Run records in a dict, with the SQL store's admission rules."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, lease_seconds: float = 60.0) -> None:
+        self.lease_seconds = lease_seconds
         self.records: dict[str, RunRecord] = {}
         self.heartbeats: dict[str, datetime] = {}
         self.cancel_flags: set[str] = set()
@@ -134,15 +135,26 @@ class InMemoryRunStore:
             return None
         if record.status.terminal:
             return copy.copy(record), False
+        if self.heartbeats[run_id] < now - timedelta(seconds=self.lease_seconds):
+            self.finish(
+                run_id,
+                RunStatus.CANCELLED,
+                finished_at=now,
+                usage=record.usage,
+                tool_calls=record.tool_calls,
+                error_code="CANCELLED",
+                error_message="cancelled after its executor stopped",
+            )
+            return copy.copy(self.records[run_id]), True
         self.cancel_flags.add(run_id)
         return copy.copy(record), True
 
     def heartbeat(self, run_ids: Sequence[str], now: datetime) -> list[str]:
         """Renew leases; the flagged ids."""
-        for run_id in run_ids:
-            if run_id in self.records:
-                self.heartbeats[run_id] = now
-        return [r for r in run_ids if r in self.cancel_flags]
+        live = [r for r in run_ids if r in self.records and not self.records[r].status.terminal]
+        for run_id in live:
+            self.heartbeats[run_id] = now
+        return [r for r in live if r in self.cancel_flags]
 
     def expire(self, stale_before: datetime, now: datetime) -> int:
         """End running runs with stale leases."""

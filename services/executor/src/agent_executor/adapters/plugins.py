@@ -13,6 +13,8 @@ effect without a restart.
 from __future__ import annotations
 
 import asyncio
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import itertools
 import logging
@@ -44,25 +46,65 @@ def _module_name(folder: Path) -> str:
     return f"{MODULE_PREFIX}.{slug}_{next(_generation)}"
 
 
+class _SourceLoader(importlib.machinery.SourceFileLoader):
+    """Compiles a plugin module from its source every time.
+
+    Cached bytecode is validated by the source's size and mtime (whole seconds):
+    an edit of the same size within a second would reload stale code.
+    """
+
+    def get_code(self, fullname: str) -> Any:
+        return self.source_to_code(self.get_data(self.path), self.path)
+
+
+class _PluginFinder(importlib.abc.MetaPathFinder):
+    """Finds the submodules of plugin packages and loads them with `_SourceLoader`."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if not fullname.startswith(MODULE_PREFIX + ".") or not path:
+            return None
+        found = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if found is None or not isinstance(found.loader, importlib.machinery.SourceFileLoader):
+            return found
+        return _source_spec(fullname, Path(str(found.origin)), found.submodule_search_locations)
+
+
+_FINDER = _PluginFinder()
+
+
+def _source_spec(
+    name: str, file: Path, search: Sequence[str] | None
+) -> importlib.machinery.ModuleSpec | None:
+    return importlib.util.spec_from_file_location(
+        name,
+        file,
+        loader=_SourceLoader(name, str(file)),
+        submodule_search_locations=list(search) if search is not None else None,
+    )
+
+
 def _forget(name: str) -> None:
     for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
         del sys.modules[key]
 
 
-def import_plugin(folder: Path) -> tuple[str, list[type[AgentTemplate]], list[str]]:
+def import_plugin(
+    folder: Path, *, known: bool = False
+) -> tuple[str, list[type[AgentTemplate]], list[str]]:
     """Import a plugin folder under a fresh name: (module name, template classes, problems).
 
     Raises:
-        NotAPlugin: the folder's `__init__.py` does not mention `__agents__`.
+        NotAPlugin: the folder's `__init__.py` does not mention `__agents__` and it
+            served no templates before (`known`): a tool plugin, say, is not imported.
         Exception: whatever importing the plugin raised.
     """
     init = folder / "__init__.py"
-    if "__agents__" not in init.read_text(encoding="utf-8", errors="replace"):
+    if not known and "__agents__" not in init.read_text(encoding="utf-8", errors="replace"):
         raise NotAPlugin(str(folder))
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
     name = _module_name(folder)
-    spec = importlib.util.spec_from_file_location(
-        name, init, submodule_search_locations=[str(folder)]
-    )
+    spec = _source_spec(name, init, [str(folder)])
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {init}")
     module = importlib.util.module_from_spec(spec)
@@ -129,7 +171,9 @@ class TemplatePlugins:
             self._retire(source, None)
         else:
             try:
-                name, classes, problems = await self.run_blocking(import_plugin, folder)
+                name, classes, problems = await self.run_blocking(
+                    import_plugin, folder, known=source in self.catalog.sources()
+                )
             except NotAPlugin:
                 added, removed = self.catalog.replace_source(source, [])
                 self._retire(source, None)

@@ -80,7 +80,7 @@ class RegistryAgents:
         self._cache: OrderedDict[str, AgentSnapshot] = OrderedDict()
         self._newest: OrderedDict[str, int] = OrderedDict()  # versions seen in events
         self._cache_size = cache_size
-        self._inflight: dict[str, asyncio.Future[AgentSnapshot]] = {}
+        self._inflight: dict[str, asyncio.Task[AgentSnapshot]] = {}
         self._subscription: Subscription | None = None
         self._connection: tuple[int, int] = (0, -1)  # (id of connection, reconnects)
         self._task: asyncio.Task[None] | None = None
@@ -145,20 +145,21 @@ class RegistryAgents:
             self._cache.move_to_end(agent_id)
             return cached
         pending = self._inflight.get(agent_id)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        future: asyncio.Future[AgentSnapshot] = asyncio.get_running_loop().create_future()
-        self._inflight[agent_id] = future
-        try:
-            agent = await self._fetch(agent_id)
-        except BaseException as e:
-            future.set_exception(e)
-            future.exception()  # retrieved: concurrent waiters re-raise it themselves
-            raise
-        else:
-            future.set_result(agent)
-        finally:
-            del self._inflight[agent_id]
+        if pending is None:
+            # The call runs in a task of its own: a caller hanging up does not cancel
+            # the lookup the other callers of the same agent are waiting for.
+            pending = asyncio.create_task(self._fetch_and_cache(agent_id, trusted))
+            self._inflight[agent_id] = pending
+            pending.add_done_callback(lambda task: self._forget(agent_id, task))
+        return await asyncio.shield(pending)
+
+    def _forget(self, agent_id: str, task: asyncio.Task[AgentSnapshot]) -> None:
+        self._inflight.pop(agent_id, None)
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter re-raises it itself
+
+    async def _fetch_and_cache(self, agent_id: str, trusted: bool) -> AgentSnapshot:
+        agent = await self._fetch(agent_id)
         if trusted and agent.version >= self._newest.get(agent_id, 0):
             self._cache[agent_id] = agent
             while len(self._cache) > self._cache_size:

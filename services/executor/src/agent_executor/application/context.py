@@ -63,6 +63,14 @@ class RunContext:
     agent_sampling: Mapping[str, Any] = field(default_factory=dict)
     tool_calls: int = 0
     reply_prefix: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def count_usage(self, usage: Mapping[str, Any] | None) -> None:
+        """Add a model call's token usage (LangChain `usage_metadata`) to the run's."""
+        if usage:
+            self.prompt_tokens += int(usage.get("input_tokens", 0) or 0)
+            self.completion_tokens += int(usage.get("output_tokens", 0) or 0)
 
     def count_tool_call(self, tool_name: str) -> None:
         """Count one tool call against the budget.

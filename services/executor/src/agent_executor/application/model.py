@@ -4,7 +4,8 @@
 every call it applies the sampling parameters in force — the provider's
 defaults, then the agent's `conversation_config`, then the request's — so
 request-level `temperature`, `max_tokens`, `top_p`, penalties and `stop` reach
-the model whatever graph a template builds. Each provider has a circuit
+the model whatever graph a template builds; the tokens every call used are
+added to the run's usage. Each provider has a circuit
 breaker; while the primary's is open, or when it fails before producing
 anything, the fallback answers. Transient-error retries with backoff happen
 inside the provider adapters.
@@ -173,6 +174,7 @@ class RoutedChatModel(BaseChatModel):
                 last = e
                 continue
             route.breaker.succeeded()
+            _count(result.generations[0].message if result.generations else None)
             return result
         raise _as_failure(self._routes[-1], last) from last
 
@@ -190,6 +192,7 @@ class RoutedChatModel(BaseChatModel):
             try:
                 async for chunk in route.model._astream(messages, **call):
                     produced = True
+                    _count(chunk.message)
                     yield chunk
             except Exception as e:
                 if produced or not self._failed(route, e):
@@ -218,8 +221,17 @@ class RoutedChatModel(BaseChatModel):
                 last = e
                 continue
             route.breaker.succeeded()
+            _count(result.generations[0].message if result.generations else None)
             return result
         raise _as_failure(self._routes[-1], last) from last
+
+
+def _count(message: BaseMessage | None) -> None:
+    """Add a reply's (or a streamed chunk's) token usage to the run's."""
+    ctx = current_run.get()
+    usage = getattr(message, "usage_metadata", None)
+    if ctx is not None and usage:
+        ctx.count_usage(usage)
 
 
 def _as_failure(route: Route, error: BaseException | None) -> BaseException:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
-from langchain_core.callbacks import UsageMetadataCallbackHandler
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -80,6 +79,7 @@ from agent_executor.domain.services_config import ServicesConfig
 from agent_executor.errors import (
     AgentMisconfigured,
     AgentNotRunnable,
+    ExecutorClosing,
     RunFailure,
     RunNotFound,
     TemplateUnavailable,
@@ -205,6 +205,7 @@ class RunService:
         self.active: dict[str, RunHandle] = {}
         self._graphs: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._flushes: set[asyncio.Task[None]] = set()
+        self.closing = False
 
     # ------------------------------------------------------------ admission
 
@@ -218,6 +219,8 @@ class RunService:
             TooManyRuns, SessionBusy, RunExists: admission refused.
             RegistryUnavailable, ToolsUnavailable: a dependency is down.
         """
+        if self.closing:
+            raise ExecutorClosing("this executor is shutting down; retry on another replica")
         _check_request(request)
         agent = await self.agents.get(request.agent_id)
         if not agent.runnable:
@@ -372,11 +375,9 @@ class RunService:
     ) -> None:
         token = current_run.set(ctx)
         record = handle.record
-        usage_handler = UsageMetadataCallbackHandler()
         limits = ctx.limits
         config: RunnableConfig = {
             "recursion_limit": limits.max_steps or UNLIMITED_STEPS,
-            "callbacks": [usage_handler],
             "metadata": {"agentrt_run_id": record.run_id, "agent_id": record.agent_id},
         }
         if record.session_key and self.checkpointer is not None:
@@ -399,7 +400,7 @@ class RunService:
                 final = await self._drive(
                     handle, graph, inputs, config, known=known, stream=request.stream
                 )
-            terminal = RunCompleted(_finish_reason(final), _usage(usage_handler))
+            terminal = RunCompleted(_finish_reason(final), _usage(ctx))
         except TimeoutError:
             terminal = RunFailed(
                 FailureCode.TIMEOUT, f"the run exceeded its {limits.timeout_seconds:g} s timeout"
@@ -425,7 +426,7 @@ class RunService:
             current_run.reset(token)
         if isinstance(terminal, RunFailed):
             status = STATUS_OF_FAILURE.get(terminal.code, RunStatus.FAILED)
-        await self._finish(handle, status, terminal, usage=_usage(usage_handler), ctx=ctx)
+        await self._finish(handle, status, terminal, usage=_usage(ctx), ctx=ctx)
 
     async def _drive(
         self,
@@ -574,7 +575,12 @@ class RunService:
                 log.exception("run maintenance failed")
 
     async def shutdown(self, grace: float) -> None:
-        """Let runs finish for `grace` seconds, cancel the rest, wait for event flushes."""
+        """Refuse new runs, let runs finish for `grace` seconds, cancel the rest.
+
+        Cancelled runs are recorded and their callers get the `RunFailed` event;
+        then the runs' events are flushed to the sink.
+        """
+        self.closing = True
         tasks = [h.task for h in self.active.values() if h.task is not None]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace)
@@ -679,11 +685,8 @@ def _finish_reason(message: AIMessage) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _usage(handler: UsageMetadataCallbackHandler) -> Usage:
-    total = Usage()
-    for usage in handler.usage_metadata.values():
-        total = total + Usage(int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0)))
-    return total
+def _usage(ctx: RunContext) -> Usage:
+    return Usage(ctx.prompt_tokens, ctx.completion_tokens)
 
 
 __all__ = [

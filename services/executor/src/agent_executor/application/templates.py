@@ -249,7 +249,14 @@ class TemplateCatalog:
                     TemplateProblem(source, f"{cls.__name__}: id {template_id!r} listed twice")
                 )
             else:
-                fresh[template_id] = LoadedTemplate(cls(), source, cls.descriptor())
+                try:
+                    fresh[template_id] = LoadedTemplate(cls(), source, cls.descriptor())
+                except Exception as e:
+                    recorded.append(
+                        TemplateProblem(
+                            source, f"{cls.__name__}: cannot be created: {type(e).__name__}: {e}"
+                        )
+                    )
         removed = [tid for tid, t in self._by_id.items() if t.source == source and tid not in fresh]
         for tid in removed:
             del self._by_id[tid]

@@ -117,9 +117,12 @@ class OfflineChatModel(BaseChatModel):
                 .replace("{first_input}", first)
                 .replace("{message_count}", str(len(messages)))
             )
+            # Like a real model, it calls tools only when some are bound (a name it
+            # was not given may still come out: models do that).
             calls = [
                 {"name": c.name, "args": dict(c.args), "id": f"call_{calls_so_far}_{i}"}
                 for i, c in enumerate(step.tool_calls)
+                if tools
             ]
             return content, calls
         if tool_msgs:

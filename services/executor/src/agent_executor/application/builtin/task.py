@@ -8,11 +8,12 @@ enforced, and how the final answer is synthesised and checked against
 
 How a run goes:
 
-- The user's task is the latest human message. Each step is one model call
+- The user's task is the latest human message. Each step is a model turn
   given the agent's system prompt, the step's instruction and the results it
   builds on — all earlier steps when they run in order, its `depends_on` steps
   when `parallelExecution` is on — in one system message, then the task as the
-  human message. The agent's tools are not offered to steps.
+  human message. A step may call the agent's tools (the turn goes on until the
+  model answers without a tool call); its answer is the step's result.
 - An attempt that raises or outlasts `stepTimeout` is retried `retryCount`
   times. A step that still fails ends the run (`strictMode`) or is recorded as
   failed; the steps depending on it are skipped and the others go on.
@@ -66,11 +67,12 @@ from agent_executor.application.builtin.workflow import (
     gather_all,
     internal,
     text_of,
+    tool_loop,
     topological_order,
 )
 from agent_executor.application.context import progress
 from agent_executor.application.templates import AgentTemplate, AgentView
-from agent_executor.errors import OutputInvalid, TemplateFailed
+from agent_executor.errors import LimitExceeded, OutputInvalid, TemplateFailed
 
 log = logging.getLogger(__name__)
 
@@ -214,11 +216,15 @@ class TaskState(TypedDict):
 class _Task:
     """The nodes of one agent's task graph."""
 
-    def __init__(self, agent: AgentView, model: BaseChatModel, second: float) -> None:
+    def __init__(
+        self, agent: AgentView, model: BaseChatModel, tools: Sequence[BaseTool], second: float
+    ) -> None:
         config = agent.config
         assert isinstance(config, TaskConfig)
         self.config = config
         self.model = model
+        self.tools = {t.name: t for t in tools}
+        self.step_model = model.bind_tools(list(tools)) if tools else model
         self.system_prompt = agent.system_prompt
         plans = config.plan()
         by_id = {p.id: p for p in plans}
@@ -298,10 +304,19 @@ class _Task:
                 progress(plan.id, plan.name, "retrying", attempt)
             try:
                 async with asyncio.timeout(self.timeout):
-                    reply = await self.model.ainvoke(messages, internal(config))
+                    turn = await tool_loop(
+                        self.step_model,
+                        self.tools,
+                        messages,
+                        config,
+                        label=f"task step {plan.name!r}",
+                    )
+                reply = turn[-1]
             except TimeoutError:
                 reason = f"timed out after {self.config.step_timeout} s"
                 continue
+            except LimitExceeded:
+                raise  # a run budget is not the step's fault: no retry
             except Exception as e:  # a provider error fails the attempt; a retry may get through
                 log.warning("task step call failed", exc_info=True)
                 reason = describe_error(e)
@@ -440,4 +455,4 @@ class Task(AgentTemplate):
         self, agent: AgentView, model: BaseChatModel, tools: Sequence[BaseTool]
     ) -> CompiledStateGraph[Any, Any, Any, Any]:
         """The task graph: the steps, then the synthesis."""
-        return _Task(agent, model, self.second).graph()
+        return _Task(agent, model, tools, self.second).graph()

@@ -184,6 +184,57 @@ def describe_error(error: BaseException) -> str:
 # ---------------------------------------------------------------- control lines
 
 
+async def tool_loop(
+    model: Runnable[LanguageModelInput, BaseMessage],
+    tools: Mapping[str, BaseTool],
+    messages: Sequence[BaseMessage],
+    config: RunnableConfig,
+    *,
+    label: str,
+) -> list[BaseMessage]:
+    """The model's messages up to its next reply without tool calls, with the tool results.
+
+    Model calls are internal (not streamed). Each turn may make at most the run's
+    `max_steps` model calls, so a model that keeps calling tools cannot loop forever.
+    """
+    ctx = current_run.get()
+    budget = ctx.limits.max_steps if ctx is not None else 0
+    new: list[BaseMessage] = []
+    calls = 0
+    while True:
+        calls += 1
+        if budget and calls > budget:
+            raise LimitExceeded(
+                f"{label} made {budget} model calls in one turn (max steps {budget})"
+            )
+        reply = await model.ainvoke([*messages, *new], internal(config))
+        new.append(reply)
+        tool_calls = getattr(reply, "tool_calls", None) or []
+        if not tool_calls:
+            return new
+        new.extend(await gather_all(_call_tool(tools, call, config) for call in tool_calls))
+
+
+async def _call_tool(
+    tools: Mapping[str, BaseTool], call: Mapping[str, Any], config: RunnableConfig
+) -> ToolMessage:
+    name = str(call.get("name", ""))
+    call_id = str(call.get("id") or "")
+    tool = tools.get(name)
+    if tool is None:
+        offered = ", ".join(tools) or "none"
+        return ToolMessage(
+            f"Error: {name!r} is not a tool of this step (its tools: {offered})",
+            tool_call_id=call_id,
+            name=name,
+            status="error",
+        )
+    result = await tool.ainvoke({**call, "type": "tool_call"}, config)
+    if isinstance(result, ToolMessage):
+        return result
+    return ToolMessage(str(result), tool_call_id=call_id, name=name)
+
+
 class Control(StrEnum):
     """A step's control line."""
 
@@ -529,7 +580,11 @@ class _Workflow:
         transcript = list(messages)
         reply, result = "", ""
         for iteration in range(1, cap + 1):
-            transcript.extend(await self._turn(step, transcript, config))
+            transcript.extend(
+                await tool_loop(
+                    step.model, step.tools, transcript, config, label=f"workflow step {step.name!r}"
+                )
+            )
             reply = text_of(transcript[-1])
             control, result = split_control(reply)
             if control is Control.FAIL:
@@ -542,47 +597,6 @@ class _Workflow:
                     SystemMessage(CONTINUE_NUDGE.format(iteration=iteration + 1, cap=cap))
                 )
         return _Attempt(False, result, reply, f"still WORKING after {cap} replies")
-
-    async def _turn(
-        self, step: _Step, messages: list[BaseMessage], config: RunnableConfig
-    ) -> list[BaseMessage]:
-        """The model's messages up to its next reply without tool calls, with tool results."""
-        ctx = current_run.get()
-        budget = ctx.limits.max_steps if ctx is not None else 0
-        new: list[BaseMessage] = []
-        calls = 0
-        while True:
-            calls += 1
-            if budget and calls > budget:
-                raise LimitExceeded(
-                    f"workflow step {step.name!r} made {budget} model calls in one turn "
-                    f"(max steps {budget})"
-                )
-            reply = await step.model.ainvoke([*messages, *new], internal(config))
-            new.append(reply)
-            tool_calls = getattr(reply, "tool_calls", None) or []
-            if not tool_calls:
-                return new
-            new.extend(await gather_all(self._tool(step, call, config) for call in tool_calls))
-
-    async def _tool(
-        self, step: _Step, call: Mapping[str, Any], config: RunnableConfig
-    ) -> ToolMessage:
-        name = str(call.get("name", ""))
-        call_id = str(call.get("id") or "")
-        tool = step.tools.get(name)
-        if tool is None:
-            offered = ", ".join(step.tools) or "none"
-            return ToolMessage(
-                f"Error: {name!r} is not a tool of this step (its tools: {offered})",
-                tool_call_id=call_id,
-                name=name,
-                status="error",
-            )
-        result = await tool.ainvoke({**call, "type": "tool_call"}, config)
-        if isinstance(result, ToolMessage):
-            return result
-        return ToolMessage(str(result), tool_call_id=call_id, name=name)
 
     # ---------------------------------------------------------------- finish
 
