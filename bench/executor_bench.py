@@ -74,7 +74,7 @@ def plain_graph() -> Any:
     async def agent(state: MessagesState) -> dict[str, Any]:
         return {"messages": [await bound.ainvoke(state["messages"])]}
 
-    def route(state: MessagesState) -> str:
+    async def route(state: MessagesState) -> str:  # async, as the executor's template
         return "tools" if state["messages"][-1].tool_calls else END  # type: ignore[union-attr]
 
     builder = StateGraph(MessagesState)

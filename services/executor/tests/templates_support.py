@@ -28,7 +28,6 @@ from agent_executor.adapters.memory import (
     ListEventSink,
     LocalCancelBus,
     ToolFunction,
-    run_inline,
 )
 from agent_executor.adapters.providers.offline import OfflineChatModel, ScriptStep
 from agent_executor.application.model import Route, RoutedChatModel
@@ -46,6 +45,7 @@ from agent_executor.domain.runs import (
 )
 from agent_executor.domain.services_config import ServicesConfig, parse_services_config
 from agent_executor.errors import ProviderFailed
+from agentrt_kit.concurrency import run_inline
 from agentrt_kit.resilience import CircuitBreaker
 
 
@@ -208,7 +208,7 @@ class Harness:
             events=self.sink,
             cancel_bus=LocalCancelBus(),
             services=self.services,
-            run_blocking=run_inline,
+            call_store=run_inline,
             checkpointer=self.checkpointer,
         )
 

@@ -20,7 +20,6 @@ from agent_executor.adapters.memory import (
     InMemoryTools,
     ListEventSink,
     LocalCancelBus,
-    run_inline,
 )
 from agent_executor.adapters.models import ProviderModels
 from agent_executor.application.builtin.conversation import Conversation
@@ -52,6 +51,7 @@ from agent_executor.domain.services_config import (
     parse_services_config,
 )
 from agent_executor.errors import LimitExceeded
+from agentrt_kit.concurrency import run_inline
 from agentrt_kit.errors import FieldViolation, InvalidArgument, Unavailable
 from agentrt_kit.settings import ConfigError
 
@@ -939,7 +939,7 @@ def scripted_service(
         events=ListEventSink(),
         cancel_bus=LocalCancelBus(),
         services=config,
-        run_blocking=run_inline,
+        call_store=run_inline,
     )
     return service, gateway, store
 

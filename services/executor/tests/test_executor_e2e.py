@@ -206,8 +206,15 @@ async def test_the_next_run_after_an_agent_update_uses_the_new_version(
     )
     await eventually(lambda: seen)
     await nc.close()
-    after = await system.executor.Execute(pb.ExecuteRequest(input=run_input(agent.id, "hi")))
-    assert after.agent_version == updated.agent.version == agent.version + 1
+
+    # The executor hears the event on its own connection, maybe a moment after this test
+    # did; the cache has no expiry, so only the event can make it serve version 2.
+    async def run_on_new_version() -> Any:
+        reply = await system.executor.Execute(pb.ExecuteRequest(input=run_input(agent.id, "hi")))
+        return reply if reply.agent_version == updated.agent.version else None
+
+    after = await eventually(run_on_new_version, timeout=2)
+    assert after.agent_version == agent.version + 1
     assert after.message.content == "v2: You said: hi"
     await system.agents.SetAgentStatus(
         rpb.SetAgentStatusRequest(agent_id=agent.id, status=rpb.AGENT_STATUS_INACTIVE)

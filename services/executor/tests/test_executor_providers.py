@@ -29,7 +29,6 @@ from agent_executor.adapters.memory import (
     InMemoryTools,
     ListEventSink,
     LocalCancelBus,
-    run_inline,
 )
 from agent_executor.adapters.models import ProviderModels
 from agent_executor.adapters.providers.offline import OfflineChatModel, ScriptStep
@@ -44,6 +43,7 @@ from agent_executor.domain.limits import RunLimits
 from agent_executor.domain.runs import MessageCompleted, MessageDelta, RunCompleted, RunStatus
 from agent_executor.domain.services_config import parse_services_config
 from agent_executor.errors import LimitExceeded, ProviderFailed
+from agentrt_kit.concurrency import run_inline
 from agentrt_kit.resilience import CircuitBreaker
 
 AGENT = AgentSnapshot(
@@ -699,7 +699,7 @@ async def test_a_run_streams_an_openai_reply_with_the_requests_sampling(
         events=ListEventSink(),
         cancel_bus=LocalCancelBus(),
         services=config,
-        run_blocking=run_inline,
+        call_store=run_inline,
     )
 
     handle = await service.start(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -389,3 +390,20 @@ def test_concurrent_admissions_of_one_session_admit_one(sql_store: SqlRunStore) 
     assert admitted == 1
     assert len(errors) == 7
     assert all(isinstance(e, SessionBusy) for e in errors), errors
+
+
+async def test_sqlite_is_called_on_the_loop_and_postgres_through_the_runner(
+    sql_store: SqlRunStore,
+) -> None:
+    calls: list[str] = []
+
+    async def runner(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        calls.append(fn.__name__)
+        return fn(*args, **kwargs)
+
+    call = sql_store.db.calls(runner)
+    await call(sql_store.admit, record("inline"), limit(0))
+    found = await call(sql_store.get, "inline")
+
+    assert found is not None
+    assert calls == ([] if sql_store.db.dialect == "sqlite" else ["admit", "get"])

@@ -168,7 +168,7 @@ async def _run_service(
         events=events,
         cancel_bus=cancel_bus,
         services=services,
-        run_blocking=run_blocking,
+        call_store=db.calls(run_blocking),
         checkpointer=checkpointer,
         settings=_run_settings(settings),
     )

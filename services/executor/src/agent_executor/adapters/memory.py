@@ -202,8 +202,3 @@ class LocalCancelBus:
         for target in self.targets:
             target(run_id)
         await asyncio.sleep(0)
-
-
-async def run_inline(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """A `run_blocking` that calls in the event loop (in-memory ports do not block)."""
-    return fn(*args, **kwargs)

@@ -3,10 +3,12 @@
 Run events go to `<prefix>.runs.events.<run_id>` in the `<PREFIX>_RUN_EVENTS`
 stream (limits retention, `retention_seconds` window) as `agentrt.events.v1.RunEvent`,
 with `Nats-Msg-Id = <run_id>:<sequence>` so a repeat is stored once. They are
-queued by the run and sent in order by one task; a run's acknowledgements are
-awaited after it ends (`flush`). Publication never holds a run back: while NATS is down or
-not acknowledging, events are dropped and counted in the log — the run record
-in the database stays the source of truth.
+queued by the run and sent in order by one task. Only a run's last event asks for a
+JetStream acknowledgement (awaited after the run ends, `flush`): NATS handles one
+connection's messages in order, so it also confirms the events before it, and a run
+pays for one acknowledgement instead of one per event. Publication never holds a
+run back: while NATS is down or not acknowledging, events are dropped and counted
+in the log — the run record in the database stays the source of truth.
 
 Cancel requests are core NATS messages on `<prefix>.runs.cancel` (payload: the
 run id) that every replica hears; the one running the run cancels it.
@@ -66,6 +68,7 @@ class JetStreamRunEvents:
         self._retry_at = 0.0
         self._acks: dict[str, list[asyncio.Future[Any]]] = {}
         self._lost: dict[str, int] = {}
+        self._sent: dict[str, int] = {}  # events of a run sent, awaiting its acknowledgement
         self._pump: asyncio.Task[None] | None = None
         self.published = 0
 
@@ -91,7 +94,11 @@ class JetStreamRunEvents:
             self._lost[event.run_id] = self._lost.get(event.run_id, 0) + 1
 
     async def flush(self, run_id: str) -> None:
-        """Wait until the run's events are stored; give up after `ack_timeout`."""
+        """Wait until the run's events are stored; give up after `ack_timeout`.
+
+        Storage is confirmed by the acknowledgement of the run's last event; before the
+        run has ended, this only waits until its events have been handed to NATS.
+        """
         marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait((None, run_id, 0, marker))
@@ -99,12 +106,14 @@ class JetStreamRunEvents:
         except (asyncio.QueueFull, TimeoutError):
             pass
         acks = self._acks.pop(run_id, [])
+        sent = self._sent.pop(run_id, 0)
         lost = self._lost.pop(run_id, 0)
         if acks:
             done, pending = await asyncio.wait(acks, timeout=self._ack_timeout)
             for future in pending:
                 future.cancel()  # frees the publisher's slot
-            lost += len(pending) + sum(1 for f in done if f.cancelled() or f.exception())
+            if pending or any(f.cancelled() or f.exception() for f in done):
+                lost += sent  # the acknowledgement vouched for every event of the run
         if lost:
             log.warning("run events lost", extra={"run_id": run_id, "lost": lost})
 
@@ -163,20 +172,26 @@ class JetStreamRunEvents:
             agent_version=agent_version,
             event=stream_event(event),
         )
+        subject = self._names.subject("runs", "events", event.run_id)
+        data = message.SerializeToString()
+        headers = {MSG_ID_HEADER: message.event_id}
         try:
-            ack = await self._client.js.publish_async(
-                self._names.subject("runs", "events", event.run_id),
-                message.SerializeToString(),
-                wait_stall=1.0,
-                headers={MSG_ID_HEADER: message.event_id},
-            )
+            if event.terminal:
+                # One acknowledgement per run: the server handles a connection's messages
+                # in order, so the last event's ack also covers the ones before it.
+                ack = await self._client.js.publish_async(
+                    subject, data, wait_stall=1.0, headers=headers
+                )
+                self._acks.setdefault(event.run_id, []).append(ack)
+            else:
+                await self._client.nc.publish(subject, data, headers=headers)
+            self._sent[event.run_id] = self._sent.get(event.run_id, 0) + 1
         except (nats.errors.Error, OSError) as e:
             lost = self._lost[event.run_id] = self._lost.get(event.run_id, 0) + 1
             if lost == 1:
                 log.warning("run event not published", extra={"error": str(e)})
             return
         self.published += 1
-        self._acks.setdefault(event.run_id, []).append(ack)
 
 
 class NatsCancelBus:

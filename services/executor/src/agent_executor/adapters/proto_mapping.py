@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
@@ -30,9 +30,16 @@ def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     """A Timestamp, or None."""
     if value is None:
         return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    # Timestamp.FromDatetime is pure Python and several times slower; events take this path.
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # naive means UTC, as FromDatetime reads it
+    delta = value - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=delta.days * 86_400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def usage_pb(usage: Usage) -> pb.Usage:

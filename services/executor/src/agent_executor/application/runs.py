@@ -185,7 +185,7 @@ class RunService:
         events: RunEventSink,
         cancel_bus: CancelBus,
         services: ServicesConfig,
-        run_blocking: BlockingCall,
+        call_store: BlockingCall,
         checkpointer: BaseCheckpointSaver[Any] | None = None,
         settings: RunSettings | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -198,7 +198,7 @@ class RunService:
         self.events = events
         self.cancel_bus = cancel_bus
         self.services = services
-        self.run_blocking = run_blocking
+        self.call_store = call_store
         self.checkpointer = checkpointer
         self.settings = settings or RunSettings()
         self.clock = clock
@@ -259,7 +259,7 @@ class RunService:
         handle = RunHandle(record, agent)
         self.active[record.run_id] = handle  # holds the slot while admitting
         try:
-            await self.run_blocking(
+            await self.call_store(
                 self.store.admit,
                 record,
                 Admission(
@@ -494,7 +494,7 @@ class RunService:
             record.error_code, record.error_message = terminal.code, terminal.message
         try:
             await asyncio.shield(
-                self.run_blocking(
+                self.call_store(
                     self.store.finish,
                     record.run_id,
                     status,
@@ -532,7 +532,7 @@ class RunService:
         """
         if self.cancel_local(run_id):
             return True
-        found: tuple[RunRecord, bool] | None = await self.run_blocking(
+        found: tuple[RunRecord, bool] | None = await self.call_store(
             self.store.request_cancel, run_id, self.clock()
         )
         if found is None:
@@ -548,7 +548,7 @@ class RunService:
         Raises:
             RunNotFound: no run has this id.
         """
-        record: RunRecord | None = await self.run_blocking(self.store.get, run_id)
+        record: RunRecord | None = await self.call_store(self.store.get, run_id)
         if record is None:
             raise RunNotFound(run_id)
         return record
@@ -564,11 +564,11 @@ class RunService:
                 pass
             try:
                 now = self.clock()
-                flagged = await self.run_blocking(self.store.heartbeat, list(self.active), now)
+                flagged = await self.call_store(self.store.heartbeat, list(self.active), now)
                 for run_id in flagged:
                     self.cancel_local(run_id)
                 lost_before = now - timedelta(seconds=self.settings.lease_seconds)
-                expired = await self.run_blocking(self.store.expire, lost_before, now)
+                expired = await self.call_store(self.store.expire, lost_before, now)
                 if expired:
                     log.warning("runs of a lost executor ended", extra={"count": expired})
             except Exception:

@@ -65,7 +65,7 @@ def react_graph(
             reply = reply.model_copy(update={"content": reply_prefix + reply.content})
         return {"messages": [reply]}
 
-    def route(state: ChatState) -> str:
+    async def route(state: ChatState) -> str:  # async: LangGraph runs a sync one in a thread
         last = state["messages"][-1]
         return "tools" if getattr(last, "tool_calls", None) else END
 

@@ -450,11 +450,11 @@ class _Workflow:
         for name, step in zip(names, self.steps, strict=True):
             builder.add_node(name, self._node(step))
         builder.add_edge(START, "route")
-        builder.add_conditional_edges(
-            "route",
-            lambda state: names[0] if state.get("in_scope", True) else "finish",
-            [names[0], "finish"],
-        )
+
+        async def after_route(state: WorkflowState) -> str:  # async: a sync one runs in a thread
+            return names[0] if state.get("in_scope", True) else "finish"
+
+        builder.add_conditional_edges("route", after_route, [names[0], "finish"])
         for here, there in zip(names, [*names[1:], "finish"], strict=True):
             builder.add_edge(here, there)
         builder.add_edge("finish", END)
