@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import platform
 import statistics
@@ -84,3 +85,13 @@ def write_section(path: Path, title: str, section: str) -> None:
         end = text.find("\n## ", start + 1)
         text = text[:start] + section + ("\n" + text[end + 1 :] if end != -1 else "\n")
     path.write_text(text)
+
+
+def publish(name: str, raw: dict[str, Any], title: str, section: str, write: Path | None) -> None:
+    """Print the report, keep the raw numbers in ``.bench/<name>.json``, update the doc."""
+    print(section)
+    saved = Path(__file__).resolve().parent.parent / ".bench" / f"{name}.json"
+    saved.parent.mkdir(exist_ok=True)
+    saved.write_text(json.dumps(raw, indent=2))
+    if write:
+        write_section(write, title, section)

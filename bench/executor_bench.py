@@ -26,24 +26,21 @@ from typing import Any
 
 import grpc
 import uvloop
+from bench_support import atimed, machine, publish, stats, throughput
+from langchain_core.messages import HumanMessage
+from langchain_core.tools import tool
+from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.prebuilt import ToolNode
 
-ROOT = Path(__file__).resolve().parent.parent
-
-from bench_support import atimed, machine, stats, throughput, write_section  # noqa: E402
-from langchain_core.messages import HumanMessage  # noqa: E402
-from langchain_core.tools import tool  # noqa: E402
-from langgraph.graph import END, START, MessagesState, StateGraph  # noqa: E402
-from langgraph.prebuilt import ToolNode  # noqa: E402
-
-from agent_executor.adapters.providers.offline import OfflineChatModel, ScriptStep  # noqa: E402
-from agentrt.executor.v1 import executor_pb2 as pb  # noqa: E402
-from agentrt.executor.v1 import executor_pb2_grpc as pb_grpc  # noqa: E402
-from agentrt.registry.v1 import registry_pb2 as rpb  # noqa: E402
-from agentrt.registry.v1 import registry_pb2_grpc as rpb_grpc  # noqa: E402
-from agentrt_testkit.nats_server import NatsServer  # noqa: E402
-from agentrt_testkit.ports import free_port  # noqa: E402
-from agentrt_testkit.processes import ServiceProcess  # noqa: E402
-from tool_service.application.url_tools import ParseUrl  # noqa: E402
+from agent_executor.adapters.providers.offline import OfflineChatModel, ScriptStep
+from agentrt.executor.v1 import executor_pb2 as pb
+from agentrt.executor.v1 import executor_pb2_grpc as pb_grpc
+from agentrt.registry.v1 import registry_pb2 as rpb
+from agentrt.registry.v1 import registry_pb2_grpc as rpb_grpc
+from agentrt_testkit.nats_server import NatsServer
+from agentrt_testkit.ports import free_port
+from agentrt_testkit.processes import ServiceProcess
+from tool_service.application.url_tools import ParseUrl
 
 TOKEN = "bench-token"
 MD = (("authorization", f"Bearer {TOKEN}"),)
@@ -371,13 +368,13 @@ async def main() -> None:
     inproc = await in_process(args.runs, args.total, args.concurrency)
     rpc = await system(args)
     section = report(inproc, rpc, args)
-    print(section)
-    (ROOT / ".bench").mkdir(exist_ok=True)
-    (ROOT / ".bench" / "executor.json").write_text(
-        json.dumps({"inproc": inproc, "executor": rpc}, indent=2)
+    publish(
+        "executor",
+        {"inproc": inproc, "executor": rpc},
+        "## Executor (issue 4)",
+        section,
+        args.write,
     )
-    if args.write:
-        write_section(args.write, "## Executor (issue 4)", section)
 
 
 if __name__ == "__main__":

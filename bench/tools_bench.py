@@ -11,7 +11,6 @@ Usage: python bench/tools_bench.py [--write docs/BENCHMARKS.md] [--quick]
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -19,25 +18,22 @@ from typing import Any
 
 import grpc
 import uvloop
+from bench_support import atimed, machine, publish, throughput, timed
 
-ROOT = Path(__file__).resolve().parent.parent
-
-from bench_support import atimed, machine, throughput, timed, write_section  # noqa: E402
-
-from agentrt.tools.v1 import tools_pb2 as pb  # noqa: E402
-from agentrt.tools.v1 import tools_pb2_grpc as pb_grpc  # noqa: E402
-from agentrt_kit.concurrency import BlockingRunner  # noqa: E402
-from agentrt_testkit.nats_server import NatsServer  # noqa: E402
-from agentrt_testkit.ports import free_port  # noqa: E402
-from agentrt_testkit.processes import ServiceProcess  # noqa: E402
-from tool_service.adapters.fetcher import FetchPolicy, HttpFetcher  # noqa: E402
-from tool_service.adapters.memory import InMemoryLedger, ListAuditSink  # noqa: E402
-from tool_service.adapters.workspace_fs import ConfinedWorkspaces  # noqa: E402
-from tool_service.application.catalog import BUILTIN_TOOLS  # noqa: E402
-from tool_service.application.environment import ToolEnv  # noqa: E402
-from tool_service.application.file_tools import GrepFile, ReadLines  # noqa: E402
-from tool_service.application.runner import ToolCatalog, ToolRunner  # noqa: E402
-from tool_service.domain.tools import InvocationContext  # noqa: E402
+from agentrt.tools.v1 import tools_pb2 as pb
+from agentrt.tools.v1 import tools_pb2_grpc as pb_grpc
+from agentrt_kit.concurrency import BlockingRunner
+from agentrt_testkit.nats_server import NatsServer
+from agentrt_testkit.ports import free_port
+from agentrt_testkit.processes import ServiceProcess
+from tool_service.adapters.fetcher import FetchPolicy, HttpFetcher
+from tool_service.adapters.memory import InMemoryLedger, ListAuditSink
+from tool_service.adapters.workspace_fs import ConfinedWorkspaces
+from tool_service.application.catalog import BUILTIN_TOOLS
+from tool_service.application.environment import ToolEnv
+from tool_service.application.file_tools import GrepFile, ReadLines
+from tool_service.application.runner import ToolCatalog, ToolRunner
+from tool_service.domain.tools import InvocationContext
 
 TOKEN = "bench-token"
 CALLS = {
@@ -221,13 +217,9 @@ async def main() -> None:
     finally:
         nats_server.close()
     section = report(inproc, rpc, args)
-    print(section)
-    (ROOT / ".bench").mkdir(exist_ok=True)
-    (ROOT / ".bench" / "tools.json").write_text(
-        json.dumps({"inproc": inproc, "grpc": rpc}, indent=2)
+    publish(
+        "tools", {"inproc": inproc, "grpc": rpc}, "## Tools service (issue 3)", section, args.write
     )
-    if args.write:
-        write_section(args.write, "## Tools service (issue 3)", section)
 
 
 if __name__ == "__main__":

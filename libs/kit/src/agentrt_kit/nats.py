@@ -20,6 +20,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsConnection
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, StreamConfig
 from opentelemetry import propagate
@@ -157,6 +158,23 @@ class NatsClient:
         elif self._connect_called and not self.nc.is_closed:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await self.nc.close()
+
+
+async def subscribe_when_connected(
+    client: NatsClient, subject: str, callback: Callable[[Msg], Awaitable[None]], *, what: str
+) -> Subscription:
+    """Subscribe once NATS is up, retrying with backoff; the subscription then lives on.
+
+    nats-py re-subscribes by itself after a reconnect, so one success is enough.
+    """
+    backoff = jittered_backoff(0.2, 5.0)
+    while True:
+        try:
+            await client.wait_connected()
+            return await client.nc.subscribe(subject, cb=callback)
+        except (nats.errors.Error, OSError) as e:
+            log.warning(f"{what} subscription failed", extra={"error": str(e)})
+            await asyncio.sleep(next(backoff))
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:

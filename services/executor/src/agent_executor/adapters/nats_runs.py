@@ -32,8 +32,13 @@ from nats.js.api import StorageType, StreamConfig
 from agent_executor.adapters.proto_mapping import stream_event, timestamp
 from agent_executor.domain.runs import RunEvent
 from agentrt.events.v1 import run_events_pb2
-from agentrt_kit.nats import MSG_ID_HEADER, Names, NatsClient, ensure_stream
-from agentrt_kit.resilience import jittered_backoff
+from agentrt_kit.nats import (
+    MSG_ID_HEADER,
+    Names,
+    NatsClient,
+    ensure_stream,
+    subscribe_when_connected,
+)
 
 log = logging.getLogger(__name__)
 
@@ -210,16 +215,9 @@ class NatsCancelBus:
         self._task = asyncio.create_task(self._subscribe_forever(), name="run-cancel")
 
     async def _subscribe_forever(self) -> None:
-        backoff = jittered_backoff(0.2, 5.0)
-        while self._subscription is None:
-            try:
-                await self._client.wait_connected()
-                self._subscription = await self._client.nc.subscribe(
-                    self._subject, cb=self._received
-                )
-            except (nats.errors.Error, OSError) as e:
-                log.warning("cancel subscription failed", extra={"error": str(e)})
-                await asyncio.sleep(next(backoff))
+        self._subscription = await subscribe_when_connected(
+            self._client, self._subject, self._received, what="cancel"
+        )
 
     async def _received(self, msg: Msg) -> None:
         run_id = msg.data.decode(errors="replace")

@@ -28,8 +28,7 @@ from agentrt_kit.errors import AgentrtError, NotFound
 from agentrt_kit.grpc.client import create_channel, retry_service_config
 from agentrt_kit.grpc.status import error_from_rpc
 from agentrt_kit.grpc.structs import struct_to_dict
-from agentrt_kit.nats import Names, NatsClient
-from agentrt_kit.resilience import jittered_backoff
+from agentrt_kit.nats import Names, NatsClient, subscribe_when_connected
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +101,9 @@ class RegistryAgents:
         await self._channel.close()
 
     async def _subscribe_forever(self) -> None:
-        backoff = jittered_backoff(0.2, 5.0)
-        while self._subscription is None:
-            try:
-                await self._client.wait_connected()
-                self._subscription = await self._client.nc.subscribe(
-                    self._subject, cb=self._on_event
-                )
-            except (nats.errors.Error, OSError) as e:
-                log.warning("agent event subscription failed", extra={"error": str(e)})
-                await asyncio.sleep(next(backoff))
+        self._subscription = await subscribe_when_connected(
+            self._client, self._subject, self._on_event, what="agent event"
+        )
 
     def _trusted(self) -> bool:
         """Whether the cache can be used now; forgets it after a reconnect."""
