@@ -173,7 +173,10 @@ async def subscribe_when_connected(
             await client.wait_connected()
             return await client.nc.subscribe(subject, cb=callback)
         except (nats.errors.Error, OSError) as e:
-            log.warning(f"{what} subscription failed", extra={"error": str(e)})
+            log.warning(
+                "nats subscription failed, retrying",
+                extra={"subscription": what, "subject": subject, "error": str(e)},
+            )
             await asyncio.sleep(next(backoff))
 
 
