@@ -1,4 +1,4 @@
-"""BlockingRunner (thread pool with contextvars) and wait_for_any."""
+"""BlockingRunner (thread pool with contextvars), run_inline, waiting and stopping tasks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,13 @@ import time
 
 import pytest
 
-from agentrt_kit.concurrency import BlockingRunner, wait_for_any
+from agentrt_kit.concurrency import (
+    BlockingRunner,
+    cancel_and_wait,
+    run_inline,
+    wait_event,
+    wait_for_any,
+)
 from agentrt_kit.context import actor_var, request_id_var
 
 
@@ -142,3 +148,57 @@ async def test_shutdown_lets_queued_calls_finish() -> None:
     await asyncio.to_thread(r.shutdown)
     await asyncio.gather(*calls)
     assert done == [0, 1, 2, 3, 4]
+
+
+async def test_run_inline_calls_in_the_loop_thread() -> None:
+    assert await run_inline(threading.current_thread) is threading.current_thread()
+
+
+async def test_wait_event_says_whether_the_event_was_set() -> None:
+    event = asyncio.Event()
+    assert await wait_event(event, 0.01) is False
+    asyncio.get_running_loop().call_later(0.01, event.set)
+    assert await wait_event(event, 5) is True
+    assert await wait_event(event, None) is True
+
+
+async def test_wait_event_never_swallows_a_cancellation_that_comes_with_the_event() -> None:
+    # asyncio.wait_for(event.wait(), ...) on Python 3.11 returns normally here.
+    event = asyncio.Event()
+    waiter = asyncio.create_task(wait_event(event, 60))
+    await asyncio.sleep(0)  # the waiter is parked on the event
+    event.set()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+
+
+async def test_cancel_and_wait_ends_a_task_that_swallows_the_first_cancellation() -> None:
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                swallowed += 1
+                if swallowed > 2:
+                    raise
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await cancel_and_wait(task, every=0.01)
+    assert task.cancelled()
+    assert swallowed == 3
+
+
+async def test_cancel_and_wait_reraises_what_the_task_failed_with() -> None:
+    async def failing() -> None:
+        raise ValueError("broken")
+
+    task = asyncio.create_task(failing())
+    await asyncio.sleep(0)
+    with pytest.raises(ValueError, match="broken"):
+        await cancel_and_wait(task)
+    await cancel_and_wait(None)  # nothing started: nothing to do

@@ -90,6 +90,38 @@ async def run_inline(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T
     return fn(*args, **kwargs)
 
 
+async def cancel_and_wait(task: asyncio.Task[Any] | None, *, every: float = 0.1) -> None:
+    """Cancel `task` and wait until it has ended; re-raise what it failed with, if anything.
+
+    The task is cancelled again every `every` seconds while it runs. Python 3.11's
+    `wait_for`, and nats-py's request path through it, swallow a cancellation that
+    arrives together with the awaited result. A task cancelled only once could then
+    run on, and its service would never finish stopping.
+    """
+    if task is None:
+        return
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=every)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait until `event` is set or `timeout` passes; True when it was set.
+
+    Use this, not `asyncio.wait_for(event.wait(), ...)`: on Python 3.11 that swallows
+    a cancellation arriving just as the event is set, and a loop built on it can then
+    never be stopped (it hung the executor's shutdown one time in a few dozen).
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return event.is_set()
+    return True
+
+
 async def wait_for_any(*events: asyncio.Event, timeout: float | None = None) -> bool:
     """Wait until one of `events` is set or `timeout` passes; True when one was set."""
     waiters = [asyncio.ensure_future(e.wait()) for e in events]

@@ -25,6 +25,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, StreamConfig
 from opentelemetry import propagate
 
+from agentrt_kit.concurrency import cancel_and_wait, wait_event
 from agentrt_kit.context import REQUEST_ID_HEADER, request_id_var
 from agentrt_kit.resilience import jittered_backoff
 
@@ -95,11 +96,7 @@ class NatsClient:
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until the first connection is made; False on timeout."""
-        try:
-            await asyncio.wait_for(self._first.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_event(self._first, timeout)
 
     async def _connect_loop(self) -> None:
         for delay in jittered_backoff(0.1, 5.0):
@@ -149,9 +146,7 @@ class NatsClient:
         """Drain the connection (flush pending publishes) and stop connecting."""
         self._closing = True
         if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if self.nc.is_connected:
             with contextlib.suppress(nats.errors.Error, TimeoutError):
                 await self.nc.drain()

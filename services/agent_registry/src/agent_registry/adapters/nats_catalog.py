@@ -23,6 +23,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from agent_registry.domain.templates import TemplateDescriptor
 from agent_registry.errors import CatalogUnavailable
 from agentrt_kit.catalog import entry_key, open_bucket
+from agentrt_kit.concurrency import cancel_and_wait
 from agentrt_kit.nats import Names, NatsClient
 from agentrt_kit.resilience import jittered_backoff
 
@@ -58,9 +59,7 @@ class NatsTemplateCatalog:
     async def stop(self) -> None:
         """Stop watching."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _watch_forever(self) -> None:
         backoff = jittered_backoff(0.2, 5.0)

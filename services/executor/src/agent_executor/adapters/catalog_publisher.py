@@ -21,6 +21,7 @@ import nats.js.errors
 
 from agent_executor.application.templates import LoadedTemplate
 from agentrt_kit.catalog import entry_key, open_bucket, publish_descriptor
+from agentrt_kit.concurrency import cancel_and_wait, wait_event
 from agentrt_kit.nats import Names, NatsClient
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,7 @@ class CatalogPublisher:
                 log.warning("template catalogue publication failed", extra={"error": str(e)})
                 await asyncio.sleep(1.0)
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+            await wait_event(self._wake, self._interval)
 
     async def _publish(self) -> None:
         self._wake.clear()
@@ -87,6 +87,4 @@ class CatalogPublisher:
     async def stop(self) -> None:
         """Stop publishing."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)

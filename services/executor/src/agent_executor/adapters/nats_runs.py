@@ -32,6 +32,7 @@ from nats.js.api import StorageType, StreamConfig
 from agent_executor.adapters.proto_mapping import stream_event, timestamp
 from agent_executor.domain.runs import RunEvent
 from agentrt.events.v1 import run_events_pb2
+from agentrt_kit.concurrency import cancel_and_wait
 from agentrt_kit.nats import (
     MSG_ID_HEADER,
     Names,
@@ -87,9 +88,7 @@ class JetStreamRunEvents:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), timeout)
-        self._pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._pump
+        await cancel_and_wait(self._pump)
 
     def publish(self, event: RunEvent, agent_id: str, agent_version: int) -> None:
         """Queue an event (dropped and counted when the queue is full)."""
@@ -234,9 +233,7 @@ class NatsCancelBus:
     async def close(self) -> None:
         """Stop listening."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if self._subscription is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._subscription.unsubscribe()

@@ -24,6 +24,7 @@ from agent_executor.domain.agents import AgentSnapshot
 from agent_executor.errors import AgentNotFound, RegistryUnavailable
 from agentrt.events.v1 import registry_events_pb2
 from agentrt.registry.v1 import registry_pb2, registry_pb2_grpc
+from agentrt_kit.concurrency import cancel_and_wait
 from agentrt_kit.errors import AgentrtError, NotFound
 from agentrt_kit.grpc.client import create_channel, retry_service_config
 from agentrt_kit.grpc.status import error_from_rpc
@@ -92,9 +93,7 @@ class RegistryAgents:
     async def close(self) -> None:
         """Stop listening and close the channel."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         if self._subscription is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._subscription.unsubscribe()

@@ -85,6 +85,7 @@ from agent_executor.errors import (
     TemplateUnavailable,
     TooManyRuns,
 )
+from agentrt_kit.concurrency import wait_event
 from agentrt_kit.errors import FieldViolation, InvalidArgument, invalid
 
 log = logging.getLogger(__name__)
@@ -556,12 +557,7 @@ class RunService:
     async def maintain(self, stop: asyncio.Event) -> None:
         """Renew the leases of this executor's runs, act on cancel flags, expire lost runs."""
         interval = self.settings.heartbeat_seconds
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-                return
-            except TimeoutError:
-                pass
+        while not await wait_event(stop, interval):
             try:
                 now = self.clock()
                 flagged = await self.call_store(self.store.heartbeat, list(self.active), now)

@@ -21,6 +21,7 @@ from google.protobuf import timestamp_pb2
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from agentrt.events.v1 import audit_events_pb2
+from agentrt_kit.concurrency import cancel_and_wait
 from agentrt_kit.nats import MSG_ID_HEADER, Names, NatsClient, ensure_stream
 from agentrt_kit.resilience import jittered_backoff
 from tool_service.application.ports import AuditEntry
@@ -98,9 +99,7 @@ class NatsAuditSink:
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), timeout)
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
 
     async def _publish_forever(self) -> None:
         backoff = jittered_backoff(0.2, 5.0)
