@@ -7,7 +7,7 @@ PYTHON ?= python3
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 PY := $(VENV)/bin/python
-SRC := libs/kit/src libs/testkit/src services/agent_registry/src services/tools/src services/executor/src
+SRC := libs/kit/src libs/testkit/src services/agent_registry/src services/tools/src services/executor/src services/gateway/src
 PYTEST_ARGS ?=
 
 .PHONY: help install protos lint test test-fast run bench clean

@@ -8,7 +8,8 @@
 - Services: the agent registry (gRPC, SQLite under ./var), the tools service
   (gRPC, workspaces and ledger under ./var) and the executor (gRPC, run records
   and sessions in SQLite under ./var, the offline model provider, the built-in
-  templates plus plugins from ./plugins when that folder exists).
+  templates plus plugins from ./plugins when that folder exists), then the
+  gateway (HTTP on 8080; its first step serves the probes and token checks).
   They start in that order and stop in reverse.
 
 Each service's port can be overridden with its env var (AGENTRT_REGISTRY_PORT, ...).
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -61,6 +63,20 @@ def healthy(port: int, timeout: float) -> bool:
     return False
 
 
+def http_live(port: int, timeout: float) -> bool:
+    """Wait until the HTTP server on `port` answers /healthz."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as reply:
+                if reply.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def main() -> int:
     VAR.mkdir(exist_ok=True)
     (VAR / "log").mkdir(exist_ok=True)
@@ -95,12 +111,23 @@ def main() -> int:
     env["AGENTRT_EXECUTOR_PORT"] = str(executor_port)
     env["AGENTRT_EXECUTOR_REGISTRY_TARGET"] = f"127.0.0.1:{registry_port}"
     env["AGENTRT_EXECUTOR_TOOLS_TARGET"] = f"127.0.0.1:{tools_port}"
+    gateway_port = int(os.environ.get("AGENTRT_GATEWAY_PORT", "8080"))
+    env["AGENTRT_GATEWAY_PORT"] = str(gateway_port)
+    env["AGENTRT_RUNTIME_TOKEN"] = runtime_token
+    env["AGENTRT_GATEWAY_REGISTRY_TARGET"] = f"127.0.0.1:{registry_port}"
+    env["AGENTRT_GATEWAY_EXECUTOR_TARGET"] = f"127.0.0.1:{executor_port}"
 
-    ports = {"agent-registry": registry_port, "tools": tools_port, "executor": executor_port}
+    ports = {
+        "agent-registry": registry_port,
+        "tools": tools_port,
+        "executor": executor_port,
+        "gateway": gateway_port,
+    }
     modules = {
         "agent-registry": "agent_registry",
         "tools": "tool_service",
         "executor": "agent_executor",
+        "gateway": "agent_gateway",
     }
     services: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -119,7 +146,8 @@ def main() -> int:
         services[name] = subprocess.Popen(
             [sys.executable, "-m", modules[name]], env=env, cwd=ROOT, start_new_session=True
         )
-        if not healthy(port, 30):
+        up = http_live(port, 30) if name == "gateway" else healthy(port, 30)
+        if not up:
             print(f"{name} did not become healthy; see the log above", file=sys.stderr)
             stop_all()
             return 1
@@ -133,9 +161,13 @@ Agent Runtime is up (Ctrl-C stops it).
   tools            grpc://127.0.0.1:{tools_port}   (workspaces: {workspaces})
   executor         grpc://127.0.0.1:{executor_port}   (offline model; runs and sessions in ./var)
   service token    {service_token}   (./var/service-token; gRPC: authorization: Bearer <token>)
-  runtime token    {runtime_token}   (./var/runtime-token; for the HTTP gateway, not built yet)
+  gateway          http://127.0.0.1:{gateway_port}   (HTTP; so far the probes and /v1/whoami)
+  runtime token    {runtime_token}   (./var/runtime-token; HTTP: X-Runtime-Token or Bearer)
 
-Try it (with grpcurl, if you have it):
+Try it:
+  curl -H "X-Runtime-Token: $(cat var/runtime-token)" http://127.0.0.1:{gateway_port}/v1/whoami
+  curl http://127.0.0.1:{gateway_port}/readyz
+With grpcurl, if you have it:
   grpcurl -plaintext -H "authorization: Bearer $(cat var/service-token)" \\
     127.0.0.1:{registry_port} agentrt.registry.v1.AgentRegistry/ListAgents
   grpcurl -plaintext -H "authorization: Bearer $(cat var/service-token)" \\

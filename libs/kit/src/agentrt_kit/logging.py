@@ -18,7 +18,11 @@ from opentelemetry import trace
 
 from agentrt_kit.context import actor_var, request_id_var
 
-_RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+_RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's terminal-coloured copy of the message
+}
 
 
 def _ids() -> dict[str, str]:

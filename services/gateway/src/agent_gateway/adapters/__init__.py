@@ -1,0 +1,1 @@
+"""Adapters: the HTTP API and the gRPC clients."""

@@ -1,0 +1,160 @@
+"""Adapter: the HTTP API (FastAPI).
+
+Every path is served with and without a trailing slash, without redirects, as old
+clients call both. Every refusal has the COMPAT error body; nothing a client sends
+produces a traceback. `/v1/*` needs a token; `/`, `/ping` and the probes do not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from agent_gateway.domain.auth import Authenticator, Principal
+from agent_gateway.domain.errors import ApiError, invalid_token
+
+log = logging.getLogger(__name__)
+
+Probe = Callable[[], Awaitable[bool]]
+CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+
+
+def create_app(
+    authenticator: Authenticator, readiness: Mapping[str, Probe], *, version: str
+) -> FastAPI:
+    """The gateway's HTTP application."""
+    app = FastAPI(
+        title="Agent Runtime gateway",
+        version=version,
+        redirect_slashes=False,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.authenticator = authenticator
+    _errors(app)
+
+    open_routes = APIRouter()
+
+    @open_routes.get("/", include_in_schema=True)
+    async def root() -> dict[str, str]:
+        """What this is."""
+        return {"name": "Agent Runtime", "version": version, "docs": "/openapi.json"}
+
+    @_both(open_routes, "/ping")
+    async def ping() -> dict[str, str]:
+        """Liveness for old clients."""
+        return {"status": "ok", "message": "pong"}
+
+    @_both(open_routes, "/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness probe: the process serves HTTP."""
+        return {"status": "ok"}
+
+    @_both(open_routes, "/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness probe: 200 when every service behind the gateway serves, else 503."""
+        names = list(readiness)
+        results = await asyncio.gather(*(readiness[n]() for n in names))
+        checks = {n: "ok" if up else "down" for n, up in zip(names, results, strict=True)}
+        ready = all(results)
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(current_principal)])
+
+    @_both(v1, "/whoami")
+    async def whoami(caller: Caller) -> dict[str, str]:
+        """The authenticated caller's id and role (never the token)."""
+        return {"id": caller.id, "role": caller.role}
+
+    app.include_router(open_routes)
+    app.include_router(v1)
+    return app
+
+
+async def current_principal(
+    request: Request,
+    x_runtime_token: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> Principal:
+    """The authenticated caller (a dependency of every `/v1` route).
+
+    Raises:
+        ApiError: 401 INVALID_TOKEN without an accepted token.
+    """
+    authenticator: Authenticator = request.app.state.authenticator
+    found = authenticator.authenticate(x_runtime_token, authorization)
+    if found is None:
+        raise invalid_token()
+    return found
+
+
+Caller = Annotated[Principal, Depends(current_principal)]
+
+
+def _authenticated(request: Request) -> bool:
+    authenticator: Authenticator = request.app.state.authenticator
+    headers = request.headers
+    found = authenticator.authenticate(headers.get("x-runtime-token"), headers.get("authorization"))
+    return found is not None
+
+
+def _both(router: APIRouter, path: str) -> Callable[[Any], Any]:
+    """Register a GET route at `path` and at `path/` (the latter left out of the schema)."""
+
+    def register(handler: Any) -> Any:
+        router.add_api_route(path, handler, methods=["GET"])
+        router.add_api_route(path + "/", handler, methods=["GET"], include_in_schema=False)
+        return handler
+
+    return register
+
+
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
+        return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        if request.url.path.startswith("/v1") and not _authenticated(request):
+            # Which /v1 routes exist is only told to callers with a token.
+            return await api_error(request, invalid_token())
+        code = CODES.get(error.status_code, "HTTP_ERROR")
+        message = "no such route" if error.status_code == 404 else str(error.detail)
+        headers = dict(error.headers or {})
+        return JSONResponse(
+            ApiError(error.status_code, code, message).body(),
+            status_code=error.status_code,
+            headers=headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        fields = [
+            {"field": ".".join(str(p) for p in e.get("loc", ())), "description": e.get("msg", "")}
+            for e in error.errors()
+        ]
+        return JSONResponse(
+            ApiError(
+                422, "VALIDATION_ERROR", "the request is not valid", details={"fields": fields}
+            ).body(),
+            status_code=422,
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("request failed", extra={"path": request.url.path})
+        return JSONResponse(
+            ApiError(500, "INTERNAL_ERROR", "the gateway failed; see its log").body(),
+            status_code=500,
+        )

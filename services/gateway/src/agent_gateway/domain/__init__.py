@@ -1,0 +1,1 @@
+"""Domain: errors and authentication, free of I/O and web frameworks."""
