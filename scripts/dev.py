@@ -9,7 +9,7 @@
   (gRPC, workspaces and ledger under ./var) and the executor (gRPC, run records
   and sessions in SQLite under ./var, the offline model provider, the built-in
   templates plus plugins from ./plugins when that folder exists), then the
-  gateway (HTTP on 8080; its first step serves the probes and token checks).
+  gateway (HTTP on 8080; so far the probes and the template endpoints).
   They start in that order and stop in reverse.
 
 Each service's port can be overridden with its env var (AGENTRT_REGISTRY_PORT, ...).
@@ -161,11 +161,12 @@ Agent Runtime is up (Ctrl-C stops it).
   tools            grpc://127.0.0.1:{tools_port}   (workspaces: {workspaces})
   executor         grpc://127.0.0.1:{executor_port}   (offline model; runs and sessions in ./var)
   service token    {service_token}   (./var/service-token; gRPC: authorization: Bearer <token>)
-  gateway          http://127.0.0.1:{gateway_port}   (HTTP; so far the probes and /v1/whoami)
+  gateway          http://127.0.0.1:{gateway_port}   (HTTP; so far probes, /v1/templates)
   runtime token    {runtime_token}   (./var/runtime-token; HTTP: X-Runtime-Token or Bearer)
 
 Try it:
   curl -H "X-Runtime-Token: $(cat var/runtime-token)" http://127.0.0.1:{gateway_port}/v1/whoami
+  curl -H "X-Runtime-Token: $(cat var/runtime-token)" http://127.0.0.1:{gateway_port}/v1/templates
   curl http://127.0.0.1:{gateway_port}/readyz
 With grpcurl, if you have it:
   grpcurl -plaintext -H "authorization: Bearer $(cat var/service-token)" \\

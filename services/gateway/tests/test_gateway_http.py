@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,9 +12,13 @@ from typing import Any
 import httpx
 import pytest
 from agent_gateway.config import Settings
+from agent_gateway.domain.templates import template_view
 from agent_gateway.main import serve
+from nats.js.kv import KeyValue
 
+from agentrt_kit.catalog import open_bucket, publish_descriptor
 from agentrt_kit.grpc.server import GrpcServer
+from agentrt_kit.nats import Names, NatsClient
 from agentrt_kit.settings import ConfigError
 
 TOKEN = "runtime-token-for-tests"
@@ -25,14 +30,29 @@ class Gateway:
     client: httpx.AsyncClient
     registry: GrpcServer
     executor: GrpcServer
+    nats_url: str
+    prefix: str
+
+    @contextlib.asynccontextmanager
+    async def catalogue(self) -> AsyncIterator[KeyValue]:
+        """The template catalogue bucket, as executors write it."""
+        client = NatsClient(self.nats_url, name="test-executor")
+        await client.start()
+        await client.wait_connected(5)
+        try:
+            yield await open_bucket(client.js, Names(self.prefix))
+        finally:
+            await client.close()
 
 
 @pytest.fixture
-async def gateway() -> AsyncIterator[Gateway]:
+async def gateway(nats_server: Any, nats_prefix: str) -> AsyncIterator[Gateway]:
     registry, executor = GrpcServer([]), GrpcServer([])  # gRPC health only
     registry_port, executor_port = await registry.start(), await executor.start()
     settings = Settings(
         port=0,
+        nats_url=nats_server.url,
+        nats_prefix=nats_prefix,
         runtime_token=TOKEN,
         registry_target=f"127.0.0.1:{registry_port}",
         executor_target=f"127.0.0.1:{executor_port}",
@@ -46,7 +66,7 @@ async def gateway() -> AsyncIterator[Gateway]:
         if task in done:
             task.result()
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ready.result()}") as client:
-            yield Gateway(client, registry, executor)
+            yield Gateway(client, registry, executor, nats_server.url, nats_prefix)
     finally:
         stop.set()
         await task
@@ -167,3 +187,97 @@ def test_the_runtime_token_is_read_from_the_compatible_variable(
     settings: Any = Settings()
     assert settings.runtime_token.get_secret_value() == "from-old-deployment"
     assert "from-old-deployment" not in repr(settings)
+
+
+def descriptor(template_id: str, version: str = "1.0.0", framework: str = "langgraph") -> Any:
+    return {
+        "id": template_id,
+        "version": version,
+        "name": f"{template_id} name",
+        "description": "what it does",
+        "framework": framework,
+        "config_schema": {"type": "object"},
+        "config_fields": [{"key": "system_prompt", "type": "string", "optional": True}],
+        "extra": "not shown to clients",
+    }
+
+
+async def eventually(check: Any, timeout: float = 5.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        assert asyncio.get_running_loop().time() < deadline, "condition not met"
+        await asyncio.sleep(0.05)
+
+
+async def test_templates_come_from_the_catalogue_with_exactly_the_compat_keys(
+    gateway: Gateway,
+) -> None:
+    async with gateway.catalogue() as kv:
+        await publish_descriptor(kv, descriptor("simple-test"))
+        await publish_descriptor(kv, descriptor("other", framework="custom"))
+        await publish_descriptor(kv, descriptor("simple-test", version="1.1.0"))
+
+    async def listed() -> Any:
+        reply = await gateway.client.get("/v1/templates/", headers=auth())
+        body = reply.json()
+        return body if len(body["templates"]) == 2 else None
+
+    body = await eventually(listed)
+    assert [t["id"] for t in body["templates"]] == ["other", "simple-test"]
+    simple = body["templates"][1]
+    assert simple == {
+        "id": "simple-test",
+        "framework": "langgraph",
+        "name": "simple-test name",
+        "description": "what it does",
+        "version": "1.1.0",
+        "config": [{"key": "system_prompt", "type": "string", "optional": True}],
+    }
+    only = await gateway.client.get("/v1/templates?framework=custom", headers=auth())
+    assert [t["id"] for t in only.json()["templates"]] == ["other"]
+    for path in ("/v1/templates/simple-test", "/v1/templates/simple-test/"):
+        one = await gateway.client.get(path, headers=auth())
+        assert (one.status_code, one.json()) == (200, simple)
+
+
+async def test_an_unknown_template_is_a_404_with_the_compat_body(gateway: Gateway) -> None:
+    async with gateway.catalogue() as kv:
+        await publish_descriptor(kv, descriptor("known"))
+    for template_id in ("missing", "bad%20id", "x" * 300):
+        reply = await gateway.client.get(f"/v1/templates/{template_id}", headers=auth())
+        assert reply.status_code == 404
+        assert reply.json()["error"] == "TEMPLATE_NOT_FOUND"
+        assert set(reply.json()) == ERROR_KEYS
+    assert (await gateway.client.get("/v1/templates/known")).status_code == 401
+
+
+async def test_templates_follow_the_catalogue_as_executors_change_it(gateway: Gateway) -> None:
+    async with gateway.catalogue() as kv:
+        await publish_descriptor(kv, descriptor("first"))
+
+        async def ids() -> Any:
+            body = (await gateway.client.get("/v1/templates", headers=auth())).json()
+            return [t["id"] for t in body["templates"]]
+
+        assert await eventually(lambda: _equals(ids, ["first"]))
+        await publish_descriptor(kv, descriptor("second"))
+        assert await eventually(lambda: _equals(ids, ["first", "second"]))
+        await kv.delete("first")  # an executor stopped serving it
+        assert await eventually(lambda: _equals(ids, ["second"]))
+        # A template written a moment ago is found even before the watch delivers it.
+        await publish_descriptor(kv, descriptor("third"))
+        reply = await gateway.client.get("/v1/templates/third", headers=auth())
+        assert reply.status_code == 200
+
+
+async def _equals(read: Any, expected: Any) -> bool:
+    return bool(await read() == expected)
+
+
+def test_a_descriptor_without_id_or_version_is_refused() -> None:
+    with pytest.raises(ValueError, match="lacks 'version'"):
+        template_view({"id": "x"})
+    assert template_view({"id": 7, "version": 2})["id"] == "7"

@@ -9,17 +9,26 @@ not an executor is up. Values are JSON documents:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
+import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from agentrt_kit.nats import Names
+from agentrt_kit.concurrency import cancel_and_wait
+from agentrt_kit.nats import Names, NatsClient
+from agentrt_kit.resilience import jittered_backoff
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BUCKET = "templates"
 # A KV key token: alphanumeric first, no empty subject token ("a..b") and no trailing
@@ -52,3 +61,98 @@ async def publish_descriptor(kv: KeyValue, descriptor: Mapping[str, Any]) -> Non
         raise ValueError(f"template id or version not allowed: {template_id!r} {version!r}")
     await kv.put(versioned, data)
     await kv.put(latest, data)
+
+
+class CatalogWatcher(Generic[T]):
+    """Every entry of the catalogue bucket in memory, kept current by a KV watch.
+
+    `parse` turns a descriptor document into what the reader keeps (it raises
+    ValueError for a document to ignore). While NATS is down the entries held keep
+    serving. A watch does not survive a NATS server restart (its consumer is gone),
+    so after a reconnection it starts afresh and the new watch re-delivers every
+    current entry, deletions included.
+    """
+
+    def __init__(
+        self,
+        client: NatsClient,
+        names: Names,
+        parse: Callable[[Mapping[str, Any]], T],
+        *,
+        recheck_interval: float = 1.0,
+    ) -> None:
+        self._client = client
+        self._names = names
+        self._parse = parse
+        self._recheck = recheck_interval
+        self.entries: dict[str, T] = {}  # by KV key: `<id>` (latest) and `<id>/<version>`
+        self._kv: KeyValue | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.synced = asyncio.Event()  # set once the bucket's entries have all arrived
+
+    async def start(self) -> None:
+        """Begin watching the bucket in the background."""
+        self._task = asyncio.create_task(self._watch_forever(), name="template-catalog-watch")
+
+    async def stop(self) -> None:
+        """Stop watching."""
+        await cancel_and_wait(self._task)
+
+    def latest(self) -> dict[str, T]:
+        """The latest entry of every template, by template id."""
+        return {key: value for key, value in self.entries.items() if "/" not in key}
+
+    async def lookup(self, key: str) -> T | None:
+        """Read one entry from the bucket itself (it may have been written a moment ago)."""
+        if self._kv is None:
+            self._kv = await open_bucket(self._client.js, self._names)
+        try:
+            entry = await self._kv.get(key)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        if not entry.value:
+            return None
+        self._apply(key, entry.value, entry.operation)
+        return self.entries.get(key)
+
+    async def _watch_forever(self) -> None:
+        backoff = jittered_backoff(0.2, 5.0)
+        while True:
+            try:
+                await self._client.wait_connected()
+                self._kv = await open_bucket(self._client.js, self._names)
+                await self._watch(self._kv)
+                backoff = jittered_backoff(0.2, 5.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("template catalogue watch failed", extra={"error": str(e)})
+                await asyncio.sleep(next(backoff))
+
+    async def _watch(self, kv: KeyValue) -> None:
+        """Apply bucket updates until the connection has been re-established."""
+        connection = self._client.nc
+        reconnects = connection.stats["reconnects"]
+        watcher = await kv.watchall()
+        try:
+            while connection is self._client.nc and connection.stats["reconnects"] == reconnects:
+                try:
+                    entry = await watcher.updates(timeout=self._recheck)  # type: ignore[no-untyped-call]
+                except nats.errors.TimeoutError:
+                    continue
+                if entry is None:  # initial values delivered
+                    self.synced.set()
+                    continue
+                self._apply(entry.key, entry.value, entry.operation)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
+        if operation in (KV_DEL, KV_PURGE) or not value:
+            self.entries.pop(key, None)
+            return
+        try:
+            self.entries[key] = self._parse(json.loads(value))
+        except ValueError as e:
+            log.error("ignoring bad template descriptor", extra={"key": key, "error": str(e)})

@@ -1,4 +1,4 @@
-"""Composition root: settings → probes and authenticator → the HTTP app on uvicorn.
+"""Composition root: settings → probes, catalogue watch, authenticator → the HTTP app.
 
 uvicorn runs inside the service's own event loop (uvloop), started and stopped by
 the kit's lifecycle: SIGTERM stops accepting connections and lets requests in
@@ -19,7 +19,10 @@ from agent_gateway.adapters.http_api import create_app
 from agent_gateway.adapters.probes import GrpcHealthProbe
 from agent_gateway.config import Settings
 from agent_gateway.domain.auth import Authenticator
+from agent_gateway.domain.templates import template_view
+from agentrt_kit.catalog import CatalogWatcher
 from agentrt_kit.lifecycle import service_main, wait_for_shutdown
+from agentrt_kit.nats import Names, NatsClient
 from agentrt_kit.settings import ConfigError
 from agentrt_kit.telemetry import setup_telemetry
 
@@ -54,9 +57,16 @@ async def serve(
             }
             for probe in probes.values():
                 stack.push_async_callback(probe.close)
+            client = NatsClient(settings.nats_url, name="gateway")
+            await client.start()
+            stack.push_async_callback(client.close)
+            templates = CatalogWatcher(client, Names(settings.nats_prefix), template_view)
+            await templates.start()
+            stack.push_async_callback(templates.stop)
             app = create_app(
                 Authenticator(digest),
                 {name: probe.serving for name, probe in probes.items()},
+                templates,
                 version=version("agentrt-gateway"),
             )
             server = uvicorn.Server(

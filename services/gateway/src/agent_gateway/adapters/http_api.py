@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,15 +19,39 @@ from starlette.exceptions import HTTPException
 
 from agent_gateway.domain.auth import Authenticator, Principal
 from agent_gateway.domain.errors import ApiError, invalid_token
+from agentrt_kit.catalog import entry_key
+from agentrt_kit.concurrency import wait_event
 
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[bool]]
+TemplateView = dict[str, Any]
+SYNC_WAIT_SECONDS = 2.0
+
+
+class Templates(Protocol):
+    """Where template objects come from (the catalogue, kept current)."""
+
+    synced: asyncio.Event
+
+    def latest(self) -> dict[str, TemplateView]:
+        """The latest object of every template, by id."""
+        ...
+
+    async def lookup(self, key: str) -> TemplateView | None:
+        """One template read from the source itself (it may be newer than the copy held)."""
+        ...
+
+
 CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
 
 
 def create_app(
-    authenticator: Authenticator, readiness: Mapping[str, Probe], *, version: str
+    authenticator: Authenticator,
+    readiness: Mapping[str, Probe],
+    templates: Templates,
+    *,
+    version: str,
 ) -> FastAPI:
     """The gateway's HTTP application."""
     app = FastAPI(
@@ -75,6 +99,41 @@ def create_app(
     async def whoami(caller: Caller) -> dict[str, str]:
         """The authenticated caller's id and role (never the token)."""
         return {"id": caller.id, "role": caller.role}
+
+    async def catalogue() -> dict[str, TemplateView]:
+        if not await wait_event(templates.synced, SYNC_WAIT_SECONDS):
+            raise ApiError(
+                503, "SERVICE_UNAVAILABLE", "the template catalogue is not available yet"
+            )
+        return templates.latest()
+
+    @_both(v1, "/templates")
+    async def list_templates(framework: str | None = None) -> dict[str, list[TemplateView]]:
+        """Every template served, optionally of one framework."""
+        known = await catalogue()
+        return {
+            "templates": [
+                known[key]
+                for key in sorted(known)
+                if framework is None or known[key]["framework"] == framework
+            ]
+        }
+
+    @_both(v1, "/templates/{template_id}")
+    async def get_template(template_id: str) -> TemplateView:
+        """One template."""
+        found = (await catalogue()).get(template_id)
+        key = entry_key(template_id)
+        if found is None and key is not None:
+            found = await templates.lookup(key)  # written a moment ago, perhaps
+        if found is None:
+            raise ApiError(
+                404,
+                "TEMPLATE_NOT_FOUND",
+                f"template {template_id[:200]!r} is not served",
+                details={"template_id": template_id[:200]},
+            )
+        return found
 
     app.include_router(open_routes)
     app.include_router(v1)
