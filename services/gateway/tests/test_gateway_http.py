@@ -14,15 +14,13 @@ import pytest
 from agent_gateway.config import Settings
 from agent_gateway.domain.templates import template_view
 from agent_gateway.main import serve
+from gateway_support import ERROR_KEYS, TOKEN, auth, running_gateway
 from nats.js.kv import KeyValue
 
 from agentrt_kit.catalog import open_bucket, publish_descriptor
 from agentrt_kit.grpc.server import GrpcServer
 from agentrt_kit.nats import Names, NatsClient
 from agentrt_kit.settings import ConfigError
-
-TOKEN = "runtime-token-for-tests"
-ERROR_KEYS = {"error", "message", "details", "detail"}
 
 
 @dataclass
@@ -49,33 +47,17 @@ class Gateway:
 async def gateway(nats_server: Any, nats_prefix: str) -> AsyncIterator[Gateway]:
     registry, executor = GrpcServer([]), GrpcServer([])  # gRPC health only
     registry_port, executor_port = await registry.start(), await executor.start()
-    settings = Settings(
-        port=0,
-        nats_url=nats_server.url,
-        nats_prefix=nats_prefix,
-        runtime_token=TOKEN,
-        registry_target=f"127.0.0.1:{registry_port}",
-        executor_target=f"127.0.0.1:{executor_port}",
-        probe_timeout_seconds=0.5,
-    )
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(serve(settings, stop=stop, on_ready=ready.set_result))
     try:
-        done, _ = await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ready.result()}") as client:
+        async with running_gateway(
+            nats_url=nats_server.url,
+            nats_prefix=nats_prefix,
+            registry_target=f"127.0.0.1:{registry_port}",
+            executor_target=f"127.0.0.1:{executor_port}",
+        ) as client:
             yield Gateway(client, registry, executor, nats_server.url, nats_prefix)
     finally:
-        stop.set()
-        await task
         await registry.stop(0)
         await executor.stop(0)
-
-
-def auth(token: str = TOKEN) -> dict[str, str]:
-    return {"X-Runtime-Token": token}
 
 
 async def test_root_and_ping_are_open_with_and_without_a_trailing_slash(gateway: Gateway) -> None:

@@ -17,6 +17,7 @@ import uvicorn
 
 from agent_gateway.adapters.http_api import create_app
 from agent_gateway.adapters.probes import GrpcHealthProbe
+from agent_gateway.adapters.registry_client import RegistryAgents
 from agent_gateway.config import Settings
 from agent_gateway.domain.auth import Authenticator
 from agent_gateway.domain.templates import template_view
@@ -63,10 +64,18 @@ async def serve(
             templates = CatalogWatcher(client, Names(settings.nats_prefix), template_view)
             await templates.start()
             stack.push_async_callback(templates.stop)
+            token = settings.service_token.get_secret_value() if settings.service_token else None
+            agents = RegistryAgents(
+                settings.registry_target,
+                service_token=token,
+                timeout=settings.client_timeout_seconds,
+            )
+            stack.push_async_callback(agents.close)
             app = create_app(
                 Authenticator(digest),
                 {name: probe.serving for name, probe in probes.items()},
                 templates,
+                agents,
                 version=version("agentrt-gateway"),
             )
             server = uvicorn.Server(

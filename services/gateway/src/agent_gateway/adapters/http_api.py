@@ -12,11 +12,12 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from agent_gateway.domain.agents import AgentRecord, agent_body, etag
 from agent_gateway.domain.auth import Authenticator, Principal
 from agent_gateway.domain.errors import ApiError, invalid_token
 from agentrt_kit.catalog import entry_key
@@ -27,6 +28,20 @@ log = logging.getLogger(__name__)
 Probe = Callable[[], Awaitable[bool]]
 TemplateView = dict[str, Any]
 SYNC_WAIT_SECONDS = 2.0
+
+
+class Agents(Protocol):
+    """Where agents come from (the registry)."""
+
+    async def get(self, agent_id: str, version: int = 0) -> AgentRecord:
+        """One agent (raises ApiError)."""
+        ...
+
+    async def list(
+        self, *, template_id: str, active_only: bool, limit: int, offset: int
+    ) -> list[AgentRecord]:
+        """A page of agents (raises ApiError)."""
+        ...
 
 
 class Templates(Protocol):
@@ -50,6 +65,7 @@ def create_app(
     authenticator: Authenticator,
     readiness: Mapping[str, Probe],
     templates: Templates,
+    agents: Agents,
     *,
     version: str,
 ) -> FastAPI:
@@ -134,6 +150,28 @@ def create_app(
                 details={"template_id": template_id[:200]},
             )
         return found
+
+    @_both(v1, "/agents")
+    async def list_agents(
+        template_id: Annotated[str, Query(max_length=128)] = "",
+        active_only: bool = False,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    ) -> list[dict[str, Any]]:
+        """Agents as a bare JSON array (COMPAT), in the registry's order."""
+        found = await agents.list(
+            template_id=template_id, active_only=active_only, limit=limit, offset=offset
+        )
+        return [agent_body(a) for a in found]
+
+    @_both(v1, "/agents/{agent_id}")
+    async def get_agent(
+        agent_id: Annotated[str, Path(max_length=128)],
+        version: Annotated[int, Query(ge=1)] | None = None,
+    ) -> JSONResponse:
+        """One agent, latest or as of `?version=N`; its version is the `ETag`."""
+        agent = await agents.get(agent_id, version or 0)
+        return JSONResponse(agent_body(agent), headers={"ETag": etag(agent)})
 
     app.include_router(open_routes)
     app.include_router(v1)

@@ -9,6 +9,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from agentrt_kit.errors import AgentrtError, ErrorCode
+
+# A service's status → (HTTP status, COMPAT code); NOT_FOUND's code depends on the resource.
+_BY_CODE: dict[ErrorCode, tuple[int, str]] = {
+    ErrorCode.INVALID_ARGUMENT: (400, "VALIDATION_ERROR"),
+    ErrorCode.OUT_OF_RANGE: (400, "VALIDATION_ERROR"),
+    ErrorCode.ALREADY_EXISTS: (409, "CONFLICT"),
+    ErrorCode.ABORTED: (409, "CONFLICT"),
+    ErrorCode.FAILED_PRECONDITION: (409, "CONFLICT"),
+    ErrorCode.RESOURCE_EXHAUSTED: (429, "RATE_LIMIT_EXCEEDED"),
+    ErrorCode.DEADLINE_EXCEEDED: (408, "TIMEOUT_ERROR"),
+    ErrorCode.UNAVAILABLE: (503, "SERVICE_UNAVAILABLE"),
+    ErrorCode.PERMISSION_DENIED: (403, "FORBIDDEN"),
+}
+
 
 class ApiError(Exception):
     """A refusal with its HTTP status, code and message."""
@@ -47,3 +62,20 @@ def invalid_token() -> ApiError:
         "a valid X-Runtime-Token or Authorization: Bearer token is required",
         headers={"WWW-Authenticate": "Bearer"},
     )
+
+
+def from_service(error: AgentrtError, *, not_found: str) -> ApiError:
+    """A service's refusal as the HTTP API reports it; `not_found` names the 404 code."""
+    if error.code == ErrorCode.NOT_FOUND:
+        status, code = 404, not_found
+    elif error.code in _BY_CODE:
+        status, code = _BY_CODE[error.code]
+    else:  # the gateway's own fault (e.g. a service token mismatch): no detail leaks
+        return ApiError(500, "INTERNAL_ERROR", "the gateway could not complete the request")
+    details: dict[str, Any] = {"reason": error.reason}
+    if error.violations:
+        details["fields"] = [
+            {"field": v.field, "description": v.description} for v in error.violations
+        ]
+    headers = {"Retry-After": "1"} if status in (429, 503) else None
+    return ApiError(status, code, error.message, details=details, headers=headers)

@@ -1,0 +1,64 @@
+"""Domain: agents as old clients read them.
+
+The body has exactly `id, name, template_id, template_version, status, configuration{
+system_prompt, llm_config_id, conversation_config, toolsets, template_config}, created_at,
+updated_at, metadata`: the old SDK rejects unknown keys (COMPAT.md). The agent's version
+travels in the `ETag` header instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """An agent as the registry returns it."""
+
+    id: str
+    version: int
+    name: str
+    template_id: str
+    template_version: str
+    status: str
+    system_prompt: str
+    llm_config_id: str
+    conversation_config: Mapping[str, Any] = field(default_factory=dict)
+    toolsets: Sequence[str] = ()
+    template_config: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+def agent_body(agent: AgentRecord) -> dict[str, Any]:
+    """The agent object of the HTTP API."""
+    return {
+        "id": agent.id,
+        "name": agent.name,
+        "template_id": agent.template_id,
+        "template_version": agent.template_version or None,
+        "status": agent.status,
+        "configuration": {
+            "system_prompt": agent.system_prompt or None,
+            "llm_config_id": agent.llm_config_id or None,
+            "conversation_config": dict(agent.conversation_config),
+            "toolsets": list(agent.toolsets),
+            "template_config": dict(agent.template_config),
+        },
+        "created_at": _iso(agent.created_at),
+        "updated_at": _iso(agent.updated_at),
+        "metadata": dict(agent.metadata),
+    }
+
+
+def etag(agent: AgentRecord) -> str:
+    """The strong entity tag of an agent version."""
+    return f'"{agent.version}"'
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None

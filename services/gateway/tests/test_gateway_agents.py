@@ -1,0 +1,198 @@
+"""Agent reads through the gateway, against a real registry over gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from gateway_support import ERROR_KEYS, TOKEN, auth, running_gateway
+from registry_support import Registry, proto_spec
+
+from agent_registry.config import Settings as RegistrySettings
+from agentrt.registry.v1 import registry_pb2 as rpb
+from agentrt_kit.catalog import open_bucket, publish_descriptor
+from agentrt_kit.nats import Names, NatsClient
+
+AGENT_KEYS = {
+    "id",
+    "name",
+    "template_id",
+    "template_version",
+    "status",
+    "configuration",
+    "created_at",
+    "updated_at",
+    "metadata",
+}
+CONFIGURATION_KEYS = {
+    "system_prompt",
+    "llm_config_id",
+    "conversation_config",
+    "toolsets",
+    "template_config",
+}
+
+
+@dataclass
+class World:
+    client: httpx.AsyncClient
+    registry: Registry
+
+    async def create(self, name: str, **spec: Any) -> rpb.Agent:
+        spec.setdefault("template_id", "simple-test")
+        status = spec.pop("status", rpb.AGENT_STATUS_ACTIVE)
+        for _ in range(100):  # until the registry has seen the catalogue entry
+            try:
+                reply = await self.registry.stub().CreateAgent(
+                    rpb.CreateAgentRequest(spec=proto_spec(name=name, **spec), status=status)
+                )
+                return reply.agent
+            except Exception:
+                await asyncio.sleep(0.05)
+        raise AssertionError("the registry never accepted the agent")
+
+
+@pytest.fixture
+async def world(nats_server: Any, nats_prefix: str) -> AsyncIterator[World]:
+    client = NatsClient(nats_server.url, name="test-executor")
+    await client.start()
+    await client.wait_connected(5)
+    kv = await open_bucket(client.js, Names(nats_prefix))
+    for template_id in ("simple-test", "other"):
+        await publish_descriptor(
+            kv, {"id": template_id, "version": "1.0.0", "config_schema": {"type": "object"}}
+        )
+    await client.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        registry = await Registry(
+            RegistrySettings(
+                port=0,
+                nats_url=nats_server.url,
+                nats_prefix=nats_prefix,
+                service_token=None,
+                persistence="sqlite",
+                sqlite_path=Path(tmp) / "registry.sqlite3",
+            )
+        ).start()
+        try:
+            async with running_gateway(
+                nats_url=nats_server.url,
+                nats_prefix=nats_prefix,
+                registry_target=f"127.0.0.1:{registry.port}",
+                executor_target=f"127.0.0.1:{registry.port}",
+            ) as http:
+                yield World(http, registry)
+        finally:
+            await registry.stop()
+
+
+async def test_an_agent_reads_back_with_exactly_the_compat_keys_and_its_version_as_etag(
+    world: World,
+) -> None:
+    agent = await world.create(
+        "Reader",
+        system_prompt="Be brief.",
+        template_config={"response_prefix": "> "},
+        toolsets=["custom"],
+        metadata={"team": "docs"},
+    )
+    for path in (f"/v1/agents/{agent.id}", f"/v1/agents/{agent.id}/"):
+        reply = await world.client.get(path, headers=auth())
+        assert reply.status_code == 200
+        body = reply.json()
+        assert set(body) == AGENT_KEYS
+        assert set(body["configuration"]) == CONFIGURATION_KEYS
+        assert reply.headers["etag"] == f'"{agent.version}"'
+    assert body["name"] == "Reader"
+    assert body["status"] == "active"
+    assert body["template_id"] == "simple-test"
+    assert body["configuration"]["system_prompt"] == "Be brief."
+    assert body["configuration"]["template_config"] == {"response_prefix": "> "}
+    assert body["configuration"]["toolsets"] == ["custom"]
+    assert body["metadata"] == {"team": "docs"}
+    assert body["created_at"].endswith("Z")
+
+
+async def test_an_earlier_version_is_read_with_the_version_query(world: World) -> None:
+    agent = await world.create("Before")
+    updated = await world.registry.stub().UpdateAgent(
+        rpb.UpdateAgentRequest(agent_id=agent.id, spec=rpb.AgentSpec(name="After"))
+    )
+    latest = await world.client.get(f"/v1/agents/{agent.id}", headers=auth())
+    assert (latest.json()["name"], latest.headers["etag"]) == (
+        "After",
+        f'"{updated.agent.version}"',
+    )
+    old = await world.client.get(f"/v1/agents/{agent.id}?version={agent.version}", headers=auth())
+    assert (old.json()["name"], old.headers["etag"]) == ("Before", f'"{agent.version}"')
+
+
+async def test_agents_are_listed_as_a_bare_array_with_filters_and_paging(world: World) -> None:
+    made = [await world.create(f"List {i}") for i in range(5)]
+    await world.create("Inactive one", status=rpb.AGENT_STATUS_INACTIVE)
+    await world.create("Other template", template_id="other")
+
+    async def ids(query: str) -> list[str]:
+        reply = await world.client.get(f"/v1/agents/{query}", headers=auth())
+        assert reply.status_code == 200
+        body = reply.json()
+        assert isinstance(body, list)
+        assert all(set(a) == AGENT_KEYS for a in body)
+        return [a["id"] for a in body]
+
+    every = await ids("")
+    assert len(every) == 7
+    other = await ids("?template_id=other")
+    assert len(other) == 1
+    assert set(await ids("?template_id=simple-test")) == set(every) - set(other)
+    assert {a.id for a in made} <= set(every)
+    assert len(await ids("?active_only=true")) == 6
+    assert await ids("?limit=2&offset=1") == every[1:3]
+    assert await ids("?offset=6") == every[6:]
+    assert await ids("?offset=50") == []
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/agents?limit=0", "query.limit"),
+        ("/v1/agents?limit=5000", "query.limit"),
+        ("/v1/agents?offset=-1", "query.offset"),
+        ("/v1/agents?active_only=maybe", "query.active_only"),
+        ("/v1/agents/x?version=0", "query.version"),
+        ("/v1/agents/" + "x" * 129, "path.agent_id"),
+    ],
+)
+async def test_bad_queries_are_refused_naming_the_field(
+    world: World, path: str, field: str
+) -> None:
+    reply = await world.client.get(path, headers=auth())
+    assert reply.status_code == 422
+    body = reply.json()
+    assert body["error"] == "VALIDATION_ERROR"
+    assert [f["field"] for f in body["details"]["fields"]] == [field]
+
+
+async def test_an_unknown_agent_is_a_404_and_reading_needs_a_token(world: World) -> None:
+    missing = await world.client.get("/v1/agents/no-such-agent", headers=auth())
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "AGENT_NOT_FOUND"
+    assert set(missing.json()) == ERROR_KEYS
+    assert (await world.client.get("/v1/agents")).status_code == 401
+    assert (
+        await world.client.get("/v1/agents", headers={"Authorization": f"Bearer {TOKEN}"})
+    ).status_code == 200
+
+
+async def test_a_registry_that_is_down_is_a_503_with_retry_after(world: World) -> None:
+    await world.registry.stop()
+    reply = await world.client.get("/v1/agents", headers=auth())
+    assert reply.status_code == 503
+    assert reply.json()["error"] == "SERVICE_UNAVAILABLE"
+    assert reply.headers["retry-after"] == "1"
