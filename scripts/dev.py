@@ -9,7 +9,7 @@
   (gRPC, workspaces and ledger under ./var) and the executor (gRPC, run records
   and sessions in SQLite under ./var, the offline model provider, the built-in
   templates plus plugins from ./plugins when that folder exists), then the
-  gateway (HTTP on 8080; so far the probes, templates and agent reads).
+  gateway (HTTP on 8080; so far the probes, templates and agents).
   They start in that order and stop in reverse.
 
 Each service's port can be overridden with its env var (AGENTRT_REGISTRY_PORT, ...).
@@ -161,7 +161,7 @@ Agent Runtime is up (Ctrl-C stops it).
   tools            grpc://127.0.0.1:{tools_port}   (workspaces: {workspaces})
   executor         grpc://127.0.0.1:{executor_port}   (offline model; runs and sessions in ./var)
   service token    {service_token}   (./var/service-token; gRPC: authorization: Bearer <token>)
-  gateway          http://127.0.0.1:{gateway_port}   (HTTP; so far probes, templates, agent reads)
+  gateway          http://127.0.0.1:{gateway_port}   (HTTP; so far probes, templates, agents)
   runtime token    {runtime_token}   (./var/runtime-token; HTTP: X-Runtime-Token or Bearer)
 
 Try it:

@@ -196,3 +196,125 @@ async def test_a_registry_that_is_down_is_a_503_with_retry_after(world: World) -
     assert reply.status_code == 503
     assert reply.json()["error"] == "SERVICE_UNAVAILABLE"
     assert reply.headers["retry-after"] == "1"
+
+
+OLD_SDK_CREATE = {
+    "id": None,
+    "name": "Old SDK agent",
+    "description": None,
+    "avatar_url": None,
+    "type": None,
+    "template_id": "simple-test",
+    "template_version_id": None,
+    "template_config": {"response_prefix": "> "},
+    "system_prompt": "Be brief.",
+    "conversation_config": None,
+    "toolsets": None,
+    "llm_config_id": None,
+    "agent_line_id": None,
+    "version_type": None,
+    "version_number": None,
+    "owner_id": None,
+    "status": "active",
+}
+
+
+async def test_the_old_sdks_create_body_with_every_key_and_nulls_creates_the_agent(
+    world: World,
+) -> None:
+    for path in ("/v1/agents", "/v1/agents/"):
+        body = {**OLD_SDK_CREATE, "name": f"Old SDK agent {path}", "unknown_key": 1}
+        reply = await world.client.post(path, json=body, headers=auth())
+        assert reply.status_code == 201, reply.text
+        created = reply.json()
+        assert set(created) == {"success", "agent_id", "message", "validation_results"}
+        assert created["success"] is True
+        assert set(created["validation_results"]) == {"valid", "warnings"}
+        assert reply.headers["location"] == f"/v1/agents/{created['agent_id']}"
+        agent = (await world.client.get(reply.headers["location"], headers=auth())).json()
+        assert (agent["name"], agent["status"]) == (body["name"], "active")
+        assert agent["configuration"]["system_prompt"] == "Be brief."
+        assert reply.headers["etag"] == '"1"'
+
+
+async def test_a_client_chosen_id_is_kept_and_a_taken_name_is_a_conflict(world: World) -> None:
+    body = {"id": "my-agent-1", "name": "Chosen", "template_id": "simple-test"}
+    reply = await world.client.post("/v1/agents", json=body, headers=auth())
+    assert (reply.status_code, reply.json()["agent_id"]) == (201, "my-agent-1")
+    again = await world.client.post("/v1/agents", json={**body, "id": "my-agent-2"}, headers=auth())
+    assert again.status_code == 409
+    assert again.json()["error"] == "CONFLICT"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"template_id": "simple-test"}, "body.name"),
+        ({"name": "   ", "template_id": "simple-test"}, "body.name"),
+        ({"name": "x" * 101, "template_id": "simple-test"}, "body.name"),
+        ({"name": "bell\x07", "template_id": "simple-test"}, "body.name"),
+        ({"name": 5, "template_id": "simple-test"}, "body.name"),
+        ({"name": "ok", "status": "sleeping"}, "body.status"),
+        ({"name": "ok", "toolsets": "custom"}, "body.toolsets"),
+        ({"name": "ok", "system_prompt": "x" * 32_001}, "body.system_prompt"),
+    ],
+)
+async def test_a_bad_create_body_is_refused_naming_the_field_and_creates_nothing(
+    world: World, body: dict[str, Any], field: str
+) -> None:
+    reply = await world.client.post("/v1/agents", json=body, headers=auth())
+    assert reply.status_code == 422
+    assert reply.json()["error"] == "VALIDATION_ERROR"
+    assert field in [f["field"] for f in reply.json()["details"]["fields"]]
+    assert (await world.client.get("/v1/agents", headers=auth())).json() == []
+
+
+async def test_the_registrys_refusal_of_a_config_names_the_field(world: World) -> None:
+    body = {"name": "Nowhere", "template_id": "no-such-template"}
+    reply = await world.client.post("/v1/agents", json=body, headers=auth())
+    assert reply.status_code == 400
+    assert reply.json()["error"] == "VALIDATION_ERROR"
+    assert "spec.template_id" in [f["field"] for f in reply.json()["details"]["fields"]]
+
+
+async def test_status_changes_are_conditional_on_if_match(world: World) -> None:
+    agent = await world.create("Status")
+    path = f"/v1/agents/{agent.id}/status"
+    stale = await world.client.patch(
+        path, json={"status": "inactive"}, headers={**auth(), "If-Match": '"99"'}
+    )
+    assert (stale.status_code, stale.json()["error"]) == (412, "PRECONDITION_FAILED")
+    malformed = await world.client.patch(
+        path, json={"status": "inactive"}, headers={**auth(), "If-Match": "99"}
+    )
+    assert (malformed.status_code, malformed.json()["error"]) == (400, "VALIDATION_ERROR")
+    changed = await world.client.patch(
+        path + "/",
+        json={"status": "inactive"},
+        headers={**auth(), "If-Match": f'"{agent.version}"'},
+    )
+    assert changed.status_code == 200
+    assert changed.json()["status"] == "inactive"
+    assert changed.headers["etag"] == f'"{agent.version + 1}"'
+    bad = await world.client.patch(path, json={"status": "asleep"}, headers=auth())
+    assert bad.status_code == 422
+    missing = await world.client.patch(
+        "/v1/agents/nobody/status", json={"status": "active"}, headers=auth()
+    )
+    assert (missing.status_code, missing.json()["error"]) == (404, "AGENT_NOT_FOUND")
+
+
+async def test_a_deleted_agent_is_gone(world: World) -> None:
+    agent = await world.create("Doomed")
+    stale = await world.client.delete(
+        f"/v1/agents/{agent.id}", headers={**auth(), "If-Match": '"42"'}
+    )
+    assert stale.status_code == 412
+    reply = await world.client.delete(f"/v1/agents/{agent.id}/", headers=auth())
+    assert (reply.status_code, reply.json()) == (
+        200,
+        {"success": True, "agent_id": agent.id, "message": "Agent deleted"},
+    )
+    assert (await world.client.get(f"/v1/agents/{agent.id}", headers=auth())).status_code == 404
+    again = await world.client.delete(f"/v1/agents/{agent.id}", headers=auth())
+    assert again.status_code == 404

@@ -76,6 +76,7 @@ async def serve(
                 {name: probe.serving for name, probe in probes.items()},
                 templates,
                 agents,
+                agents.writes,
                 version=version("agentrt-gateway"),
             )
             server = uvicorn.Server(

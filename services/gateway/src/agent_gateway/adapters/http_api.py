@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
+from annotated_types import Len
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 from starlette.exceptions import HTTPException
 
-from agent_gateway.domain.agents import AgentRecord, agent_body, etag
+from agent_gateway.domain.agents import AgentRecord, agent_body, etag, expected_version
 from agent_gateway.domain.auth import Authenticator, Principal
-from agent_gateway.domain.errors import ApiError, invalid_token
+from agent_gateway.domain.errors import ApiError, bad_if_match, invalid_token
 from agentrt_kit.catalog import entry_key
 from agentrt_kit.concurrency import wait_event
 
@@ -44,6 +46,76 @@ class Agents(Protocol):
         ...
 
 
+class AgentWrites(Protocol):
+    """Where agents are changed (the registry)."""
+
+    async def create(
+        self, agent_id: str, spec: Mapping[str, Any], status: str | None
+    ) -> tuple[AgentRecord, list[str]]:
+        """A new agent and warnings (raises ApiError)."""
+        ...
+
+    async def set_status(self, agent_id: str, status: str, expected: int | None) -> AgentRecord:
+        """The agent with its new status (raises ApiError)."""
+        ...
+
+    async def delete(self, agent_id: str, expected: int | None) -> None:
+        """Delete the agent (raises ApiError)."""
+        ...
+
+
+Text = Annotated[str, StringConstraints(max_length=2_000)]
+Name = Annotated[str, StringConstraints(max_length=128)]
+Status = Literal["created", "active", "inactive", "error"]
+
+
+class AgentCreate(BaseModel):
+    """The create body of COMPAT: every key optional but `name`; nulls mean "not given".
+
+    Keys this API does not know are ignored: old clients send what they always sent.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
+    description: Text | None = None
+    avatar_url: Text | None = None
+    type: Annotated[str, StringConstraints(max_length=64)] | None = None
+    template_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    template_version_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    template_config: dict[str, Any] | None = None
+    system_prompt: Annotated[str, StringConstraints(max_length=32_000)] | None = None
+    conversation_config: dict[str, Any] | None = None
+    toolsets: (
+        Annotated[list[Annotated[str, StringConstraints(max_length=128)]], Len(0, 50)] | None
+    ) = None
+    llm_config_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    agent_line_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    version_type: Annotated[str, StringConstraints(max_length=64)] | None = None
+    version_number: Annotated[str, StringConstraints(max_length=64)] | None = None
+    owner_id: Annotated[str, StringConstraints(max_length=128)] | None = None
+    status: Status | None = None
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _printable_name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        if any(not c.isprintable() for c in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+
+class StatusChange(BaseModel):
+    """The PATCH status body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Status
+
+
 class Templates(Protocol):
     """Where template objects come from (the catalogue, kept current)."""
 
@@ -66,6 +138,7 @@ def create_app(
     readiness: Mapping[str, Probe],
     templates: Templates,
     agents: Agents,
+    writes: AgentWrites,
     *,
     version: str,
 ) -> FastAPI:
@@ -151,6 +224,13 @@ def create_app(
             )
         return found
 
+    _agent_routes(v1, agents, writes)
+    app.include_router(open_routes)
+    app.include_router(v1)
+    return app
+
+
+def _agent_routes(v1: APIRouter, agents: Agents, writes: AgentWrites) -> None:
     @_both(v1, "/agents")
     async def list_agents(
         template_id: Annotated[str, Query(max_length=128)] = "",
@@ -166,16 +246,46 @@ def create_app(
 
     @_both(v1, "/agents/{agent_id}")
     async def get_agent(
-        agent_id: Annotated[str, Path(max_length=128)],
+        agent_id: AgentId,
         version: Annotated[int, Query(ge=1)] | None = None,
     ) -> JSONResponse:
         """One agent, latest or as of `?version=N`; its version is the `ETag`."""
         agent = await agents.get(agent_id, version or 0)
         return JSONResponse(agent_body(agent), headers={"ETag": etag(agent)})
 
-    app.include_router(open_routes)
-    app.include_router(v1)
-    return app
+    @_both(v1, "/agents", "POST", status_code=201)
+    async def create_agent(body: AgentCreate) -> JSONResponse:
+        """Create an agent (201); the registry validates its template config."""
+        values = body.model_dump(exclude={"id", "status"}, exclude_none=True)
+        agent, warnings = await writes.create(body.id or "", values, body.status)
+        return JSONResponse(
+            {
+                "success": True,
+                "agent_id": agent.id,
+                "message": "Agent created",
+                "validation_results": {"valid": True, "warnings": warnings},
+            },
+            status_code=201,
+            headers={"ETag": etag(agent), "Location": f"/v1/agents/{agent.id}"},
+        )
+
+    @_both(v1, "/agents/{agent_id}/status", "PATCH")
+    async def set_status(
+        agent_id: AgentId,
+        body: StatusChange,
+        if_match: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        """Set the agent's status; `If-Match` makes it conditional (412 when stale)."""
+        agent = await writes.set_status(agent_id, body.status, _pinned(if_match))
+        return JSONResponse(agent_body(agent), headers={"ETag": etag(agent)})
+
+    @_both(v1, "/agents/{agent_id}", "DELETE")
+    async def delete_agent(
+        agent_id: AgentId, if_match: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """Delete the agent; `If-Match` makes it conditional (412 when stale)."""
+        await writes.delete(agent_id, _pinned(if_match))
+        return {"success": True, "agent_id": agent_id, "message": "Agent deleted"}
 
 
 async def current_principal(
@@ -196,6 +306,14 @@ async def current_principal(
 
 
 Caller = Annotated[Principal, Depends(current_principal)]
+AgentId = Annotated[str, Path(min_length=1, max_length=128)]
+
+
+def _pinned(if_match: str | None) -> int | None:
+    try:
+        return expected_version(if_match)
+    except ValueError:
+        raise bad_if_match(if_match or "") from None
 
 
 def _authenticated(request: Request) -> bool:
@@ -205,12 +323,16 @@ def _authenticated(request: Request) -> bool:
     return found is not None
 
 
-def _both(router: APIRouter, path: str) -> Callable[[Any], Any]:
-    """Register a GET route at `path` and at `path/` (the latter left out of the schema)."""
+def _both(
+    router: APIRouter, path: str, method: str = "GET", **options: Any
+) -> Callable[[Any], Any]:
+    """Register a route at `path` and at `path/` (the latter left out of the schema)."""
 
     def register(handler: Any) -> Any:
-        router.add_api_route(path, handler, methods=["GET"])
-        router.add_api_route(path + "/", handler, methods=["GET"], include_in_schema=False)
+        router.add_api_route(path, handler, methods=[method], **options)
+        router.add_api_route(
+            path + "/", handler, methods=[method], include_in_schema=False, **options
+        )
         return handler
 
     return register

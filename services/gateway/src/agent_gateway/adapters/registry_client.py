@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -54,6 +56,7 @@ class RegistryAgents:
             service_config=retry_service_config(REGISTRY_SERVICE, ["GetAgent", "ListAgents"]),
         )
         self._stub = registry_pb2_grpc.AgentRegistryStub(self._channel)
+        self.writes = RegistryWrites(self._stub)
 
     async def close(self) -> None:
         """Close the channel."""
@@ -104,6 +107,71 @@ class RegistryAgents:
             if len(found) >= limit or not reply.next_page_token:
                 return found
             request.page_token = reply.next_page_token
+
+
+STATUS_OF = {
+    "created": registry_pb2.AGENT_STATUS_CREATED,
+    "active": registry_pb2.AGENT_STATUS_ACTIVE,
+    "inactive": registry_pb2.AGENT_STATUS_INACTIVE,
+    "error": registry_pb2.AGENT_STATUS_ERROR,
+}
+
+
+class RegistryWrites:
+    """Creates, changes and deletes agents; refusals come back as the HTTP API's errors."""
+
+    def __init__(self, stub: registry_pb2_grpc.AgentRegistryStub) -> None:
+        self._stub = stub
+
+    async def create(
+        self, agent_id: str, spec: Mapping[str, Any], status: str | None
+    ) -> tuple[AgentRecord, list[str]]:
+        """A new agent and the registry's warnings."""
+        request = registry_pb2.CreateAgentRequest(
+            agent_id=agent_id,
+            spec=_spec(spec),
+            status=STATUS_OF[status] if status else registry_pb2.AGENT_STATUS_UNSPECIFIED,
+        )
+        try:
+            reply = await self._stub.CreateAgent(request)
+        except grpc.aio.AioRpcError as e:
+            raise _refusal(e) from None
+        return record(reply.agent), list(reply.warnings)
+
+    async def set_status(self, agent_id: str, status: str, expected: int | None) -> AgentRecord:
+        """The agent with its new status."""
+        request = registry_pb2.SetAgentStatusRequest(agent_id=agent_id, status=STATUS_OF[status])
+        if expected is not None:
+            request.expected_version = expected
+        try:
+            reply = await self._stub.SetAgentStatus(request)
+        except grpc.aio.AioRpcError as e:
+            raise _refusal(e) from None
+        return record(reply.agent)
+
+    async def delete(self, agent_id: str, expected: int | None) -> None:
+        """Delete the agent."""
+        request = registry_pb2.DeleteAgentRequest(agent_id=agent_id)
+        if expected is not None:
+            request.expected_version = expected
+        try:
+            await self._stub.DeleteAgent(request)
+        except grpc.aio.AioRpcError as e:
+            raise _refusal(e) from None
+
+
+def _spec(values: Mapping[str, Any]) -> registry_pb2.AgentSpec:
+    spec = registry_pb2.AgentSpec()
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key in ("template_config", "conversation_config", "metadata"):
+            getattr(spec, key).update(value)
+        elif key == "toolsets":
+            spec.toolsets.extend(value)
+        else:
+            setattr(spec, key, value)
+    return spec
 
 
 def _refusal(error: grpc.aio.AioRpcError) -> ApiError:

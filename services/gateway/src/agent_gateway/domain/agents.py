@@ -55,6 +55,23 @@ def agent_body(agent: AgentRecord) -> dict[str, Any]:
     }
 
 
+STATUSES = ("created", "active", "inactive", "error")
+
+
+def expected_version(if_match: str | None) -> int | None:
+    """The version an `If-Match: "N"` header pins; None without the header.
+
+    Raises:
+        ValueError: the header is not one of this API's entity tags.
+    """
+    if if_match is None:
+        return None
+    text = if_match.strip().removeprefix("W/")
+    if len(text) < 3 or text[0] != '"' or text[-1] != '"' or not text[1:-1].isdigit():
+        raise ValueError(if_match)
+    return int(text[1:-1])
+
+
 def etag(agent: AgentRecord) -> str:
     """The strong entity tag of an agent version."""
     return f'"{agent.version}"'

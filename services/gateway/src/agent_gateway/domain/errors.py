@@ -68,6 +68,8 @@ def from_service(error: AgentrtError, *, not_found: str) -> ApiError:
     """A service's refusal as the HTTP API reports it; `not_found` names the 404 code."""
     if error.code == ErrorCode.NOT_FOUND:
         status, code = 404, not_found
+    elif error.reason == "VERSION_MISMATCH":  # If-Match named another version
+        status, code = 412, "PRECONDITION_FAILED"
     elif error.code in _BY_CODE:
         status, code = _BY_CODE[error.code]
     else:  # the gateway's own fault (e.g. a service token mismatch): no detail leaks
@@ -79,3 +81,13 @@ def from_service(error: AgentrtError, *, not_found: str) -> ApiError:
         ]
     headers = {"Retry-After": "1"} if status in (429, 503) else None
     return ApiError(status, code, error.message, details=details, headers=headers)
+
+
+def bad_if_match(value: str) -> ApiError:
+    """400: an If-Match that is not one of this API's entity tags."""
+    return ApiError(
+        400,
+        "VALIDATION_ERROR",
+        'If-Match must be an ETag of this API, e.g. "3"',
+        details={"fields": [{"field": "header.if-match", "description": f"got {value[:40]!r}"}]},
+    )
