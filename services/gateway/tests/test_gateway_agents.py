@@ -318,3 +318,58 @@ async def test_a_deleted_agent_is_gone(world: World) -> None:
     assert (await world.client.get(f"/v1/agents/{agent.id}", headers=auth())).status_code == 404
     again = await world.client.delete(f"/v1/agents/{agent.id}", headers=auth())
     assert again.status_code == 404
+
+
+async def test_an_update_changes_only_the_fields_given_in_either_shape(world: World) -> None:
+    agent = await world.create(
+        "Editable", system_prompt="First.", metadata={"keep": True}, llm_config_id="offline"
+    )
+    reply = await world.client.put(
+        f"/v1/agents/{agent.id}",
+        json={
+            "name": "Edited",
+            "system_prompt": "Top-level loses.",
+            "configuration": {"system_prompt": "Second.", "template_config": {"a": 1}},
+            "llm_config_id": None,  # null: unchanged
+            "unknown": "ignored",
+        },
+        headers=auth(),
+    )
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["name"] == "Edited"
+    assert body["configuration"]["system_prompt"] == "Second."
+    assert body["configuration"]["template_config"] == {"a": 1}
+    assert body["configuration"]["llm_config_id"] == "offline"
+    assert body["metadata"] == {"keep": True}
+    assert reply.headers["etag"] == f'"{agent.version + 1}"'
+
+    flat = await world.client.put(
+        f"/v1/agents/{agent.id}/", json={"toolsets": ["custom"]}, headers=auth()
+    )
+    assert flat.json()["configuration"]["toolsets"] == ["custom"]
+    assert flat.json()["name"] == "Edited"
+
+
+async def test_an_update_is_conditional_and_refused_like_a_create(world: World) -> None:
+    agent = await world.create("Guarded")
+    await world.create("Taken")
+    path = f"/v1/agents/{agent.id}"
+    stale = await world.client.put(
+        path, json={"name": "Late"}, headers={**auth(), "If-Match": '"77"'}
+    )
+    assert (stale.status_code, stale.json()["error"]) == (412, "PRECONDITION_FAILED")
+    taken = await world.client.put(path, json={"name": "Taken"}, headers=auth())
+    assert (taken.status_code, taken.json()["error"]) == (409, "CONFLICT")
+    blank = await world.client.put(path, json={"name": " "}, headers=auth())
+    assert blank.status_code == 422
+    nowhere = await world.client.put(path, json={"template_id": "gone"}, headers=auth())
+    assert nowhere.status_code == 400
+    assert "spec.template_id" in [f["field"] for f in nowhere.json()["details"]["fields"]]
+    missing = await world.client.put("/v1/agents/nobody", json={"name": "x"}, headers=auth())
+    assert (missing.status_code, missing.json()["error"]) == (404, "AGENT_NOT_FOUND")
+    unchanged = await world.client.get(path, headers=auth())
+    assert (unchanged.json()["name"], unchanged.headers["etag"]) == (
+        "Guarded",
+        f'"{agent.version}"',
+    )

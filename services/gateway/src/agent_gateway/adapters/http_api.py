@@ -55,6 +55,12 @@ class AgentWrites(Protocol):
         """A new agent and warnings (raises ApiError)."""
         ...
 
+    async def update(
+        self, agent_id: str, changes: Mapping[str, Any], expected: int | None
+    ) -> tuple[AgentRecord, list[str]]:
+        """The updated agent and warnings (raises ApiError)."""
+        ...
+
     async def set_status(self, agent_id: str, status: str, expected: int | None) -> AgentRecord:
         """The agent with its new status (raises ApiError)."""
         ...
@@ -67,6 +73,16 @@ class AgentWrites(Protocol):
 Text = Annotated[str, StringConstraints(max_length=2_000)]
 Name = Annotated[str, StringConstraints(max_length=128)]
 Status = Literal["created", "active", "inactive", "error"]
+
+
+def _printable(value: str | None) -> str | None:
+    """A name: not blank, no control characters."""
+    if value is not None:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        if any(not c.isprintable() for c in value):
+            raise ValueError("must not contain control characters")
+    return value
 
 
 class AgentCreate(BaseModel):
@@ -98,14 +114,59 @@ class AgentCreate(BaseModel):
     status: Status | None = None
     metadata: dict[str, Any] | None = None
 
-    @field_validator("name")
-    @classmethod
-    def _printable_name(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be blank")
-        if any(not c.isprintable() for c in value):
-            raise ValueError("must not contain control characters")
-        return value
+    _printable_name = field_validator("name")(lambda cls, v: _printable(v))
+
+
+class Configuration(BaseModel):
+    """The `configuration` object of an update."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    system_prompt: Annotated[str, StringConstraints(max_length=32_000)] | None = None
+    llm_config_id: Name | None = None
+    conversation_config: dict[str, Any] | None = None
+    toolsets: Annotated[list[Name], Len(0, 50)] | None = None
+    template_config: dict[str, Any] | None = None
+
+
+class AgentUpdate(BaseModel):
+    """A partial update (COMPAT): the keys given change, nulls and absent keys do not.
+
+    Both shapes are taken: `configuration{...}` and the create-shaped top-level keys;
+    where both give a value, `configuration` wins.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
+    description: Text | None = None
+    avatar_url: Text | None = None
+    type: Annotated[str, StringConstraints(max_length=64)] | None = None
+    template_id: Name | None = None
+    template_version: Annotated[str, StringConstraints(max_length=64)] | None = None
+    template_version_id: Annotated[str, StringConstraints(max_length=64)] | None = None
+    system_prompt: Annotated[str, StringConstraints(max_length=32_000)] | None = None
+    llm_config_id: Name | None = None
+    conversation_config: dict[str, Any] | None = None
+    toolsets: Annotated[list[Name], Len(0, 50)] | None = None
+    template_config: dict[str, Any] | None = None
+    configuration: Configuration | None = None
+    metadata: dict[str, Any] | None = None
+    agent_line_id: Name | None = None
+    version_type: Annotated[str, StringConstraints(max_length=64)] | None = None
+    version_number: Annotated[str, StringConstraints(max_length=64)] | None = None
+    owner_id: Name | None = None
+
+    _printable_name = field_validator("name")(lambda cls, v: _printable(v))
+
+    def changes(self) -> dict[str, Any]:
+        """The AgentSpec fields to change and their new values."""
+        given = self.model_dump(exclude={"configuration", "template_version"}, exclude_none=True)
+        if self.template_version is not None:
+            given.setdefault("template_version_id", self.template_version)
+        if self.configuration is not None:
+            given.update(self.configuration.model_dump(exclude_none=True))
+        return given
 
 
 class StatusChange(BaseModel):
@@ -268,6 +329,16 @@ def _agent_routes(v1: APIRouter, agents: Agents, writes: AgentWrites) -> None:
             status_code=201,
             headers={"ETag": etag(agent), "Location": f"/v1/agents/{agent.id}"},
         )
+
+    @_both(v1, "/agents/{agent_id}", "PUT")
+    async def update_agent(
+        agent_id: AgentId,
+        body: AgentUpdate,
+        if_match: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        """Change the given fields; `If-Match` makes it conditional (412 when stale)."""
+        agent, _ = await writes.update(agent_id, body.changes(), _pinned(if_match))
+        return JSONResponse(agent_body(agent), headers={"ETag": etag(agent)})
 
     @_both(v1, "/agents/{agent_id}/status", "PATCH")
     async def set_status(

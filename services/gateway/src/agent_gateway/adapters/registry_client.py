@@ -138,6 +138,20 @@ class RegistryWrites:
             raise _refusal(e) from None
         return record(reply.agent), list(reply.warnings)
 
+    async def update(
+        self, agent_id: str, changes: Mapping[str, Any], expected: int | None
+    ) -> tuple[AgentRecord, list[str]]:
+        """The agent with `changes` (AgentSpec field names) applied, and warnings."""
+        request = registry_pb2.UpdateAgentRequest(agent_id=agent_id, spec=_spec(changes))
+        request.update_mask.paths.extend(sorted(changes))
+        if expected is not None:
+            request.expected_version = expected
+        try:
+            reply = await self._stub.UpdateAgent(request)
+        except grpc.aio.AioRpcError as e:
+            raise _refusal(e) from None
+        return record(reply.agent), list(reply.warnings)
+
     async def set_status(self, agent_id: str, status: str, expected: int | None) -> AgentRecord:
         """The agent with its new status."""
         request = registry_pb2.SetAgentStatusRequest(agent_id=agent_id, status=STATUS_OF[status])
