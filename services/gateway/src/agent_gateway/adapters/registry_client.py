@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -16,6 +16,7 @@ from agentrt_kit.grpc.client import create_channel, retry_service_config
 from agentrt_kit.grpc.status import error_from_rpc
 from agentrt_kit.grpc.structs import struct_to_dict
 
+T = TypeVar("T")
 REGISTRY_SERVICE = "agentrt.registry.v1.AgentRegistry"
 PAGE = 1000  # the registry's largest page
 
@@ -68,12 +69,9 @@ class RegistryAgents:
         Raises:
             ApiError: 404 AGENT_NOT_FOUND, or the registry's refusal.
         """
-        try:
-            reply = await self._stub.GetAgent(
-                registry_pb2.GetAgentRequest(agent_id=agent_id, version=version)
-            )
-        except grpc.aio.AioRpcError as e:
-            raise _refusal(e) from None
+        reply = await _call(
+            self._stub.GetAgent(registry_pb2.GetAgentRequest(agent_id=agent_id, version=version))
+        )
         return record(reply.agent)
 
     async def list(
@@ -96,10 +94,7 @@ class RegistryAgents:
         found: list[AgentRecord] = []
         skip = offset
         while True:
-            try:
-                reply = await self._stub.ListAgents(request)
-            except grpc.aio.AioRpcError as e:
-                raise _refusal(e) from None
+            reply = await _call(self._stub.ListAgents(request))
             agents = list(reply.agents)
             taken = agents[skip:]
             skip = max(0, skip - len(agents))
@@ -132,10 +127,7 @@ class RegistryWrites:
             spec=_spec(spec),
             status=STATUS_OF[status] if status else registry_pb2.AGENT_STATUS_UNSPECIFIED,
         )
-        try:
-            reply = await self._stub.CreateAgent(request)
-        except grpc.aio.AioRpcError as e:
-            raise _refusal(e) from None
+        reply = await _call(self._stub.CreateAgent(request))
         return record(reply.agent), list(reply.warnings)
 
     async def update(
@@ -146,10 +138,7 @@ class RegistryWrites:
         request.update_mask.paths.extend(sorted(changes))
         if expected is not None:
             request.expected_version = expected
-        try:
-            reply = await self._stub.UpdateAgent(request)
-        except grpc.aio.AioRpcError as e:
-            raise _refusal(e) from None
+        reply = await _call(self._stub.UpdateAgent(request))
         return record(reply.agent), list(reply.warnings)
 
     async def set_status(self, agent_id: str, status: str, expected: int | None) -> AgentRecord:
@@ -157,10 +146,7 @@ class RegistryWrites:
         request = registry_pb2.SetAgentStatusRequest(agent_id=agent_id, status=STATUS_OF[status])
         if expected is not None:
             request.expected_version = expected
-        try:
-            reply = await self._stub.SetAgentStatus(request)
-        except grpc.aio.AioRpcError as e:
-            raise _refusal(e) from None
+        reply = await _call(self._stub.SetAgentStatus(request))
         return record(reply.agent)
 
     async def delete(self, agent_id: str, expected: int | None) -> None:
@@ -168,10 +154,7 @@ class RegistryWrites:
         request = registry_pb2.DeleteAgentRequest(agent_id=agent_id)
         if expected is not None:
             request.expected_version = expected
-        try:
-            await self._stub.DeleteAgent(request)
-        except grpc.aio.AioRpcError as e:
-            raise _refusal(e) from None
+        await _call(self._stub.DeleteAgent(request))
 
 
 def _spec(values: Mapping[str, Any]) -> registry_pb2.AgentSpec:
@@ -186,6 +169,14 @@ def _spec(values: Mapping[str, Any]) -> registry_pb2.AgentSpec:
         else:
             setattr(spec, key, value)
     return spec
+
+
+async def _call(call: Awaitable[T]) -> T:
+    """Await a registry call; its refusal comes back as the HTTP API's error."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as e:
+        raise _refusal(e) from None
 
 
 def _refusal(error: grpc.aio.AioRpcError) -> ApiError:
