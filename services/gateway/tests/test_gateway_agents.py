@@ -373,3 +373,35 @@ async def test_an_update_is_conditional_and_refused_like_a_create(world: World) 
         "Guarded",
         f'"{agent.version}"',
     )
+
+
+async def test_an_agents_history_lists_its_events_oldest_first_in_pages(world: World) -> None:
+    agent = await world.create("Historic")
+    await world.client.put(f"/v1/agents/{agent.id}", json={"name": "Renamed"}, headers=auth())
+    await world.client.patch(
+        f"/v1/agents/{agent.id}/status", json={"status": "inactive"}, headers=auth()
+    )
+    reply = await world.client.get(f"/v1/agents/{agent.id}/history/", headers=auth())
+    assert reply.status_code == 200
+    events = reply.json()["events"]
+    assert [e["type"] for e in events] == ["registered", "configuration_changed", "status_changed"]
+    assert [e["version"] for e in events] == [1, 2, 3]
+    assert events[1]["changed_fields"] == ["name"]
+    assert events[1]["changes"] == {"name": "Renamed"}
+    assert (events[2]["from_status"], events[2]["to_status"]) == ("active", "inactive")
+    assert reply.json()["next_page_token"] is None
+
+    first = await world.client.get(f"/v1/agents/{agent.id}/history?page_size=2", headers=auth())
+    token = first.json()["next_page_token"]
+    assert [e["version"] for e in first.json()["events"]] == [1, 2]
+    rest = await world.client.get(
+        f"/v1/agents/{agent.id}/history", params={"page_token": token}, headers=auth()
+    )
+    assert [e["version"] for e in rest.json()["events"]] == [3]
+
+    missing = await world.client.get("/v1/agents/nobody/history", headers=auth())
+    assert missing.status_code == 404
+    bad = await world.client.get(
+        f"/v1/agents/{agent.id}/history?page_token=garbage", headers=auth()
+    )
+    assert (bad.status_code, bad.json()["error"]) == (400, "VALIDATION_ERROR")

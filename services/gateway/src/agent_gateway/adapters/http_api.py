@@ -19,7 +19,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 from starlette.exceptions import HTTPException
 
-from agent_gateway.domain.agents import AgentRecord, agent_body, etag, expected_version
+from agent_gateway.domain.agents import (
+    AgentChange,
+    AgentRecord,
+    agent_body,
+    change_body,
+    etag,
+    expected_version,
+)
 from agent_gateway.domain.auth import Authenticator, Principal
 from agent_gateway.domain.errors import ApiError, bad_if_match, invalid_token
 from agentrt_kit.catalog import entry_key
@@ -37,6 +44,12 @@ class Agents(Protocol):
 
     async def get(self, agent_id: str, version: int = 0) -> AgentRecord:
         """One agent (raises ApiError)."""
+        ...
+
+    async def history(
+        self, agent_id: str, *, page_size: int, page_token: str
+    ) -> tuple[list[AgentChange], str]:
+        """A page of the agent's events and the next token (raises ApiError)."""
         ...
 
     async def list(
@@ -313,6 +326,18 @@ def _agent_routes(v1: APIRouter, agents: Agents, writes: AgentWrites) -> None:
         """One agent, latest or as of `?version=N`; its version is the `ETag`."""
         agent = await agents.get(agent_id, version or 0)
         return JSONResponse(agent_body(agent), headers={"ETag": etag(agent)})
+
+    @_both(v1, "/agents/{agent_id}/history")
+    async def agent_history(
+        agent_id: AgentId,
+        page_size: Annotated[int, Query(ge=1, le=1000)] = 100,
+        page_token: Annotated[str, Query(max_length=512)] = "",
+    ) -> dict[str, Any]:
+        """The agent's recorded events, oldest first, paged (an addition)."""
+        events, next_token = await agents.history(
+            agent_id, page_size=page_size, page_token=page_token
+        )
+        return {"events": [change_body(e) for e in events], "next_page_token": next_token or None}
 
     @_both(v1, "/agents", "POST", status_code=201)
     async def create_agent(body: AgentCreate) -> JSONResponse:

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import timestamp_pb2
 
-from agent_gateway.domain.agents import AgentRecord
+from agent_gateway.domain.agents import AgentChange, AgentRecord
 from agent_gateway.domain.errors import ApiError, from_service
 from agentrt.registry.v1 import registry_pb2, registry_pb2_grpc
 from agentrt_kit.grpc.client import create_channel, retry_service_config
@@ -39,6 +39,27 @@ def record(agent: registry_pb2.Agent) -> AgentRecord:
         metadata=struct_to_dict(spec.metadata),
         created_at=_time(agent.created_at) if agent.HasField("created_at") else None,
         updated_at=_time(agent.updated_at) if agent.HasField("updated_at") else None,
+    )
+
+
+def _status(value: int) -> str | None:
+    if value == registry_pb2.AGENT_STATUS_UNSPECIFIED:
+        return None
+    return registry_pb2.AgentStatus.Name(value).removeprefix("AGENT_STATUS_").lower()  # type: ignore[arg-type]
+
+
+def _change(event: registry_pb2.AgentEvent) -> AgentChange:
+    return AgentChange(
+        version=event.version,
+        type=event.type,
+        occurred_at=_time(event.occurred_at) if event.HasField("occurred_at") else None,
+        actor=event.actor,
+        request_id=event.request_id,
+        changed_fields=tuple(event.changed_fields),
+        changes=struct_to_dict(event.changes),
+        from_status=_status(event.from_status),
+        to_status=_status(event.to_status),
+        reason=event.reason,
     )
 
 
@@ -73,6 +94,23 @@ class RegistryAgents:
             self._stub.GetAgent(registry_pb2.GetAgentRequest(agent_id=agent_id, version=version))
         )
         return record(reply.agent)
+
+    async def history(
+        self, agent_id: str, *, page_size: int, page_token: str
+    ) -> tuple[list[AgentChange], str]:
+        """One page of the agent's recorded events, oldest first, and the next page's token.
+
+        Raises:
+            ApiError: 404 AGENT_NOT_FOUND, or the registry's refusal (a bad page token: 400).
+        """
+        reply = await _call(
+            self._stub.ListAgentEvents(
+                registry_pb2.ListAgentEventsRequest(
+                    agent_id=agent_id, page_size=page_size, page_token=page_token
+                )
+            )
+        )
+        return [_change(e) for e in reply.events], reply.next_page_token
 
     async def list(
         self, *, template_id: str, active_only: bool, limit: int, offset: int

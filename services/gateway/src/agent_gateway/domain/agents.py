@@ -58,6 +58,38 @@ def agent_body(agent: AgentRecord) -> dict[str, Any]:
 STATUSES = ("created", "active", "inactive", "error")
 
 
+@dataclass(frozen=True, slots=True)
+class AgentChange:
+    """One recorded event of an agent's history."""
+
+    version: int
+    type: str
+    occurred_at: datetime | None
+    actor: str
+    request_id: str
+    changed_fields: Sequence[str] = ()
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    from_status: str | None = None
+    to_status: str | None = None
+    reason: str = ""
+
+
+def change_body(change: AgentChange) -> dict[str, Any]:
+    """An event of `GET /v1/agents/{id}/history`."""
+    return {
+        "version": change.version,
+        "type": change.type,
+        "occurred_at": _iso(change.occurred_at),
+        "actor": change.actor or None,
+        "request_id": change.request_id or None,
+        "changed_fields": list(change.changed_fields),
+        "changes": dict(change.changes),
+        "from_status": change.from_status,
+        "to_status": change.to_status,
+        "reason": change.reason or None,
+    }
+
+
 def expected_version(if_match: str | None) -> int | None:
     """The version an `If-Match: "N"` header pins; None without the header.
 
