@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from agent_gateway.config import Settings
 from agent_gateway.main import serve
+from registry_support import Registry, proto_spec
+
+from agentrt.registry.v1 import registry_pb2 as rpb
 
 TOKEN = "runtime-token-for-tests"
 ERROR_KEYS = {"error", "message", "details", "detail"}
@@ -36,3 +40,22 @@ async def running_gateway(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
 
 def auth(token: str = TOKEN) -> dict[str, str]:
     return {"X-Runtime-Token": token}
+
+
+@dataclass
+class World:
+    client: httpx.AsyncClient
+    registry: Registry
+
+    async def create(self, name: str, **spec: Any) -> rpb.Agent:
+        spec.setdefault("template_id", "simple-test")
+        status = spec.pop("status", rpb.AGENT_STATUS_ACTIVE)
+        for _ in range(100):  # until the registry has seen the catalogue entry
+            try:
+                reply = await self.registry.stub().CreateAgent(
+                    rpb.CreateAgentRequest(spec=proto_spec(name=name, **spec), status=status)
+                )
+                return reply.agent
+            except Exception:
+                await asyncio.sleep(0.05)
+        raise AssertionError("the registry never accepted the agent")

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import tempfile
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from gateway_support import ERROR_KEYS, TOKEN, auth, running_gateway
-from registry_support import Registry, proto_spec
+from gateway_support import ERROR_KEYS, TOKEN, World, auth
 
-from agent_registry.config import Settings as RegistrySettings
 from agentrt.registry.v1 import registry_pb2 as rpb
-from agentrt_kit.catalog import open_bucket, publish_descriptor
-from agentrt_kit.nats import Names, NatsClient
 
 AGENT_KEYS = {
     "id",
@@ -37,59 +27,6 @@ CONFIGURATION_KEYS = {
     "toolsets",
     "template_config",
 }
-
-
-@dataclass
-class World:
-    client: httpx.AsyncClient
-    registry: Registry
-
-    async def create(self, name: str, **spec: Any) -> rpb.Agent:
-        spec.setdefault("template_id", "simple-test")
-        status = spec.pop("status", rpb.AGENT_STATUS_ACTIVE)
-        for _ in range(100):  # until the registry has seen the catalogue entry
-            try:
-                reply = await self.registry.stub().CreateAgent(
-                    rpb.CreateAgentRequest(spec=proto_spec(name=name, **spec), status=status)
-                )
-                return reply.agent
-            except Exception:
-                await asyncio.sleep(0.05)
-        raise AssertionError("the registry never accepted the agent")
-
-
-@pytest.fixture
-async def world(nats_server: Any, nats_prefix: str) -> AsyncIterator[World]:
-    client = NatsClient(nats_server.url, name="test-executor")
-    await client.start()
-    await client.wait_connected(5)
-    kv = await open_bucket(client.js, Names(nats_prefix))
-    for template_id in ("simple-test", "other"):
-        await publish_descriptor(
-            kv, {"id": template_id, "version": "1.0.0", "config_schema": {"type": "object"}}
-        )
-    await client.close()
-    with tempfile.TemporaryDirectory() as tmp:
-        registry = await Registry(
-            RegistrySettings(
-                port=0,
-                nats_url=nats_server.url,
-                nats_prefix=nats_prefix,
-                service_token=None,
-                persistence="sqlite",
-                sqlite_path=Path(tmp) / "registry.sqlite3",
-            )
-        ).start()
-        try:
-            async with running_gateway(
-                nats_url=nats_server.url,
-                nats_prefix=nats_prefix,
-                registry_target=f"127.0.0.1:{registry.port}",
-                executor_target=f"127.0.0.1:{registry.port}",
-            ) as http:
-                yield World(http, registry)
-        finally:
-            await registry.stop()
 
 
 async def test_an_agent_reads_back_with_exactly_the_compat_keys_and_its_version_as_etag(

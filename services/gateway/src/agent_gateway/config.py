@@ -30,6 +30,9 @@ class Settings(ServiceSettings):
         validation_alias=AliasChoices("AGENTRT_RUNTIME_TOKEN", "RUNTIME_TOKEN"),
         description="Token HTTP clients present (X-Runtime-Token or Bearer); required.",
     )
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest request body accepted (413 beyond)."
+    )
     probe_timeout_seconds: float = Field(
         1.0, gt=0, description="Deadline of one readiness check of a dependency."
     )

@@ -78,6 +78,7 @@ async def serve(
                 agents,
                 agents.writes,
                 version=version("agentrt-gateway"),
+                max_body_bytes=settings.max_body_bytes,
             )
             server = uvicorn.Server(
                 uvicorn.Config(

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 from starlette.exceptions import HTTPException
 
+from agent_gateway.adapters.body_guard import BodyGuard
 from agent_gateway.domain.agents import (
     AgentChange,
     AgentRecord,
@@ -215,6 +216,7 @@ def create_app(
     writes: AgentWrites,
     *,
     version: str,
+    max_body_bytes: int = 1024 * 1024,
 ) -> FastAPI:
     """The gateway's HTTP application."""
     app = FastAPI(
@@ -225,6 +227,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.authenticator = authenticator
+    app.add_middleware(BodyGuard, max_bytes=max_body_bytes)
     _errors(app)
 
     open_routes = APIRouter()

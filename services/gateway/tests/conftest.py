@@ -1,0 +1,50 @@
+"""Fixtures for the gateway's tests: the gateway in front of a real registry."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gateway_support import World, running_gateway
+from registry_support import Registry
+
+from agent_registry.config import Settings as RegistrySettings
+from agentrt_kit.catalog import open_bucket, publish_descriptor
+from agentrt_kit.nats import Names, NatsClient
+
+
+@pytest.fixture
+async def world(nats_server: Any, nats_prefix: str) -> AsyncIterator[World]:
+    client = NatsClient(nats_server.url, name="test-executor")
+    await client.start()
+    await client.wait_connected(5)
+    kv = await open_bucket(client.js, Names(nats_prefix))
+    for template_id in ("simple-test", "other"):
+        await publish_descriptor(
+            kv, {"id": template_id, "version": "1.0.0", "config_schema": {"type": "object"}}
+        )
+    await client.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        registry = await Registry(
+            RegistrySettings(
+                port=0,
+                nats_url=nats_server.url,
+                nats_prefix=nats_prefix,
+                service_token=None,
+                persistence="sqlite",
+                sqlite_path=Path(tmp) / "registry.sqlite3",
+            )
+        ).start()
+        try:
+            async with running_gateway(
+                nats_url=nats_server.url,
+                nats_prefix=nats_prefix,
+                registry_target=f"127.0.0.1:{registry.port}",
+                executor_target=f"127.0.0.1:{registry.port}",
+            ) as http:
+                yield World(http, registry)
+        finally:
+            await registry.stop()
