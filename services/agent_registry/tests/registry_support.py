@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from agent_registry.config import Settings
@@ -84,3 +85,17 @@ class Registry(InLoopService[Settings, pb_grpc.AgentRegistryStub]):
 
     serve = staticmethod(serve)
     stub_class = pb_grpc.AgentRegistryStub
+
+
+def sqlite_registry(path: Path, nats_url: str, prefix: str) -> Registry:
+    """A registry on SQLite at `path`, in the test's loop (call `start()`)."""
+    return Registry(
+        Settings(
+            port=0,
+            nats_url=nats_url,
+            nats_prefix=prefix,
+            service_token=None,
+            persistence="sqlite",
+            sqlite_path=path,
+        )
+    )

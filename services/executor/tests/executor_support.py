@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from registry_support import Registry
+from registry_support import Registry, sqlite_registry
 from tools_support import ToolsService
 
 from agent_executor.config import Settings
 from agent_executor.main import serve
-from agent_registry.config import Settings as RegistrySettings
 from agentrt.executor.v1 import executor_pb2 as pb
 from agentrt.executor.v1 import executor_pb2_grpc as pb_grpc
 from agentrt.registry.v1 import registry_pb2 as rpb
@@ -110,15 +109,8 @@ class System:
 
     async def start(self, **executor_overrides: Any) -> System:
         """Start the registry, the tools service and one executor."""
-        self.registry = await Registry(
-            RegistrySettings(
-                port=0,
-                nats_url=self.nats_url,
-                nats_prefix=self.prefix,
-                service_token=None,
-                persistence="sqlite",
-                sqlite_path=self.tmp / "registry.sqlite3",
-            )
+        self.registry = await sqlite_registry(
+            self.tmp / "registry.sqlite3", self.nats_url, self.prefix
         ).start()
         (self.tmp / "workspaces").mkdir(exist_ok=True)
         self.tools = await ToolsService(

@@ -26,7 +26,7 @@ from executor_support import eventually, spec
 from google.protobuf.field_mask_pb2 import FieldMask
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import END, START, MessagesState, StateGraph
-from registry_support import SIMPLE, Registry
+from registry_support import SIMPLE, Registry, sqlite_registry
 from tools_support import ToolsService
 
 from agent_executor.adapters.catalog_publisher import CatalogPublisher
@@ -45,7 +45,6 @@ from agent_executor.domain.runs import (
     Usage,
 )
 from agent_executor.errors import AgentNotFound, RegistryUnavailable, ToolsUnavailable
-from agent_registry.config import Settings as RegistrySettings
 from agentrt.events.v1 import run_events_pb2
 from agentrt.registry.v1 import registry_pb2 as rpb
 from agentrt.registry.v1 import registry_pb2_grpc as rpb_grpc
@@ -430,15 +429,8 @@ async def registry(tmp_path: Path, nats_server: Any, nats_prefix: str) -> AsyncI
     async with connected(nats_server.url, "catalogue") as client:
         kv = await open_bucket(client.js, Names(nats_prefix))
         await publish_descriptor(kv, SIMPLE.to_document())
-    service = await Registry(
-        RegistrySettings(
-            port=0,
-            nats_url=nats_server.url,
-            nats_prefix=nats_prefix,
-            service_token=None,
-            persistence="sqlite",
-            sqlite_path=tmp_path / "registry.sqlite3",
-        )
+    service = await sqlite_registry(
+        tmp_path / "registry.sqlite3", nats_server.url, nats_prefix
     ).start()
     try:
         yield service

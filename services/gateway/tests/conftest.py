@@ -9,9 +9,8 @@ from typing import Any
 
 import pytest
 from gateway_support import World, running_gateway
-from registry_support import Registry
+from registry_support import sqlite_registry
 
-from agent_registry.config import Settings as RegistrySettings
 from agentrt_kit.catalog import open_bucket, publish_descriptor
 from agentrt_kit.nats import Names, NatsClient
 
@@ -28,15 +27,8 @@ async def world(nats_server: Any, nats_prefix: str) -> AsyncIterator[World]:
         )
     await client.close()
     with tempfile.TemporaryDirectory() as tmp:
-        registry = await Registry(
-            RegistrySettings(
-                port=0,
-                nats_url=nats_server.url,
-                nats_prefix=nats_prefix,
-                service_token=None,
-                persistence="sqlite",
-                sqlite_path=Path(tmp) / "registry.sqlite3",
-            )
+        registry = await sqlite_registry(
+            Path(tmp) / "registry.sqlite3", nats_server.url, nats_prefix
         ).start()
         try:
             async with running_gateway(
