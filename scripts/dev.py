@@ -161,7 +161,7 @@ Agent Runtime is up (Ctrl-C stops it).
   tools            grpc://127.0.0.1:{tools_port}   (workspaces: {workspaces})
   executor         grpc://127.0.0.1:{executor_port}   (offline model; runs and sessions in ./var)
   service token    {service_token}   (./var/service-token; gRPC: authorization: Bearer <token>)
-  gateway          http://127.0.0.1:{gateway_port}   (HTTP; so far probes, templates, agents)
+  gateway          http://127.0.0.1:{gateway_port}   (HTTP; probes, metrics, templates, agents)
   runtime token    {runtime_token}   (./var/runtime-token; HTTP: X-Runtime-Token or Bearer)
 
 Try it:

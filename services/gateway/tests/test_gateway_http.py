@@ -263,3 +263,23 @@ def test_a_descriptor_without_id_or_version_is_refused() -> None:
     with pytest.raises(ValueError, match="lacks 'version'"):
         template_view({"id": "x"})
     assert template_view({"id": 7, "version": 2})["id"] == "7"
+
+
+async def test_metrics_count_requests_by_route_template_and_status(gateway: Gateway) -> None:
+    await gateway.client.get("/ping")
+    await gateway.client.get("/ping/")
+    await gateway.client.get("/v1/whoami")
+    await gateway.client.get("/v1/templates/some-secret-looking-id", headers=auth("nope"))
+    await gateway.client.get("/nowhere/abc123")
+    reply = await gateway.client.get("/metrics")
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/plain")
+    text = reply.text
+    assert 'agentrt_gateway_requests_total{method="GET",route="/ping",status="200"} 1.0' in text
+    assert 'route="/ping/",status="200"} 1.0' in text
+    assert 'agentrt_gateway_requests_total{method="GET",route="/v1/whoami",status="401"}' in text
+    assert 'route="/v1/templates/{template_id}",status="401"' in text
+    assert 'route="unmatched",status="404"' in text
+    assert "some-secret-looking-id" not in text
+    assert "abc123" not in text
+    assert "agentrt_gateway_request_seconds_bucket" in text

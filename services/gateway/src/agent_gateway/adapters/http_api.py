@@ -15,11 +15,13 @@ from typing import Annotated, Any, Literal, Protocol
 from annotated_types import Len
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 from starlette.exceptions import HTTPException
 
 from agent_gateway.adapters.body_guard import BodyGuard
+from agent_gateway.adapters.metrics import CONTENT_TYPE as METRICS_TYPE
+from agent_gateway.adapters.metrics import MetricsMiddleware, RequestMetrics
 from agent_gateway.domain.agents import (
     AgentChange,
     AgentRecord,
@@ -228,6 +230,8 @@ def create_app(
     )
     app.state.authenticator = authenticator
     app.add_middleware(BodyGuard, max_bytes=max_body_bytes)
+    metrics = RequestMetrics()
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every answer
     _errors(app)
 
     open_routes = APIRouter()
@@ -241,6 +245,11 @@ def create_app(
     async def ping() -> dict[str, str]:
         """Liveness for old clients."""
         return {"status": "ok", "message": "pong"}
+
+    @_both(open_routes, "/metrics")
+    async def prometheus() -> Response:
+        """Request counts and latencies (Prometheus text format)."""
+        return Response(metrics.exposition(), media_type=METRICS_TYPE)
 
     @_both(open_routes, "/healthz")
     async def healthz() -> dict[str, str]:
