@@ -39,6 +39,7 @@ from agent_executor.application.context import (
     Sampling,
     current_run,
 )
+from agent_executor.application.messages import text_of
 from agent_executor.application.model import agent_sampling
 from agent_executor.application.ports import (
     Admission,
@@ -449,7 +450,7 @@ class RunService:
                 chunk, meta = data
                 if not isinstance(chunk, AIMessageChunk) or INTERNAL_TAG in meta.get("tags", ()):
                     continue
-                text = _text(chunk)
+                text = text_of(chunk)
                 if not text:
                     continue
                 message_id = chunk.id or ""
@@ -468,14 +469,14 @@ class RunService:
                         continue
                     known.add(message.id or "")
                     last = message
-                    content = _text(message)
+                    content = text_of(message)
                     if content:
                         if stream and (message.id or "") not in streamed:
                             self._emit(handle, MessageDelta(content, message.id or ""))
                         self._emit(handle, MessageCompleted(content, message.id or ""))
         if last is None:
             raise RunFailure("the agent produced no assistant message", FailureCode.TEMPLATE_FAILED)
-        if not _text(last):
+        if not text_of(last):
             self._emit(handle, MessageCompleted("", last.id or ""))
         return last
 
@@ -648,17 +649,6 @@ def _to_message(message: InputMessage) -> BaseMessage:
         label = f"Tool result ({message.name or 'tool'})"
         return HumanMessage(f"{label}: {message.content}")
     return HumanMessage(message.content, name=name)
-
-
-def _text(message: BaseMessage) -> str:
-    content = message.content
-    if isinstance(content, str):
-        return content
-    return "".join(
-        part if isinstance(part, str) else str(part.get("text", ""))
-        for part in content
-        if isinstance(part, str) or part.get("type") == "text"
-    )
 
 
 def _custom_event(data: Any) -> EventBody | None:

@@ -93,33 +93,24 @@ class RemoteTool(BaseTool):
             outcome = await self.gateway.invoke(self.name, arguments, context)
         except AgentrtError as e:
             text = _refusal(e)
-            emit(
-                "tool_call_finished",
-                tool_call_id=call_id,
-                tool_name=self.name,
-                ok=False,
-                result_preview=text[:PREVIEW_CHARS],
-            )
+            self._finished(call_id, ok=False, text=text)
             raise ToolException(text) from None
         if not outcome.ok:
             text = f"Error {outcome.error_code}: {outcome.error_message}"
-            emit(
-                "tool_call_finished",
-                tool_call_id=call_id,
-                tool_name=self.name,
-                ok=False,
-                result_preview=text[:PREVIEW_CHARS],
-            )
+            self._finished(call_id, ok=False, text=text)
             raise ToolException(text)
         text = render(outcome.content, outcome.data, outcome.artifacts)
+        self._finished(call_id, ok=True, text=text)
+        return text
+
+    def _finished(self, call_id: str, *, ok: bool, text: str) -> None:
         emit(
             "tool_call_finished",
             tool_call_id=call_id,
             tool_name=self.name,
-            ok=True,
+            ok=ok,
             result_preview=text[:PREVIEW_CHARS],
         )
-        return text
 
 
 def _refusal(error: AgentrtError) -> str:

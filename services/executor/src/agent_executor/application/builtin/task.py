@@ -66,11 +66,11 @@ from agent_executor.application.builtin.workflow import (
     describe_error,
     gather_all,
     internal,
-    text_of,
     tool_loop,
     topological_order,
 )
 from agent_executor.application.context import progress
+from agent_executor.application.messages import text_of
 from agent_executor.application.templates import AgentTemplate, AgentView
 from agent_executor.errors import LimitExceeded, OutputInvalid, TemplateFailed
 

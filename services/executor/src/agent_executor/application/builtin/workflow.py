@@ -70,6 +70,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent_executor.application.builtin.react import window
 from agent_executor.application.context import INTERNAL_TAG, current_run, progress
+from agent_executor.application.messages import text_of
 from agent_executor.application.templates import AgentTemplate, AgentView
 from agent_executor.errors import LimitExceeded, TemplateFailed
 
@@ -161,18 +162,6 @@ async def gather_all(awaitables: Iterable[Awaitable[T]]) -> list[T]:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def text_of(message: BaseMessage) -> str:
-    """A message's text (the text parts of a multi-part content)."""
-    content = message.content
-    if isinstance(content, str):
-        return content
-    return "".join(
-        part if isinstance(part, str) else str(part.get("text", ""))
-        for part in content
-        if isinstance(part, str) or part.get("type") == "text"
-    )
 
 
 def describe_error(error: BaseException) -> str:
