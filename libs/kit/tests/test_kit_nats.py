@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from agentrt_kit.context import request_id_var
 from agentrt_kit.nats import (
     MSG_ID_HEADER,
+    BackgroundSubscription,
     Names,
     NatsClient,
     Reject,
@@ -466,3 +467,34 @@ async def test_header_helpers(js: JetStreamContext, nats_server: Any, nats_prefi
         assert decode_headers(with_headers) == {"a": "1"}
     finally:
         await nc.close()
+
+
+async def test_a_background_subscription_is_made_once_nats_is_up_and_undone_on_close(
+    make_nats_server: Any,
+) -> None:
+    server = make_nats_server()
+    server.stop()
+    client = NatsClient(server.url, name="kit-test")
+    await client.start()
+    heard: list[bytes] = []
+
+    async def hear(msg: Msg) -> None:
+        heard.append(msg.data)
+
+    subscription = BackgroundSubscription(client, "kit.heard", hear, what="test")
+    subscription.start()
+    try:
+        await asyncio.sleep(0.2)
+        assert not subscription.active  # NATS is down: nothing yet, nothing raised
+        server.start()
+        await eventually(lambda: subscription.active)
+        await client.nc.publish("kit.heard", b"one")
+        await eventually(lambda: heard == [b"one"])
+        await subscription.close()
+        await client.nc.publish("kit.heard", b"two")
+        await client.nc.flush()
+        await asyncio.sleep(0.1)
+        assert heard == [b"one"]
+    finally:
+        await subscription.close()  # twice is harmless
+        await client.close()

@@ -155,24 +155,59 @@ class NatsClient:
                 await self.nc.close()
 
 
-async def subscribe_when_connected(
-    client: NatsClient, subject: str, callback: Callable[[Msg], Awaitable[None]], *, what: str
-) -> Subscription:
-    """Subscribe once NATS is up, retrying with backoff; the subscription then lives on.
+class BackgroundSubscription:
+    """A subscription made in the background as soon as NATS is up, undone on `close`.
 
-    nats-py re-subscribes by itself after a reconnect, so one success is enough.
+    Subscribing is retried with backoff; once made, nats-py re-subscribes by itself
+    after a reconnect, so one success is enough.
     """
-    backoff = jittered_backoff(0.2, 5.0)
-    while True:
-        try:
-            await client.wait_connected()
-            return await client.nc.subscribe(subject, cb=callback)
-        except (nats.errors.Error, OSError) as e:
-            log.warning(
-                "nats subscription failed, retrying",
-                extra={"subscription": what, "subject": subject, "error": str(e)},
-            )
-            await asyncio.sleep(next(backoff))
+
+    def __init__(
+        self,
+        client: NatsClient,
+        subject: str,
+        callback: Callable[[Msg], Awaitable[None]],
+        *,
+        what: str,
+    ) -> None:
+        self._client = client
+        self._subject = subject
+        self._callback = callback
+        self._what = what
+        self._task: asyncio.Task[None] | None = None
+        self.subscription: Subscription | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether the subscription has been made."""
+        return self.subscription is not None
+
+    def start(self) -> None:
+        """Begin subscribing in the background (returns at once)."""
+        self._task = asyncio.create_task(self._subscribe(), name=f"subscribe-{self._what}")
+
+    async def _subscribe(self) -> None:
+        backoff = jittered_backoff(0.2, 5.0)
+        while True:
+            try:
+                await self._client.wait_connected()
+                self.subscription = await self._client.nc.subscribe(
+                    self._subject, cb=self._callback
+                )
+                return
+            except (nats.errors.Error, OSError) as e:
+                log.warning(
+                    "nats subscription failed, retrying",
+                    extra={"subscription": self._what, "subject": self._subject, "error": str(e)},
+                )
+                await asyncio.sleep(next(backoff))
+
+    async def close(self) -> None:
+        """Stop subscribing and unsubscribe."""
+        await cancel_and_wait(self._task)
+        if self.subscription is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self.subscription.unsubscribe()
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:

@@ -26,7 +26,6 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js.api import StorageType, StreamConfig
 
 from agent_executor.adapters.proto_mapping import stream_event, timestamp
@@ -35,10 +34,10 @@ from agentrt.events.v1 import run_events_pb2
 from agentrt_kit.concurrency import cancel_and_wait
 from agentrt_kit.nats import (
     MSG_ID_HEADER,
+    BackgroundSubscription,
     Names,
     NatsClient,
     ensure_stream,
-    subscribe_when_connected,
 )
 
 log = logging.getLogger(__name__)
@@ -204,19 +203,15 @@ class NatsCancelBus:
     def __init__(self, client: NatsClient, names: Names) -> None:
         self._client = client
         self._subject = names.subject("runs", "cancel")
-        self._subscription: Subscription | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._listening = BackgroundSubscription(
+            client, self._subject, self._received, what="run-cancel"
+        )
         self.on_cancel: Callable[[str], bool] = lambda run_id: False
 
     async def start(self, on_cancel: Callable[[str], bool]) -> None:
         """Listen for cancel requests in the background; `on_cancel(run_id)` acts on them."""
         self.on_cancel = on_cancel
-        self._task = asyncio.create_task(self._subscribe_forever(), name="run-cancel")
-
-    async def _subscribe_forever(self) -> None:
-        self._subscription = await subscribe_when_connected(
-            self._client, self._subject, self._received, what="cancel"
-        )
+        self._listening.start()
 
     async def _received(self, msg: Msg) -> None:
         run_id = msg.data.decode(errors="replace")
@@ -232,8 +227,4 @@ class NatsCancelBus:
 
     async def close(self) -> None:
         """Stop listening."""
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-        if self._subscription is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._subscription.unsubscribe()
+        await self._listening.close()

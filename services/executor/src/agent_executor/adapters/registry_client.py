@@ -11,25 +11,21 @@ call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict
 
 import grpc
-import nats.errors
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
 from agent_executor.domain.agents import AgentSnapshot
 from agent_executor.errors import AgentNotFound, RegistryUnavailable
 from agentrt.events.v1 import registry_events_pb2
 from agentrt.registry.v1 import registry_pb2, registry_pb2_grpc
-from agentrt_kit.concurrency import cancel_and_wait
 from agentrt_kit.errors import AgentrtError, NotFound
 from agentrt_kit.grpc.client import create_channel, retry_service_config
 from agentrt_kit.grpc.status import error_from_rpc
 from agentrt_kit.grpc.structs import struct_to_dict
-from agentrt_kit.nats import Names, NatsClient, subscribe_when_connected
+from agentrt_kit.nats import BackgroundSubscription, Names, NatsClient
 
 log = logging.getLogger(__name__)
 
@@ -81,33 +77,25 @@ class RegistryAgents:
         self._newest: OrderedDict[str, int] = OrderedDict()  # versions seen in events
         self._cache_size = cache_size
         self._inflight: dict[str, asyncio.Task[AgentSnapshot]] = {}
-        self._subscription: Subscription | None = None
+        self._events = BackgroundSubscription(
+            client, self._subject, self._on_event, what="agent-events"
+        )
         self._connection: tuple[int, int] = (0, -1)  # (id of connection, reconnects)
-        self._task: asyncio.Task[None] | None = None
         self.fetches = 0
 
     async def start(self) -> None:
         """Subscribe to agent events in the background."""
-        self._task = asyncio.create_task(self._subscribe_forever(), name="agent-events")
+        self._events.start()
 
     async def close(self) -> None:
         """Stop listening and close the channel."""
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-        if self._subscription is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._subscription.unsubscribe()
+        await self._events.close()
         await self._channel.close()
-
-    async def _subscribe_forever(self) -> None:
-        self._subscription = await subscribe_when_connected(
-            self._client, self._subject, self._on_event, what="agent event"
-        )
 
     def _trusted(self) -> bool:
         """Whether the cache can be used now; forgets it after a reconnect."""
         nc = self._client.nc
-        if self._subscription is None or not nc.is_connected:
+        if not self._events.active or not nc.is_connected:
             return False
         connection = (id(nc), int(nc.stats.get("reconnects", 0)))
         if connection != self._connection:
