@@ -88,6 +88,9 @@ class AgentWrites(Protocol):
 
 Text = Annotated[str, StringConstraints(max_length=2_000)]
 Name = Annotated[str, StringConstraints(max_length=128)]
+Short = Annotated[str, StringConstraints(max_length=64)]
+Prompt = Annotated[str, StringConstraints(max_length=32_000)]
+AgentName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 Status = Literal["created", "active", "inactive", "error"]
 
 
@@ -101,77 +104,56 @@ def _printable(value: str | None) -> str | None:
     return value
 
 
-class AgentCreate(BaseModel):
-    """The create body of COMPAT: every key optional but `name`; nulls mean "not given".
-
-    Keys this API does not know are ignored: old clients send what they always sent.
-    """
-
-    model_config = ConfigDict(extra="ignore")
-
-    id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
-    name: Annotated[str, StringConstraints(min_length=1, max_length=100)]
-    description: Text | None = None
-    avatar_url: Text | None = None
-    type: Annotated[str, StringConstraints(max_length=64)] | None = None
-    template_id: Annotated[str, StringConstraints(max_length=128)] | None = None
-    template_version_id: Annotated[str, StringConstraints(max_length=64)] | None = None
-    template_config: dict[str, Any] | None = None
-    system_prompt: Annotated[str, StringConstraints(max_length=32_000)] | None = None
-    conversation_config: dict[str, Any] | None = None
-    toolsets: (
-        Annotated[list[Annotated[str, StringConstraints(max_length=128)]], Len(0, 50)] | None
-    ) = None
-    llm_config_id: Annotated[str, StringConstraints(max_length=128)] | None = None
-    agent_line_id: Annotated[str, StringConstraints(max_length=128)] | None = None
-    version_type: Annotated[str, StringConstraints(max_length=64)] | None = None
-    version_number: Annotated[str, StringConstraints(max_length=64)] | None = None
-    owner_id: Annotated[str, StringConstraints(max_length=128)] | None = None
-    status: Status | None = None
-    metadata: dict[str, Any] | None = None
-
-    _printable_name = field_validator("name")(lambda cls, v: _printable(v))
-
-
 class Configuration(BaseModel):
-    """The `configuration` object of an update."""
+    """The configuration keys: an update's `configuration` object, and top-level keys."""
 
     model_config = ConfigDict(extra="ignore")
 
-    system_prompt: Annotated[str, StringConstraints(max_length=32_000)] | None = None
+    system_prompt: Prompt | None = None
     llm_config_id: Name | None = None
     conversation_config: dict[str, Any] | None = None
     toolsets: Annotated[list[Name], Len(0, 50)] | None = None
     template_config: dict[str, Any] | None = None
 
 
-class AgentUpdate(BaseModel):
+class AgentFields(Configuration):
+    """The keys create and update bodies share; nulls mean "not given".
+
+    Keys this API does not know are ignored: old clients send what they always sent.
+    """
+
+    description: Text | None = None
+    avatar_url: Text | None = None
+    type: Short | None = None
+    template_id: Name | None = None
+    template_version_id: Short | None = None
+    agent_line_id: Name | None = None
+    version_type: Short | None = None
+    version_number: Short | None = None
+    owner_id: Name | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class AgentCreate(AgentFields):
+    """The create body of COMPAT: every key optional but `name`."""
+
+    id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    name: AgentName
+    status: Status | None = None
+
+    _printable_name = field_validator("name")(lambda cls, v: _printable(v))
+
+
+class AgentUpdate(AgentFields):
     """A partial update (COMPAT): the keys given change, nulls and absent keys do not.
 
     Both shapes are taken: `configuration{...}` and the create-shaped top-level keys;
     where both give a value, `configuration` wins.
     """
 
-    model_config = ConfigDict(extra="ignore")
-
-    name: Annotated[str, StringConstraints(min_length=1, max_length=100)] | None = None
-    description: Text | None = None
-    avatar_url: Text | None = None
-    type: Annotated[str, StringConstraints(max_length=64)] | None = None
-    template_id: Name | None = None
-    template_version: Annotated[str, StringConstraints(max_length=64)] | None = None
-    template_version_id: Annotated[str, StringConstraints(max_length=64)] | None = None
-    system_prompt: Annotated[str, StringConstraints(max_length=32_000)] | None = None
-    llm_config_id: Name | None = None
-    conversation_config: dict[str, Any] | None = None
-    toolsets: Annotated[list[Name], Len(0, 50)] | None = None
-    template_config: dict[str, Any] | None = None
+    name: AgentName | None = None
+    template_version: Short | None = None
     configuration: Configuration | None = None
-    metadata: dict[str, Any] | None = None
-    agent_line_id: Name | None = None
-    version_type: Annotated[str, StringConstraints(max_length=64)] | None = None
-    version_number: Annotated[str, StringConstraints(max_length=64)] | None = None
-    owner_id: Name | None = None
 
     _printable_name = field_validator("name")(lambda cls, v: _printable(v))
 
