@@ -67,6 +67,8 @@ class JsonFormatter(logging.Formatter):
 
 def escape_control(text: str) -> str:
     """Escape control characters (newlines included) so one record stays one line."""
+    if text.isprintable():  # the common case, checked at C speed
+        return text
     return "".join(
         ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode() for ch in text
     )

@@ -20,13 +20,15 @@ from pathlib import Path
 import grpc
 
 from agentrt.tools.v1 import tools_pb2, tools_pb2_grpc
+from agentrt_kit.audit import AuditPublisher
 from agentrt_kit.concurrency import BlockingRunner, wait_for_any
 from agentrt_kit.grpc.server import GrpcServer, ServiceBinding
 from agentrt_kit.lifecycle import serve_until_stopped, service_main
 from agentrt_kit.nats import Names, NatsClient
 from agentrt_kit.sql import SqlDatabase
 from agentrt_kit.telemetry import setup_telemetry
-from tool_service.adapters.audit import NatsAuditSink
+from tool_service.adapters.audit import SERVICE as AUDIT_SERVICE
+from tool_service.adapters.audit import PublishedAuditSink
 from tool_service.adapters.fetcher import FetchPolicy, HttpFetcher
 from tool_service.adapters.grpc_api import ToolServiceServicer
 from tool_service.adapters.ledger import SqlLedger
@@ -128,10 +130,10 @@ async def serve(
 
             audit: AuditSink = ListAuditSink()
             if settings.audit_enabled:
-                sink = NatsAuditSink(client, Names(settings.nats_prefix))
-                await sink.start()
-                stack.push_async_callback(sink.stop)
-                audit = sink
+                publisher = AuditPublisher(client, Names(settings.nats_prefix), AUDIT_SERVICE)
+                await publisher.start()
+                stack.push_async_callback(publisher.stop)
+                audit = PublishedAuditSink(publisher)
 
             runner = ToolRunner(
                 catalog,

@@ -1,1 +1,1 @@
-"""Adapters: confined filesystem, HTTP fetcher, SQL ledger, NATS audit, plugins, gRPC API."""
+"""Adapters: confined filesystem, HTTP fetcher, SQL ledger, audit records, plugins, gRPC API."""
