@@ -116,6 +116,12 @@ class ToolsUnavailable(Unavailable):
     default_reason = "TOOLS_UNAVAILABLE"
 
 
+class ProviderUnavailable(Unavailable):
+    """The model provider (and its fallback) could not answer a call outside a run (Compose)."""
+
+    default_reason = "PROVIDER_UNAVAILABLE"
+
+
 # ------------------------------------------------------ failures inside a run
 
 

@@ -3,7 +3,7 @@
 Start-up: telemetry → NATS (background) → blocking-call threads → templates
 (built-ins, plugins, their watcher and the catalogue publisher) → run records
 database → sessions checkpointer → registry and tools clients → run events,
-cancel bus → run service and its maintenance → gRPC server.
+cancel bus → run service and its maintenance → compose service → gRPC server.
 Shutdown: NOT_SERVING and a graceful stop first (streams get `grace` seconds),
 runs still going are cancelled and recorded, event acknowledgements awaited,
 then everything else in reverse, telemetry flushed last.
@@ -35,6 +35,7 @@ from agent_executor.application.builtin.conversation import Conversation
 from agent_executor.application.builtin.simple_test import SimpleTest
 from agent_executor.application.builtin.task import Task
 from agent_executor.application.builtin.workflow import Workflow
+from agent_executor.application.compose import ComposeService
 from agent_executor.application.runs import RunService, RunSettings
 from agent_executor.application.templates import LoadedTemplate, TemplateCatalog
 from agent_executor.config import Settings, load_services_config
@@ -122,6 +123,7 @@ async def _run_service(
     settings: Settings,
     *,
     services: ServicesConfig,
+    models: ProviderModels,
     catalog: TemplateCatalog,
     client: NatsClient,
     run_blocking: BlockingRunner,
@@ -162,7 +164,7 @@ async def _run_service(
     runs = RunService(
         agents=agents,
         catalog=catalog,
-        models=_models(settings, services),
+        models=models,
         tools=tools,
         store=store,
         events=events,
@@ -199,15 +201,21 @@ async def serve(
             catalog = await _templates(
                 stack, settings, client, Names(settings.nats_prefix), run_blocking
             )
+            models = _models(settings, services)
             runs = await _run_service(
                 stack,
                 settings,
                 services=services,
+                models=models,
                 catalog=catalog,
                 client=client,
                 run_blocking=run_blocking,
             )
-            servicer = ExecutorServicer(runs, catalog)
+            # Compose drafts with the runs' models and tools: the same breakers and caches.
+            composer = ComposeService(
+                catalog=catalog, models=models, tools=runs.tools, services=services
+            )
+            servicer = ExecutorServicer(runs, catalog, composer)
 
             def register(server: grpc.aio.Server) -> None:
                 executor_pb2_grpc.add_ExecutorServicer_to_server(servicer, server)

@@ -1,6 +1,6 @@
 """Adapter: the `agentrt.executor.v1.Executor` gRPC servicer.
 
-Translation only: proto → run request → one application call → proto. A
+Translation only: proto → request → one application call → proto. A
 streamed run whose caller goes away (cancel, deadline, disconnect) is cancelled
 and recorded as such.
 """
@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agent_executor.adapters.proto_mapping import (
+    compose_pb,
+    compose_request,
     failed_run,
     problem_pb,
     run_pb,
@@ -19,6 +21,7 @@ from agent_executor.adapters.proto_mapping import (
     template_pb,
     usage_pb,
 )
+from agent_executor.application.compose import ComposeService
 from agent_executor.application.runs import RunService
 from agent_executor.application.templates import TemplateCatalog
 from agent_executor.domain.runs import MessageCompleted, RunCompleted, RunFailed
@@ -28,11 +31,14 @@ from agentrt_kit.errors import invalid
 
 
 class ExecutorServicer(pb_grpc.ExecutorServicer):
-    """Executor RPCs over the run service and the template catalogue."""
+    """Executor RPCs over the run service, the template catalogue and the compose service."""
 
-    def __init__(self, runs: RunService, catalog: TemplateCatalog) -> None:
+    def __init__(
+        self, runs: RunService, catalog: TemplateCatalog, composer: ComposeService
+    ) -> None:
         self.runs = runs
         self.catalog = catalog
+        self.composer = composer
 
     async def Execute(self, request: pb.ExecuteRequest, context: Any) -> pb.ExecuteResponse:
         """Run to completion; the final message, or how the run failed."""
@@ -110,3 +116,7 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
             ],
             problems=[problem_pb(p) for p in self.catalog.problems()],
         )
+
+    async def Compose(self, request: pb.ComposeRequest, context: Any) -> pb.ComposeResponse:
+        """Draft an agent with the model; nothing is created."""
+        return compose_pb(await self.composer.compose(compose_request(request)))

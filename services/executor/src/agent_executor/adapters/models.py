@@ -34,7 +34,7 @@ def provider_model(config: ProviderConfig, *, timeout: float, retries: int) -> B
 
 
 class ProviderModels:
-    """The `ModelFactory` port over the services configuration."""
+    """The `ModelFactory` and `DraftingModels` ports over the services configuration."""
 
     def __init__(
         self,
@@ -63,7 +63,11 @@ class ProviderModels:
 
     def for_agent(self, agent: AgentSnapshot) -> RoutedChatModel:
         """The agent's model: its provider, then the fallback."""
-        provider_id = agent.llm_config_id or self.config.default_provider
+        return self.for_provider(agent.llm_config_id)
+
+    def for_provider(self, provider_id: str) -> RoutedChatModel:
+        """A provider's model ('' means the default), then the fallback."""
+        provider_id = provider_id or self.config.default_provider
         primary = self._routes.get(provider_id)
         if primary is None:
             known = ", ".join(sorted(self._routes))

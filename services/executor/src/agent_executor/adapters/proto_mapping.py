@@ -6,9 +6,11 @@ from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
 
+from agent_executor.application.compose import ComposeResult
 from agent_executor.application.context import Sampling
 from agent_executor.application.runs import InputMessage, RunRequest
 from agent_executor.application.templates import LoadedTemplate, TemplateProblem
+from agent_executor.domain.compose import ComposeRequest
 from agent_executor.domain.runs import (
     MessageCompleted,
     MessageDelta,
@@ -180,3 +182,33 @@ def problem_pb(problem: TemplateProblem) -> pb.TemplateProblem:
 def failed_run(body: RunFailed) -> pb.RunFailed:
     """The RunFailed message."""
     return pb.RunFailed(code=body.code, message=body.message)
+
+
+def compose_request(message: pb.ComposeRequest) -> ComposeRequest:
+    """The compose request a ComposeRequest message describes."""
+    return ComposeRequest(
+        template_id=message.template_id,
+        instructions=message.instructions,
+        suggested_name=message.suggested_name,
+        suggested_tools=tuple(message.suggested_tools),
+        llm_config_id=message.llm_config_id,
+    )
+
+
+def compose_pb(result: ComposeResult) -> pb.ComposeResponse:
+    """The ComposeResponse of a compose result."""
+    draft = result.draft
+    return pb.ComposeResponse(
+        draft=pb.AgentDraft(
+            name=draft.name,
+            description=draft.description,
+            template_id=draft.template_id,
+            system_prompt=draft.system_prompt,
+            toolsets=list(draft.toolsets),
+            template_config=dict_to_struct(dict(draft.template_config)),
+            llm_config_id=draft.llm_config_id,
+        ),
+        valid=result.valid,
+        warnings=list(result.warnings),
+        usage=usage_pb(result.usage),
+    )

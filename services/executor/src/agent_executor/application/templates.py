@@ -123,18 +123,7 @@ class AgentTemplate:
         Raises:
             ConfigViolations: naming each bad `template_config` field.
         """
-        try:
-            config = self.Config.model_validate(dict(agent.template_config))
-        except ValidationError as e:
-            raise ConfigViolations(
-                [
-                    FieldViolation(
-                        "template_config" + "".join(_path_part(p) for p in err["loc"]),
-                        err["msg"],
-                    )
-                    for err in e.errors()
-                ]
-            ) from None
+        config = validate_config(self.Config, agent.template_config)
         return AgentView(
             id=agent.id,
             version=agent.version,
@@ -143,6 +132,26 @@ class AgentTemplate:
             config=config,
             conversation_config=agent.conversation_config,
         )
+
+
+def validate_config(config: type[BaseModel], values: Mapping[str, Any]) -> BaseModel:
+    """`values` validated by a template's `Config`.
+
+    Raises:
+        ConfigViolations: naming each bad field as `template_config.<path>`.
+    """
+    try:
+        return config.model_validate(dict(values))
+    except ValidationError as e:
+        raise ConfigViolations(
+            [
+                FieldViolation(
+                    "template_config" + "".join(_path_part(p) for p in err["loc"]),
+                    err["msg"],
+                )
+                for err in e.errors()
+            ]
+        ) from None
 
 
 def _path_part(part: Any) -> str:

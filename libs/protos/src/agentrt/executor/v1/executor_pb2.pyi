@@ -7,7 +7,8 @@ Refusals before a run starts are statuses with google.rpc details
 (ErrorInfo reasons: AGENT_NOT_FOUND, AGENT_INACTIVE, AGENT_NOT_RUNNABLE,
 AGENT_CONFIG_INVALID, TEMPLATE_NOT_AVAILABLE, TEMPLATE_VERSION_UNAVAILABLE,
 TEMPLATE_BUILD_FAILED, EXECUTOR_BUSY, AGENT_RUN_LIMIT, SESSION_BUSY,
-RUN_EXISTS, REGISTRY_UNAVAILABLE, TOOLS_UNAVAILABLE, VALIDATION_ERROR).
+RUN_EXISTS, REGISTRY_UNAVAILABLE, TOOLS_UNAVAILABLE, PROVIDER_UNAVAILABLE,
+VALIDATION_ERROR).
 Once a run has started, how it ends is data: `ExecuteResponse.finish_reason`
 and `error`, the stream's last event, and the run record `GetRun` reads.
 """
@@ -786,3 +787,119 @@ class ListTemplatesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListTemplatesResponse: _TypeAlias = ListTemplatesResponse  # noqa: Y015
+
+@_typing.final
+class ComposeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    SUGGESTED_NAME_FIELD_NUMBER: _builtins.int
+    SUGGESTED_TOOLS_FIELD_NUMBER: _builtins.int
+    LLM_CONFIG_ID_FIELD_NUMBER: _builtins.int
+    template_id: _builtins.str
+    instructions: _builtins.str
+    """What the agent should do (at most 8,000 characters)."""
+    suggested_name: _builtins.str
+    """Becomes the draft's name when set (at most 100 characters)."""
+    llm_config_id: _builtins.str
+    """The provider to draft with (the default provider when empty)."""
+    @_builtins.property
+    def suggested_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tools the agent should have (at most 50 names)."""
+
+    def __init__(
+        self,
+        *,
+        template_id: _builtins.str = ...,
+        instructions: _builtins.str = ...,
+        suggested_name: _builtins.str = ...,
+        suggested_tools: _abc.Iterable[_builtins.str] | None = ...,
+        llm_config_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instructions", b"instructions", "llm_config_id", b"llm_config_id", "suggested_name", b"suggested_name", "suggested_tools", b"suggested_tools", "template_id", b"template_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComposeRequest: _TypeAlias = ComposeRequest  # noqa: Y015
+
+@_typing.final
+class AgentDraft(_message.Message):
+    """An agent configuration ready to create; nothing is stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
+    TOOLSETS_FIELD_NUMBER: _builtins.int
+    TEMPLATE_CONFIG_FIELD_NUMBER: _builtins.int
+    LLM_CONFIG_ID_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    template_id: _builtins.str
+    system_prompt: _builtins.str
+    llm_config_id: _builtins.str
+    @_builtins.property
+    def toolsets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def template_config(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        template_id: _builtins.str = ...,
+        system_prompt: _builtins.str = ...,
+        toolsets: _abc.Iterable[_builtins.str] | None = ...,
+        template_config: _struct_pb2.Struct | None = ...,
+        llm_config_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["template_config", b"template_config"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "llm_config_id", b"llm_config_id", "name", b"name", "system_prompt", b"system_prompt", "template_config", b"template_config", "template_id", b"template_id", "toolsets", b"toolsets"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentDraft: _TypeAlias = AgentDraft  # noqa: Y015
+
+@_typing.final
+class ComposeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DRAFT_FIELD_NUMBER: _builtins.int
+    VALID_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    valid: _builtins.bool
+    """True when the draft's template_config validates against the template's schema."""
+    @_builtins.property
+    def draft(self) -> Global___AgentDraft: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What to review before creating the agent: config errors by field, unknown
+        tools, parts of the draft not written by the model.
+        """
+
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """Tokens the drafting model call used."""
+
+    def __init__(
+        self,
+        *,
+        draft: Global___AgentDraft | None = ...,
+        valid: _builtins.bool = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
+        usage: Global___Usage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["draft", b"draft", "usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draft", b"draft", "usage", b"usage", "valid", b"valid", "warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComposeResponse: _TypeAlias = ComposeResponse  # noqa: Y015

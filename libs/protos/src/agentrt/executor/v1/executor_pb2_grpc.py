@@ -59,6 +59,11 @@ class ExecutorStub:
                 request_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ListTemplatesRequest.SerializeToString,
                 response_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ListTemplatesResponse.FromString,
                 _registered_method=True)
+        self.Compose = channel.unary_unary(
+                '/agentrt.executor.v1.Executor/Compose',
+                request_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ComposeRequest.SerializeToString,
+                response_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ComposeResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServicer:
@@ -99,6 +104,14 @@ class ExecutorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Compose(self, request, context):
+        """Drafts an agent from instructions with the configured model; validates the
+        draft's template config against the template and returns warnings. Creates nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +139,11 @@ def add_ExecutorServicer_to_server(servicer, server):
                     servicer.ListTemplates,
                     request_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ListTemplatesRequest.FromString,
                     response_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ListTemplatesResponse.SerializeToString,
+            ),
+            'Compose': grpc.unary_unary_rpc_method_handler(
+                    servicer.Compose,
+                    request_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ComposeRequest.FromString,
+                    response_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ComposeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +281,33 @@ class Executor:
             '/agentrt.executor.v1.Executor/ListTemplates',
             agentrt_dot_executor_dot_v1_dot_executor__pb2.ListTemplatesRequest.SerializeToString,
             agentrt_dot_executor_dot_v1_dot_executor__pb2.ListTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Compose(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.executor.v1.Executor/Compose',
+            agentrt_dot_executor_dot_v1_dot_executor__pb2.ComposeRequest.SerializeToString,
+            agentrt_dot_executor_dot_v1_dot_executor__pb2.ComposeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,7 +7,8 @@ Refusals before a run starts are statuses with google.rpc details
 (ErrorInfo reasons: AGENT_NOT_FOUND, AGENT_INACTIVE, AGENT_NOT_RUNNABLE,
 AGENT_CONFIG_INVALID, TEMPLATE_NOT_AVAILABLE, TEMPLATE_VERSION_UNAVAILABLE,
 TEMPLATE_BUILD_FAILED, EXECUTOR_BUSY, AGENT_RUN_LIMIT, SESSION_BUSY,
-RUN_EXISTS, REGISTRY_UNAVAILABLE, TOOLS_UNAVAILABLE, VALIDATION_ERROR).
+RUN_EXISTS, REGISTRY_UNAVAILABLE, TOOLS_UNAVAILABLE, PROVIDER_UNAVAILABLE,
+VALIDATION_ERROR).
 Once a run has started, how it ends is data: `ExecuteResponse.finish_reason`
 and `error`, the stream's last event, and the run record `GetRun` reads.
 """
@@ -50,6 +51,10 @@ class ExecutorStub:
     """Reads a run's durable record."""
     ListTemplates: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ListTemplatesRequest, _executor_pb2.ListTemplatesResponse]
     """The templates this executor serves."""
+    Compose: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ComposeRequest, _executor_pb2.ComposeResponse]
+    """Drafts an agent from instructions with the configured model; validates the
+    draft's template config against the template and returns warnings. Creates nothing.
+    """
 
 @_typing.type_check_only
 class ExecutorAsyncStub(ExecutorStub):
@@ -64,6 +69,10 @@ class ExecutorAsyncStub(ExecutorStub):
     """Reads a run's durable record."""
     ListTemplates: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListTemplatesRequest, _executor_pb2.ListTemplatesResponse]  # type: ignore[assignment]
     """The templates this executor serves."""
+    Compose: _aio.UnaryUnaryMultiCallable[_executor_pb2.ComposeRequest, _executor_pb2.ComposeResponse]  # type: ignore[assignment]
+    """Drafts an agent from instructions with the configured model; validates the
+    draft's template config against the template and returns warnings. Creates nothing.
+    """
 
 class ExecutorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -105,5 +114,15 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_executor_pb2.ListTemplatesResponse, _abc.Awaitable[_executor_pb2.ListTemplatesResponse]]:
         """The templates this executor serves."""
+
+    @_abc_1.abstractmethod
+    def Compose(
+        self,
+        request: _executor_pb2.ComposeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.ComposeResponse, _abc.Awaitable[_executor_pb2.ComposeResponse]]:
+        """Drafts an agent from instructions with the configured model; validates the
+        draft's template config against the template and returns warnings. Creates nothing.
+        """
 
 def add_ExecutorServicer_to_server(servicer: ExecutorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
