@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_support import World, running_gateway
+from executor_support import System
+from gateway_support import Stack, World, running_gateway
 from registry_support import sqlite_registry
 
 from agentrt_kit.catalog import open_bucket, publish_descriptor
@@ -40,3 +42,42 @@ async def world(nats_server: Any, nats_prefix: str) -> AsyncIterator[World]:
                 yield World(http, registry)
         finally:
             await registry.stop()
+
+
+@pytest.fixture
+async def make_stack(
+    nats_server: Any, nats_prefix: str, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[Stack]]]:
+    """Start the whole system with executor and gateway settings as given."""
+    exits = contextlib.AsyncExitStack()
+
+    async def start(executor: dict[str, Any] | None = None, **gateway: Any) -> Stack:
+        system = System(
+            tmp=tmp_path,
+            nats_url=nats_server.url,
+            prefix=nats_prefix,
+            database_url=f"sqlite:///{tmp_path / 'executor.sqlite3'}",
+            sessions_url=f"sqlite:///{tmp_path / 'sessions.sqlite3'}",
+        )
+        exits.push_async_callback(system.stop)
+        await system.start(**(executor or {}))
+        assert system.registry is not None
+        http = await exits.enter_async_context(
+            running_gateway(
+                nats_url=nats_server.url,
+                nats_prefix=nats_prefix,
+                registry_target=f"127.0.0.1:{system.registry.port}",
+                executor_target=f"127.0.0.1:{system.executors[0].port}",
+                **gateway,
+            )
+        )
+        return Stack(http, system)
+
+    async with exits:
+        yield start
+
+
+@pytest.fixture
+async def stack(make_stack: Callable[..., Awaitable[Stack]]) -> Stack:
+    """The whole system on defaults (offline provider, echoing)."""
+    return await make_stack()

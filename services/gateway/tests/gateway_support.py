@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 from agent_gateway.config import Settings
 from agent_gateway.main import serve
+from executor_support import System
 from registry_support import Registry, proto_spec
 
 from agentrt.registry.v1 import registry_pb2 as rpb
@@ -59,3 +60,16 @@ class World:
             except Exception:
                 await asyncio.sleep(0.05)
         raise AssertionError("the registry never accepted the agent")
+
+
+@dataclass
+class Stack:
+    """Registry, tools, executor and the gateway in front of them, all in the test's loop."""
+
+    client: httpx.AsyncClient
+    system: System
+
+    async def agent(self, **values: Any) -> str:
+        """Create an active agent (offline provider by default); its id."""
+        values.setdefault("template_id", "simple-test")
+        return (await self.system.create_agent(**values)).id

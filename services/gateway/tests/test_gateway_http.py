@@ -101,7 +101,10 @@ async def test_the_runtime_token_is_accepted_as_header_or_bearer_key(
 ) -> None:
     for path in ("/v1/whoami", "/v1/whoami/"):
         reply = await gateway.client.get(path, headers=headers)
-        assert (reply.status_code, reply.json()) == (200, {"id": "runtime-token", "role": "admin"})
+        assert (reply.status_code, reply.json()) == (
+            200,
+            {"id": "runtime-token", "role": "admin", "owner": None},
+        )
 
 
 async def test_unknown_routes_and_methods_get_the_compat_error_body(gateway: Gateway) -> None:

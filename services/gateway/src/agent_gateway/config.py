@@ -7,11 +7,15 @@ The runtime token HTTP clients send is read from `AGENTRT_RUNTIME_TOKEN`, or fro
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from agentrt_kit.settings import ServiceSettings
+from agent_gateway.domain.auth import ApiKey
+from agentrt_kit.settings import ConfigError, ServiceSettings
 
 
 class Settings(ServiceSettings):
@@ -36,6 +40,57 @@ class Settings(ServiceSettings):
     probe_timeout_seconds: float = Field(
         1.0, gt=0, description="Deadline of one readiness check of a dependency."
     )
+
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description=(
+            "API keys (JSON list of {id, sha256, role, owner?}); "
+            "`agentrt-gateway new-key` prints a key and its entry."
+        ),
+    )
+    api_keys_file: Path | None = Field(
+        None, description="A JSON file with more API keys, in the same form."
+    )
+    rate_limit_per_second: float = Field(
+        100.0, ge=0, description="Requests a second per key (token bucket; 0 turns it off)."
+    )
+    rate_limit_burst: int = Field(200, ge=1, description="Bucket size per key.")
+    address_rate_limit_per_second: float = Field(
+        200.0, ge=0, description="Requests a second per client address (0 turns it off)."
+    )
+    address_rate_limit_burst: int = Field(400, ge=1, description="Bucket size per address.")
+    max_streams_per_key: int = Field(
+        32, ge=0, description="Concurrent streamed completions per key (0: no bound)."
+    )
+    run_timeout_seconds: float = Field(
+        300.0, gt=0, description="Deadline of one chat completion or compose request."
+    )
+    max_messages: int = Field(100, ge=1, description="Messages one chat completion may carry.")
+    max_message_chars: int = Field(
+        32_000, ge=1, description="Characters one chat message may have."
+    )
+    max_concurrent_runs: int = Field(
+        64, ge=1, description="Concurrent runs advertised by /v1/schema (the executors' capacity)."
+    )
+    audit: bool = Field(
+        True, description="Publish an audit record per mutating request and execution."
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _keys_from_json(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str | bytes) else value
+
+    def all_api_keys(self) -> list[ApiKey]:
+        """The keys given inline and in `api_keys_file`."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            try:
+                loaded = json.loads(self.api_keys_file.read_text())
+                keys.extend(ApiKey(**entry) for entry in loaded)
+            except (OSError, ValueError, TypeError) as e:
+                raise ConfigError(f"AGENTRT_GATEWAY_API_KEYS_FILE: {e}") from None
+        return keys
 
     def runtime_token_sha256(self) -> bytes | None:
         """Digest of the runtime token: the gateway keeps only this, never the token."""

@@ -7,20 +7,35 @@ flight finish for `AGENTRT_SHUTDOWN_GRACE_SECONDS`.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import dataclasses
+import json
 import logging
+import sys
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from importlib.metadata import version
 
 import uvicorn
 
-from agent_gateway.adapters.http_api import create_app
+from agent_gateway.adapters.access import Gate
+from agent_gateway.adapters.executor_client import ExecutorRuns
+from agent_gateway.adapters.http_api import ApiOptions, Backends, create_app
 from agent_gateway.adapters.probes import GrpcHealthProbe
 from agent_gateway.adapters.registry_client import RegistryAgents
 from agent_gateway.config import Settings
-from agent_gateway.domain.auth import Authenticator
+from agent_gateway.domain.auth import (
+    DIGEST_PREFIX,
+    ROLES,
+    ApiKey,
+    Authenticator,
+    digest_of,
+    new_key,
+)
+from agent_gateway.domain.limits import RateLimiter, StreamSlots
 from agent_gateway.domain.templates import template_view
+from agentrt_kit.audit import AuditPublisher
 from agentrt_kit.catalog import CatalogWatcher
 from agentrt_kit.lifecycle import service_main, wait_for_shutdown
 from agentrt_kit.nats import Names, NatsClient
@@ -42,10 +57,20 @@ async def serve(
         ConfigError: no runtime token is configured (the gateway never runs open).
     """
     digest = settings.runtime_token_sha256()
-    if digest is None:
+    keys = settings.all_api_keys()
+    if digest is None and not keys:
         raise ConfigError(
-            "AGENTRT_RUNTIME_TOKEN (or RUNTIME_TOKEN) must be set: the gateway never runs open"
+            "AGENTRT_RUNTIME_TOKEN (or RUNTIME_TOKEN) or AGENTRT_GATEWAY_API_KEYS must be set:"
+            " the gateway never runs open"
         )
+    gate = Gate(
+        Authenticator(digest, keys),
+        per_key=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+        per_address=RateLimiter(
+            settings.address_rate_limit_per_second, settings.address_rate_limit_burst
+        ),
+        streams=StreamSlots(settings.max_streams_per_key),
+    )
     telemetry = setup_telemetry("gateway", settings.otel_exporter, settings.otel_endpoint)
     try:
         async with AsyncExitStack() as stack:
@@ -61,6 +86,13 @@ async def serve(
             client = NatsClient(settings.nats_url, name="gateway")
             await client.start()
             stack.push_async_callback(client.close)
+            audit = None
+            if settings.audit:
+                audit = AuditPublisher(
+                    client, Names(settings.nats_prefix), "gateway", log_records=True
+                )
+                await audit.start()
+                stack.push_async_callback(audit.stop)
             templates = CatalogWatcher(client, Names(settings.nats_prefix), template_view)
             await templates.start()
             stack.push_async_callback(templates.stop)
@@ -71,14 +103,35 @@ async def serve(
                 timeout=settings.client_timeout_seconds,
             )
             stack.push_async_callback(agents.close)
+            runs = ExecutorRuns(
+                settings.executor_target,
+                service_token=token,
+                timeout=settings.client_timeout_seconds,
+            )
+            stack.push_async_callback(runs.close)
+
+            async def nats_connected() -> bool:
+                return client.connected
+
             app = create_app(
-                Authenticator(digest),
-                {name: probe.serving for name, probe in probes.items()},
-                templates,
-                agents,
-                agents.writes,
-                version=version("agentrt-gateway"),
-                max_body_bytes=settings.max_body_bytes,
+                gate,
+                Backends(
+                    {name: probe.serving for name, probe in probes.items()},
+                    templates,
+                    agents,
+                    agents.writes,
+                    runs,
+                    health_only={"nats": nats_connected},
+                ),
+                options=ApiOptions(
+                    version=version("agentrt-gateway"),
+                    max_body_bytes=settings.max_body_bytes,
+                    run_timeout=settings.run_timeout_seconds,
+                    max_messages=settings.max_messages,
+                    max_message_chars=settings.max_message_chars,
+                    max_concurrent_runs=settings.max_concurrent_runs,
+                ),
+                audit=audit,
             )
             server = uvicorn.Server(
                 uvicorn.Config(
@@ -112,6 +165,37 @@ async def serve(
         telemetry.shutdown()
 
 
+def keys_command(argv: list[str], read: Callable[[], str] = sys.stdin.readline) -> str:
+    """What `agentrt-gateway new-key|hash-key` prints.
+
+    `new-key --id ID [--role R] [--owner O]` makes a random key and prints it once with the
+    `AGENTRT_GATEWAY_API_KEYS` entry that holds its digest; `hash-key --id ID ...` reads a
+    key of your own from standard input instead. The gateway is only ever given the entry.
+
+    Raises:
+        SystemExit: bad arguments (argparse prints why).
+    """
+    parser = argparse.ArgumentParser(prog=f"agentrt-gateway {argv[0]}")
+    parser.add_argument("--id", required=True, help="a name for the key (shown in audit records)")
+    parser.add_argument("--role", choices=ROLES, default="operator")
+    parser.add_argument("--owner", default=None, help="bind the key to this owner's agents")
+    options = parser.parse_args(argv[1:])
+    if argv[0] == "new-key":
+        key, digest = new_key()
+    else:
+        key = read().strip()
+        if not key:
+            parser.error("no key on standard input")
+        digest = DIGEST_PREFIX + digest_of(key).hex()
+    entry = ApiKey(options.id, digest, options.role, options.owner)  # validates
+    lines = [f"key:   {key}"] if argv[0] == "new-key" else []
+    lines.append(f"entry: {json.dumps(dataclasses.asdict(entry))}")
+    return "\n".join(lines)
+
+
 def main() -> None:
-    """Entry point: `python -m agent_gateway` / `agentrt-gateway`."""
+    """Entry point: `python -m agent_gateway` / `agentrt-gateway [new-key|hash-key ...]`."""
+    if len(sys.argv) > 1 and sys.argv[1] in ("new-key", "hash-key"):
+        print(keys_command(sys.argv[1:]))
+        return
     service_main("gateway", Settings, serve)

@@ -8,17 +8,10 @@ handed on unchanged.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
 
+from agent_gateway.adapters.asgi import App, Message, Receive, Scope, Send
 from agent_gateway.domain.errors import ApiError
 from agent_gateway.domain.json_input import BadJson, check_json
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class BodyGuard:

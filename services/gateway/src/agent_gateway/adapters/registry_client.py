@@ -33,6 +33,7 @@ def record(agent: registry_pb2.Agent) -> AgentRecord:
         status=registry_pb2.AgentStatus.Name(agent.status).removeprefix("AGENT_STATUS_").lower(),
         system_prompt=spec.system_prompt,
         llm_config_id=spec.llm_config_id,
+        owner_id=spec.owner_id,
         conversation_config=struct_to_dict(spec.conversation_config),
         toolsets=tuple(spec.toolsets),
         template_config=struct_to_dict(spec.template_config),
@@ -113,7 +114,7 @@ class RegistryAgents:
         return [_change(e) for e in reply.events], reply.next_page_token
 
     async def list(
-        self, *, template_id: str, active_only: bool, limit: int, offset: int
+        self, *, template_id: str, active_only: bool, limit: int, offset: int, owner_id: str = ""
     ) -> list[AgentRecord]:
         """Agents in the registry's order, `offset` skipped, at most `limit`.
 
@@ -122,6 +123,7 @@ class RegistryAgents:
         """
         request = registry_pb2.ListAgentsRequest(
             template_id=template_id,
+            owner_id=owner_id,
             status=(
                 registry_pb2.AGENT_STATUS_ACTIVE
                 if active_only

@@ -26,6 +26,7 @@ class AgentRecord:
     status: str
     system_prompt: str
     llm_config_id: str
+    owner_id: str = ""
     conversation_config: Mapping[str, Any] = field(default_factory=dict)
     toolsets: Sequence[str] = ()
     template_config: Mapping[str, Any] = field(default_factory=dict)

@@ -91,3 +91,13 @@ def bad_if_match(value: str) -> ApiError:
         'If-Match must be an ETag of this API, e.g. "3"',
         details={"fields": [{"field": "header.if-match", "description": f"got {value[:40]!r}"}]},
     )
+
+
+def agent_not_found(agent_id: str) -> ApiError:
+    """404: no such agent — or one the caller's owner does not own (indistinguishable)."""
+    return ApiError(
+        404,
+        "AGENT_NOT_FOUND",
+        f"agent {agent_id[:200]!r} not found",
+        details={"reason": "AGENT_NOT_FOUND"},
+    )

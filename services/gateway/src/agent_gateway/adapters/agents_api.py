@@ -1,0 +1,301 @@
+"""Adapter: the agent routes (COMPAT) — CRUD, status, history — with roles and owners.
+
+Reads need the viewer role, changes the admin role. A key bound to an owner lists
+only that owner's agents, creates agents for that owner, and gets 404 for any other
+owner's agent, exactly as for one that does not exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, Protocol
+
+from annotated_types import Len
+from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
+
+from agent_gateway.adapters.access import Admin, Caller
+from agent_gateway.adapters.edge import note
+from agent_gateway.domain.agents import (
+    AgentChange,
+    AgentRecord,
+    agent_body,
+    change_body,
+    etag,
+    expected_version,
+)
+from agent_gateway.domain.auth import Principal
+from agent_gateway.domain.errors import ApiError, agent_not_found, bad_if_match
+
+
+class Agents(Protocol):
+    """Where agents come from (the registry)."""
+
+    async def get(self, agent_id: str, version: int = 0) -> AgentRecord:
+        """One agent (raises ApiError)."""
+        ...
+
+    async def history(
+        self, agent_id: str, *, page_size: int, page_token: str
+    ) -> tuple[list[AgentChange], str]:
+        """A page of the agent's events and the next token (raises ApiError)."""
+        ...
+
+    async def list(
+        self, *, template_id: str, active_only: bool, limit: int, offset: int, owner_id: str = ""
+    ) -> list[AgentRecord]:
+        """A page of agents (raises ApiError)."""
+        ...
+
+
+class AgentWrites(Protocol):
+    """Where agents are changed (the registry)."""
+
+    async def create(
+        self, agent_id: str, spec: Mapping[str, Any], status: str | None
+    ) -> tuple[AgentRecord, list[str]]:
+        """A new agent and warnings (raises ApiError)."""
+        ...
+
+    async def update(
+        self, agent_id: str, changes: Mapping[str, Any], expected: int | None
+    ) -> tuple[AgentRecord, list[str]]:
+        """The updated agent and warnings (raises ApiError)."""
+        ...
+
+    async def set_status(self, agent_id: str, status: str, expected: int | None) -> AgentRecord:
+        """The agent with its new status (raises ApiError)."""
+        ...
+
+    async def delete(self, agent_id: str, expected: int | None) -> None:
+        """Delete the agent (raises ApiError)."""
+        ...
+
+
+Text = Annotated[str, StringConstraints(max_length=2_000)]
+Name = Annotated[str, StringConstraints(max_length=128)]
+Short = Annotated[str, StringConstraints(max_length=64)]
+Prompt = Annotated[str, StringConstraints(max_length=32_000)]
+AgentName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+Status = Literal["created", "active", "inactive", "error"]
+
+
+def _printable(value: str | None) -> str | None:
+    """A name: not blank, no control characters."""
+    if value is not None:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        if any(not c.isprintable() for c in value):
+            raise ValueError("must not contain control characters")
+    return value
+
+
+class Configuration(BaseModel):
+    """The configuration keys: an update's `configuration` object, and top-level keys."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    system_prompt: Prompt | None = None
+    llm_config_id: Name | None = None
+    conversation_config: dict[str, Any] | None = None
+    toolsets: Annotated[list[Name], Len(0, 50)] | None = None
+    template_config: dict[str, Any] | None = None
+
+
+class AgentFields(Configuration):
+    """The keys create and update bodies share; nulls mean "not given".
+
+    Keys this API does not know are ignored: old clients send what they always sent.
+    """
+
+    description: Text | None = None
+    avatar_url: Text | None = None
+    type: Short | None = None
+    template_id: Name | None = None
+    template_version_id: Short | None = None
+    agent_line_id: Name | None = None
+    version_type: Short | None = None
+    version_number: Short | None = None
+    owner_id: Name | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class AgentCreate(AgentFields):
+    """The create body of COMPAT: every key optional but `name`."""
+
+    id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    name: AgentName
+    status: Status | None = None
+
+    _printable_name = field_validator("name")(lambda cls, v: _printable(v))
+
+
+class AgentUpdate(AgentFields):
+    """A partial update (COMPAT): the keys given change, nulls and absent keys do not.
+
+    Both shapes are taken: `configuration{...}` and the create-shaped top-level keys;
+    where both give a value, `configuration` wins.
+    """
+
+    name: AgentName | None = None
+    template_version: Short | None = None
+    configuration: Configuration | None = None
+
+    _printable_name = field_validator("name")(lambda cls, v: _printable(v))
+
+    def changes(self) -> dict[str, Any]:
+        """The AgentSpec fields to change and their new values."""
+        given = self.model_dump(exclude={"configuration", "template_version"}, exclude_none=True)
+        if self.template_version is not None:
+            given.setdefault("template_version_id", self.template_version)
+        if self.configuration is not None:
+            given.update(self.configuration.model_dump(exclude_none=True))
+        return given
+
+
+class StatusChange(BaseModel):
+    """The PATCH status body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Status
+
+
+AgentId = Annotated[str, Path(min_length=1, max_length=128)]
+
+
+async def visible(agents: Agents, caller: Principal, agent_id: str) -> None:
+    """Refuse (404) an agent the caller's owner does not own; free for unbound keys."""
+    if caller.owner is not None and (await agents.get(agent_id)).owner_id != caller.owner:
+        raise agent_not_found(agent_id)
+
+
+def agent_routes(
+    v1: APIRouter,
+    agents: Agents,
+    writes: AgentWrites,
+    both: Callable[..., Callable[[Any], Any]],
+) -> None:
+    """Add the agent routes to `v1`."""
+
+    @both(v1, "/agents")
+    async def list_agents(
+        caller: Caller,
+        template_id: Annotated[str, Query(max_length=128)] = "",
+        active_only: bool = False,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    ) -> list[dict[str, Any]]:
+        """Agents as a bare JSON array (COMPAT), in the registry's order."""
+        found = await agents.list(
+            template_id=template_id,
+            active_only=active_only,
+            limit=limit,
+            offset=offset,
+            owner_id=caller.owner or "",
+        )
+        return [agent_body(a) for a in found]
+
+    @both(v1, "/agents/{agent_id}")
+    async def get_agent(
+        caller: Caller,
+        agent_id: AgentId,
+        version: Annotated[int, Query(ge=1)] | None = None,
+    ) -> JSONResponse:
+        """One agent, latest or as of `?version=N`; its version is the `ETag`."""
+        agent = await agents.get(agent_id, version or 0)
+        if not caller.sees(agent.owner_id):
+            raise agent_not_found(agent_id)
+        return JSONResponse(agent_body(agent), headers={"ETag": etag(agent)})
+
+    @both(v1, "/agents/{agent_id}/history")
+    async def agent_history(
+        caller: Caller,
+        agent_id: AgentId,
+        page_size: Annotated[int, Query(ge=1, le=1000)] = 100,
+        page_token: Annotated[str, Query(max_length=512)] = "",
+    ) -> dict[str, Any]:
+        """The agent's recorded events, oldest first, paged (an addition)."""
+        await visible(agents, caller, agent_id)
+        events, next_token = await agents.history(
+            agent_id, page_size=page_size, page_token=page_token
+        )
+        return {"events": [change_body(e) for e in events], "next_page_token": next_token or None}
+
+    @both(v1, "/agents", "POST", status_code=201)
+    async def create_agent(request: Request, caller: Admin, body: AgentCreate) -> JSONResponse:
+        """Create an agent (201); the registry validates its template config."""
+        values = body.model_dump(exclude={"id", "status"}, exclude_none=True)
+        if caller.owner is not None:
+            _own(caller, body.owner_id)
+            values["owner_id"] = caller.owner
+        agent, warnings = await writes.create(body.id or "", values, body.status)
+        note(request.state, target=agent.id, agent_id=agent.id)
+        return JSONResponse(
+            {
+                "success": True,
+                "agent_id": agent.id,
+                "message": "Agent created",
+                "validation_results": {"valid": True, "warnings": warnings},
+            },
+            status_code=201,
+            headers={"ETag": etag(agent), "Location": f"/v1/agents/{agent.id}"},
+        )
+
+    @both(v1, "/agents/{agent_id}", "PUT")
+    async def update_agent(
+        caller: Admin,
+        agent_id: AgentId,
+        body: AgentUpdate,
+        if_match: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        """Change the given fields; `If-Match` makes it conditional (412 when stale)."""
+        expected = _pinned(if_match)
+        changes = body.changes()
+        if caller.owner is not None:
+            _own(caller, changes.get("owner_id"))
+            await visible(agents, caller, agent_id)
+        agent, _ = await writes.update(agent_id, changes, expected)
+        return JSONResponse(agent_body(agent), headers={"ETag": etag(agent)})
+
+    @both(v1, "/agents/{agent_id}/status", "PATCH")
+    async def set_status(
+        caller: Admin,
+        agent_id: AgentId,
+        body: StatusChange,
+        if_match: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        """Set the agent's status; `If-Match` makes it conditional (412 when stale)."""
+        expected = _pinned(if_match)
+        await visible(agents, caller, agent_id)
+        agent = await writes.set_status(agent_id, body.status, expected)
+        return JSONResponse(agent_body(agent), headers={"ETag": etag(agent)})
+
+    @both(v1, "/agents/{agent_id}", "DELETE")
+    async def delete_agent(
+        caller: Admin, agent_id: AgentId, if_match: Annotated[str | None, Header()] = None
+    ) -> dict[str, Any]:
+        """Delete the agent; `If-Match` makes it conditional (412 when stale)."""
+        expected = _pinned(if_match)
+        await visible(agents, caller, agent_id)
+        await writes.delete(agent_id, expected)
+        return {"success": True, "agent_id": agent_id, "message": "Agent deleted"}
+
+
+def _own(caller: Principal, owner_id: str | None) -> None:
+    """An owner-bound key may only name its own owner."""
+    if owner_id is not None and owner_id != caller.owner:
+        raise ApiError(
+            403,
+            "FORBIDDEN",
+            "this key may only manage agents of its own owner",
+            details={"fields": [{"field": "body.owner_id", "description": "not this key's owner"}]},
+        )
+
+
+def _pinned(if_match: str | None) -> int | None:
+    try:
+        return expected_version(if_match)
+    except ValueError:
+        raise bad_if_match(if_match or "") from None
