@@ -13,6 +13,7 @@ import yaml
 
 from agent_executor.config import Settings as ExecutorSettings
 from agent_executor.domain.services_config import OPENAI_FAMILY, parse_services_config
+from agent_gateway.config import Settings as GatewaySettings
 from agent_registry.config import Settings as RegistrySettings
 from agentrt_kit.settings import ServiceSettings, env_name
 from tool_service.config import Settings as ToolsSettings
@@ -70,7 +71,8 @@ def test_every_patch_targets_a_resource_of_the_overlay(overlay: Path) -> None:
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
-def test_deployments_are_probed_over_grpc_and_unprivileged(overlay: Path) -> None:
+def test_deployments_are_probed_and_unprivileged(overlay: Path) -> None:
+    """gRPC services by their health service; the gateway by /readyz and /healthz."""
     resources, _ = collect(overlay)
     deployments = [r for r in resources if r["kind"] == "Deployment"]
     assert deployments
@@ -78,9 +80,13 @@ def test_deployments_are_probed_over_grpc_and_unprivileged(overlay: Path) -> Non
         pod = deployment["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True
         for container in pod["containers"]:
-            port = container["ports"][0]["containerPort"]
-            for probe in ("readinessProbe", "livenessProbe"):
-                assert container[probe]["grpc"]["port"] == port
+            port = container["ports"][0]
+            if port["name"] == "http":
+                assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+                assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+            else:
+                for probe in ("readinessProbe", "livenessProbe"):
+                    assert container[probe]["grpc"]["port"] == port["containerPort"]
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
             assert "requests" in container["resources"]
 
@@ -90,6 +96,7 @@ def known_variables() -> set[str]:
     names |= {env_name(RegistrySettings, f) for f in RegistrySettings.model_fields}
     names |= {env_name(ToolsSettings, f) for f in ToolsSettings.model_fields}
     names |= {env_name(ExecutorSettings, f) for f in ExecutorSettings.model_fields}
+    names |= {env_name(GatewaySettings, f) for f in GatewaySettings.model_fields}
     # Provider keys the executor's services config reads from the environment.
     names |= {key for _, key in OPENAI_FAMILY.values() if key}
     return names
@@ -132,3 +139,13 @@ def test_the_executor_services_config_parses(overlay: Path) -> None:
     )
     config = parse_services_config(json.loads(config_map["data"]["services.json"]), {})
     assert config.default_provider in config.providers
+
+
+def test_the_gateway_is_in_every_overlay_and_its_secrets_exist_in_dev() -> None:
+    for overlay in OVERLAYS:
+        resources, _ = collect(overlay)
+        assert ("Deployment", "gateway") in {(r["kind"], r["metadata"]["name"]) for r in resources}
+    dev, _ = collect(K8S / "overlays" / "dev")
+    secrets = {r["metadata"]["name"] for r in dev if r["kind"] == "Secret"}
+    assert {"agentrt-service-token", "agentrt-runtime-token", "agentrt-api-keys"} <= secrets
+    assert env_name(GatewaySettings, "runtime_token") == "AGENTRT_RUNTIME_TOKEN"

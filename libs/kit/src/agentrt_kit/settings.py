@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -89,6 +89,10 @@ def env_name(settings_cls: type[BaseSettings], field_name: str) -> str:
     field = settings_cls.model_fields.get(field_name)
     if field is not None and isinstance(field.validation_alias, str):
         return field.validation_alias
+    if field is not None and isinstance(field.validation_alias, AliasChoices):
+        first = field.validation_alias.choices[0]
+        if isinstance(first, str):
+            return first
     prefix = settings_cls.model_config.get("env_prefix", "")
     return f"{prefix}{field_name}".upper()
 
