@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 SRC := libs/kit/src libs/testkit/src services/agent_registry/src services/tools/src services/executor/src services/gateway/src
 PYTEST_ARGS ?=
 
-.PHONY: help install protos lint test test-fast run bench clean
+.PHONY: help install protos lint test test-fast run demo bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ test-fast: $(VENV)/.synced ## The suite without lint and coverage
 
 run: $(VENV)/.synced ## Start NATS and the services on embedded defaults (Ctrl-C stops)
 	$(PY) scripts/dev.py
+
+demo: $(VENV)/.synced ## Create an agent and chat with it (curl, openai package) via the gateway
+	$(PY) scripts/demo.py
 
 bench: $(VENV)/.synced ## Benchmarks; results go to docs/BENCHMARKS.md
 	$(PY) bench/registry_bench.py --write docs/BENCHMARKS.md

@@ -161,13 +161,18 @@ Agent Runtime is up (Ctrl-C stops it).
   tools            grpc://127.0.0.1:{tools_port}   (workspaces: {workspaces})
   executor         grpc://127.0.0.1:{executor_port}   (offline model; runs and sessions in ./var)
   service token    {service_token}   (./var/service-token; gRPC: authorization: Bearer <token>)
-  gateway          http://127.0.0.1:{gateway_port}   (HTTP; probes, metrics, templates, agents)
+  gateway          http://127.0.0.1:{gateway_port}   (the HTTP API; OpenAPI at /openapi.json)
   runtime token    {runtime_token}   (./var/runtime-token; HTTP: X-Runtime-Token or Bearer)
 
-Try it:
-  curl -H "X-Runtime-Token: $(cat var/runtime-token)" http://127.0.0.1:{gateway_port}/v1/whoami
+Try it (or run `make demo` in another terminal):
   curl -H "X-Runtime-Token: $(cat var/runtime-token)" http://127.0.0.1:{gateway_port}/v1/templates
-  curl http://127.0.0.1:{gateway_port}/readyz
+  curl -H "X-Runtime-Token: $(cat var/runtime-token)" -H "Content-Type: application/json" \
+    -d '{{"name": "Demo", "template_id": "conversation", "status": "active"}}' \
+    http://127.0.0.1:{gateway_port}/v1/agents
+  curl -H "X-Runtime-Token: $(cat var/runtime-token)" -H "Content-Type: application/json" \
+    -d '{{"model": "<agent_id from above>", "messages": [{{"role": "user", "content": "Hi"}}]}}' \
+    http://127.0.0.1:{gateway_port}/v1/chat/completions
+  OpenAI clients: base_url http://127.0.0.1:{gateway_port}/v1, api_key $(cat var/runtime-token)
 With grpcurl, if you have it:
   grpcurl -plaintext -H "authorization: Bearer $(cat var/service-token)" \\
     127.0.0.1:{registry_port} agentrt.registry.v1.AgentRegistry/ListAgents
