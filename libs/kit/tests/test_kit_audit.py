@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,18 +20,7 @@ from agentrt_kit.audit import (
 )
 from agentrt_kit.logging import JsonFormatter
 from agentrt_kit.nats import Names, NatsClient
-from agentrt_testkit.audit import records_of, stored, wait_for_records
-
-
-@contextlib.asynccontextmanager
-async def connected(url: str) -> AsyncIterator[NatsClient]:
-    client = NatsClient(url, name="audit-test")
-    await client.start()
-    try:
-        assert await client.wait_connected(10)
-        yield client
-    finally:
-        await client.close()
+from agentrt_testkit.audit import connected, records_of, stored, wait_for_records
 
 
 def event(action: str, target: str, **fields: Any) -> AuditEvent:

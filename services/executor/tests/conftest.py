@@ -25,13 +25,7 @@ async def make_system(
     started: list[System] = []
 
     async def start(**executor_overrides: Any) -> System:
-        system = System(
-            tmp=tmp_path,
-            nats_url=nats_server.url,
-            prefix=nats_prefix,
-            database_url=f"sqlite:///{tmp_path / 'executor.sqlite3'}",
-            sessions_url=f"sqlite:///{tmp_path / 'sessions.sqlite3'}",
-        )
+        system = System.on_sqlite(tmp_path, nats_server.url, nats_prefix)
         started.append(system)
         return await system.start(**executor_overrides)
 

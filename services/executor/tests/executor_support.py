@@ -107,6 +107,17 @@ class System:
     tools: ToolsService | None = None
     executors: list[ExecutorService] = field(default_factory=list)
 
+    @classmethod
+    def on_sqlite(cls, tmp: Path, nats_url: str, prefix: str) -> System:
+        """A system whose executor keeps runs and sessions in SQLite files under `tmp`."""
+        return cls(
+            tmp=tmp,
+            nats_url=nats_url,
+            prefix=prefix,
+            database_url=f"sqlite:///{tmp / 'executor.sqlite3'}",
+            sessions_url=f"sqlite:///{tmp / 'sessions.sqlite3'}",
+        )
+
     async def start(self, **executor_overrides: Any) -> System:
         """Start the registry, the tools service and one executor."""
         self.registry = await sqlite_registry(

@@ -10,13 +10,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import stat
 import textwrap
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -30,13 +28,13 @@ import pytest
 from psycopg import sql as pgsql
 from tools_support import ToolsService, invoke_request
 
-from agentrt.events.v1 import audit_events_pb2
 from agentrt.tools.v1 import tools_pb2 as pb
 from agentrt_kit.audit import AuditPublisher
 from agentrt_kit.grpc.status import error_from_rpc
-from agentrt_kit.nats import Names, NatsClient
+from agentrt_kit.nats import Names
 from agentrt_kit.settings import ConfigError, load_settings
 from agentrt_kit.sql import MIGRATIONS_TABLE, SqlDatabase
+from agentrt_testkit.audit import connected, records_of, wait_for_records
 from tool_service.adapters.audit import SERVICE, PublishedAuditSink
 from tool_service.adapters.ledger import SqlLedger
 from tool_service.adapters.memory import InMemoryLedger
@@ -817,52 +815,6 @@ def entry(tool: str, outcome: str = "succeeded", n: int = 0) -> AuditEntry:
     )
 
 
-async def stored_records(url: str, stream: str) -> list[audit_events_pb2.AuditRecord]:
-    """Every audit record held by the stream, in order."""
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        try:
-            info = await js.stream_info(stream)
-        except nats.js.errors.NotFoundError:
-            return []
-        records: list[audit_events_pb2.AuditRecord] = []
-        if info.state.messages == 0:  # created by the publisher, nothing stored yet
-            return records
-        for seq in range(info.state.first_seq, info.state.last_seq + 1):
-            msg = await js.get_msg(stream, seq)
-            batch = audit_events_pb2.AuditBatch.FromString(msg.data)
-            records.extend(batch.records)
-        return records
-    finally:
-        await nc.close()
-
-
-async def wait_for_records(
-    url: str, stream: str, count: int, timeout: float = 20.0
-) -> list[audit_events_pb2.AuditRecord]:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            records = await stored_records(url, stream)
-        except (nats.errors.Error, TimeoutError, OSError):
-            records = []  # JetStream still recovering after a restart: ask again
-        if len(records) >= count or time.monotonic() > deadline:
-            return records
-        await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def connected(url: str) -> AsyncIterator[NatsClient]:
-    client = NatsClient(url, name="audit-test")
-    await client.start()
-    try:
-        assert await client.wait_connected(10)
-        yield client
-    finally:
-        await client.close()
-
-
 async def test_audit_records_land_in_the_audit_stream(nats_server: Any, nats_prefix: str) -> None:
     names = Names(nats_prefix)
     async with connected(nats_server.url) as client:
@@ -883,7 +835,7 @@ async def test_audit_records_land_in_the_audit_stream(nats_server: Any, nats_pre
                 actor="operator",
             )
         )
-        records = await wait_for_records(nats_server.url, names.stream("audit"), 3)
+        records = records_of(await wait_for_records(nats_server.url, names.stream("audit"), 3))
         await publisher.stop()
     # the batch went out on the subject tool invocations have always used
     nc = await nats.connect(nats_server.url)
@@ -928,7 +880,7 @@ async def test_the_service_audits_each_invocation_without_contents(
     with pytest.raises(grpc.aio.AioRpcError):
         await stub.InvokeTool(invoke_request("read_lines", filename="../x"))
     stream = Names(tools.settings.nats_prefix).stream("audit")
-    records = await wait_for_records(nats_server.url, stream, 2)
+    records = records_of(await wait_for_records(nats_server.url, stream, 2))
     assert [(r.target, r.outcome) for r in records] == [
         ("create_file", "succeeded"),
         ("read_lines", "refused"),

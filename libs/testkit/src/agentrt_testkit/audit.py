@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import nats
@@ -11,7 +13,7 @@ import nats.errors
 import nats.js.errors
 
 from agentrt.events.v1 import audit_events_pb2
-from agentrt_kit.nats import MSG_ID_HEADER
+from agentrt_kit.nats import MSG_ID_HEADER, NatsClient
 
 
 @dataclass
@@ -70,3 +72,15 @@ async def wait_for_records(
 def records_of(messages: list[Stored]) -> list[audit_events_pb2.AuditRecord]:
     """Every record of the messages, in order."""
     return [r for m in messages for r in m.records]
+
+
+@contextlib.asynccontextmanager
+async def connected(url: str) -> AsyncIterator[NatsClient]:
+    """A kit NATS client, connected, for a publisher under test."""
+    client = NatsClient(url, name="audit-test")
+    await client.start()
+    try:
+        assert await client.wait_connected(10)
+        yield client
+    finally:
+        await client.close()
