@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -46,17 +47,45 @@ async def atimed(fn: Callable[[int], Awaitable[Any]], n: int) -> dict[str, float
     return stats(samples)
 
 
-async def throughput(fn: Callable[[int], Awaitable[Any]], n: int, concurrency: int) -> float:
-    """Calls per second when ``concurrency`` workers share ``n`` calls of ``fn(i)``."""
+async def load(fn: Callable[[int], Awaitable[Any]], n: int, concurrency: int) -> dict[str, float]:
+    """Calls per second, and p50/p99 of each call, when ``concurrency`` workers share ``n``
+    calls of ``fn(i)``."""
     counter = iter(range(n))
+    samples: list[float] = []
 
     async def worker() -> None:
         for i in counter:
+            t = time.perf_counter()
             await fn(i)
+            samples.append(time.perf_counter() - t)
 
     t = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return round(n / (time.perf_counter() - t), 1)
+    elapsed = time.perf_counter() - t
+    latency = stats(samples)
+    return {
+        "runs_s": round(n / elapsed, 1),
+        "p50_ms": latency["p50_ms"],
+        "p99_ms": latency["p99_ms"],
+    }
+
+
+async def throughput(fn: Callable[[int], Awaitable[Any]], n: int, concurrency: int) -> float:
+    """Calls per second when ``concurrency`` workers share ``n`` calls of ``fn(i)``."""
+    return (await load(fn, n, concurrency))["runs_s"]
+
+
+def options(
+    parser: argparse.ArgumentParser | None = None, **sizes: tuple[int, int]
+) -> argparse.Namespace:
+    """`--write FILE` and `--quick`, and each `name=(quick, full)` size set as an attribute."""
+    parser = parser or argparse.ArgumentParser()
+    parser.add_argument("--write", type=Path, help="update this report (docs/BENCHMARKS.md)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = parser.parse_args()
+    for name, (quick, full) in sizes.items():
+        setattr(args, name, quick if args.quick else full)
+    return args
 
 
 def machine() -> dict[str, str]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 import uvloop
-from bench_support import atimed, machine, publish, stats, throughput
+from bench_support import atimed, machine, options, publish, stats, throughput
 from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
@@ -206,59 +206,70 @@ async def session_memory(
     }
 
 
+def start_services(tmp: str, nats_url: str, prefix: str) -> list[ServiceProcess]:
+    """Registry, tools service and executor as processes on SQLite, running SCRIPT's agent."""
+    common = {
+        "AGENTRT_NATS_URL": nats_url,
+        "AGENTRT_NATS_PREFIX": prefix,
+        "AGENTRT_SERVICE_TOKEN": TOKEN,
+        "AGENTRT_LOG_LEVEL": "WARNING",
+    }
+    ports = {name: free_port() for name in ("registry", "tools", "executor")}
+    registry = ServiceProcess(
+        "agent_registry",
+        {
+            **common,
+            "AGENTRT_REGISTRY_PORT": str(ports["registry"]),
+            "AGENTRT_REGISTRY_SQLITE_PATH": f"{tmp}/registry.sqlite3",
+        },
+        ports["registry"],
+    )
+    tools = ServiceProcess(
+        "tool_service",
+        {
+            **common,
+            "AGENTRT_TOOLS_PORT": str(ports["tools"]),
+            "AGENTRT_TOOLS_WORKSPACE_ROOT": f"{tmp}/workspaces",
+            "AGENTRT_TOOLS_DATABASE_URL": f"sqlite:///{tmp}/tools.sqlite3",
+        },
+        ports["tools"],
+    )
+    config = {
+        "llm": {"providers": {"offline": {"type": "offline", "metadata": {"script": SCRIPT}}}}
+    }
+    executor = ServiceProcess(
+        "agent_executor",
+        {
+            **common,
+            "SERVICES_CONFIG": json.dumps(config),
+            "AGENTRT_EXECUTOR_PORT": str(ports["executor"]),
+            "AGENTRT_EXECUTOR_REGISTRY_TARGET": registry.address,
+            "AGENTRT_EXECUTOR_TOOLS_TARGET": tools.address,
+            "AGENTRT_EXECUTOR_DATABASE_URL": f"sqlite:///{tmp}/executor.sqlite3",
+            "AGENTRT_EXECUTOR_SESSIONS_URL": f"sqlite:///{tmp}/sessions.sqlite3",
+            "AGENTRT_EXECUTOR_MAX_CONCURRENT_RUNS": "256",
+        },
+        ports["executor"],
+    )
+    started: list[ServiceProcess] = []
+    try:
+        for process in (registry, tools, executor):
+            process.start()
+            started.append(process)
+    except BaseException:
+        for process in reversed(started):
+            process.stop()
+        raise
+    return started
+
+
 async def system(args: argparse.Namespace) -> dict[str, Any]:
     nats_server = NatsServer().start()
     processes: list[ServiceProcess] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            common = {
-                "AGENTRT_NATS_URL": nats_server.url,
-                "AGENTRT_NATS_PREFIX": "execbench",
-                "AGENTRT_SERVICE_TOKEN": TOKEN,
-                "AGENTRT_LOG_LEVEL": "WARNING",
-            }
-            ports = {name: free_port() for name in ("registry", "tools", "executor")}
-            registry = ServiceProcess(
-                "agent_registry",
-                {
-                    **common,
-                    "AGENTRT_REGISTRY_PORT": str(ports["registry"]),
-                    "AGENTRT_REGISTRY_SQLITE_PATH": f"{tmp}/registry.sqlite3",
-                },
-                ports["registry"],
-            )
-            tools = ServiceProcess(
-                "tool_service",
-                {
-                    **common,
-                    "AGENTRT_TOOLS_PORT": str(ports["tools"]),
-                    "AGENTRT_TOOLS_WORKSPACE_ROOT": f"{tmp}/workspaces",
-                    "AGENTRT_TOOLS_DATABASE_URL": f"sqlite:///{tmp}/tools.sqlite3",
-                },
-                ports["tools"],
-            )
-            config = {
-                "llm": {
-                    "providers": {"offline": {"type": "offline", "metadata": {"script": SCRIPT}}}
-                }
-            }
-            executor_process = ServiceProcess(
-                "agent_executor",
-                {
-                    **common,
-                    "SERVICES_CONFIG": json.dumps(config),
-                    "AGENTRT_EXECUTOR_PORT": str(ports["executor"]),
-                    "AGENTRT_EXECUTOR_REGISTRY_TARGET": registry.address,
-                    "AGENTRT_EXECUTOR_TOOLS_TARGET": tools.address,
-                    "AGENTRT_EXECUTOR_DATABASE_URL": f"sqlite:///{tmp}/executor.sqlite3",
-                    "AGENTRT_EXECUTOR_SESSIONS_URL": f"sqlite:///{tmp}/sessions.sqlite3",
-                    "AGENTRT_EXECUTOR_MAX_CONCURRENT_RUNS": "256",
-                },
-                ports["executor"],
-            )
-            for process in (registry, tools, executor_process):
-                process.start()
-                processes.append(process)
+            processes = start_services(tmp, nats_server.url, "execbench")
+            registry, _, executor_process = processes
             await asyncio.sleep(1.0)  # let the executor settle (imports, first publication)
             idle = rss_kb(executor_process.pid)
             async with (
@@ -356,14 +367,7 @@ def report(inproc: dict[str, Any], rpc: dict[str, Any], args: argparse.Namespace
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--write", type=Path)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    args.runs = 200 if args.quick else 1000
-    args.total = 500 if args.quick else 3000
-    args.concurrency = 100
-    args.sessions = 100 if args.quick else 500
+    args = options(runs=(200, 1000), total=(500, 3000), concurrency=(100, 100), sessions=(100, 500))
     print("in-process ...", flush=True)
     inproc = await in_process(args.runs, args.total, args.concurrency)
     rpc = await system(args)

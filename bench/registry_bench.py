@@ -35,7 +35,14 @@ from eventsourcing.domain import Aggregate, event
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "services" / "agent_registry" / "tests"))
 
-from bench_support import atimed, machine, throughput, timed, write_section  # noqa: E402
+from bench_support import (  # noqa: E402
+    atimed,
+    machine,
+    options,
+    throughput,
+    timed,
+    write_section,
+)
 from registry_support import SIMPLE  # noqa: E402
 
 from agent_registry.adapters.memory import InMemoryTemplateCatalog  # noqa: E402
@@ -470,19 +477,19 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, info: dict[s
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--write", type=Path)
-    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument(
         "--from-json",
         action="store_true",
         help="re-render the last run's report (.bench/registry.json)",
     )
-    args = parser.parse_args()
-    args.ops = 300 if args.quick else 2000
-    args.concurrency = 16
-    args.agents = 5_000 if args.quick else 100_000
-    args.events = 1_000 if args.quick else 10_000
+    args = options(
+        parser,
+        ops=(300, 2000),
+        concurrency=(16, 16),
+        agents=(5_000, 100_000),
+        events=(1_000, 10_000),
+    )
 
     saved = ROOT / ".bench" / "registry.json"
     if args.from_json:

@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 import uvloop
-from bench_support import atimed, machine, publish, throughput, timed
+from bench_support import atimed, machine, options, publish, throughput, timed
 
 from agentrt.tools.v1 import tools_pb2 as pb
 from agentrt.tools.v1 import tools_pb2_grpc as pb_grpc
@@ -174,13 +174,7 @@ def report(inproc: dict[str, Any], rpc: dict[str, Any], args: argparse.Namespace
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--write", type=Path)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
-    args.ops = 500 if args.quick else 3000
-    args.total = 2000 if args.quick else 20000
-    args.concurrency = 100
+    args = options(ops=(500, 3000), total=(2000, 20000), concurrency=(100, 100))
 
     nats_server = NatsServer().start()
     try:

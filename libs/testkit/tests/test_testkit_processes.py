@@ -11,7 +11,7 @@ import pytest
 
 from agentrt_kit.grpc.server import GrpcServer
 from agentrt_testkit.ports import free_port
-from agentrt_testkit.processes import ServiceProcess, grpc_serving
+from agentrt_testkit.processes import ServiceProcess, grpc_serving, http_ok
 
 # A minimal service built the way every agentrt main is: kit lifecycle + GrpcServer.
 PROBE_SERVICE = textwrap.dedent(
@@ -127,3 +127,69 @@ async def test_grpc_serving_follows_the_health_status() -> None:
     finally:
         await server.stop(0)
     assert await asyncio.to_thread(grpc_serving, address, 0.2) is False
+
+
+# A minimal HTTP service with a readiness path (as the gateway has).
+HTTP_SERVICE = textwrap.dedent(
+    """
+    import http.server, os, signal, sys
+
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            ready = self.path == "/readyz" and os.environ["PROBE_MODE"] == "serve"
+            self.send_response(200 if ready else 503)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    print("http probe up", flush=True)
+    http.server.HTTPServer(("127.0.0.1", int(os.environ["PROBE_PORT"])), Handler).serve_forever()
+    """
+)
+
+
+@pytest.fixture
+def http_probe(tmp_path: Path):
+    (tmp_path / "kit_http_probe.py").write_text(HTTP_SERVICE)
+    made: list[ServiceProcess] = []
+
+    def make(mode: str = "serve") -> ServiceProcess:
+        port = free_port()
+        env = {"PYTHONPATH": str(tmp_path), "PROBE_PORT": str(port), "PROBE_MODE": mode}
+        process = ServiceProcess(
+            "kit_http_probe", env, port, http_ready="/readyz", log_path=tmp_path / f"{mode}.log"
+        )
+        made.append(process)
+        return process
+
+    yield make
+    for process in made:
+        process.kill()
+
+
+def test_an_http_service_is_up_once_its_readiness_path_answers_200(http_probe) -> None:
+    service = http_probe().start()
+    assert service.url == f"http://127.0.0.1:{service.port}"
+    assert service.ready()
+    assert http_ok(service.url + "/readyz")
+    assert not http_ok(service.url + "/elsewhere")  # 503
+    assert service.stop() == 0
+    assert "http probe up" in service.log_path.read_text()
+    assert not service.ready(timeout=0.2)
+
+
+def test_an_http_service_whose_readiness_path_never_answers_200_is_given_up(http_probe) -> None:
+    service = http_probe("not-ready")
+    with pytest.raises(RuntimeError, match=r"kit_http_probe not serving after 1\.0s"):
+        service.start(timeout=1.0)
+    assert service.stop() == -signal.SIGKILL
+
+
+def test_http_ok_is_false_for_nothing_listening_and_refuses_other_schemes() -> None:
+    assert not http_ok(f"http://127.0.0.1:{free_port()}/readyz", timeout=0.2)
+    with pytest.raises(ValueError, match="not an http"):
+        http_ok("file:///etc/passwd")

@@ -52,13 +52,7 @@ async def make_stack(
     exits = contextlib.AsyncExitStack()
 
     async def start(executor: dict[str, Any] | None = None, **gateway: Any) -> Stack:
-        system = System(
-            tmp=tmp_path,
-            nats_url=nats_server.url,
-            prefix=nats_prefix,
-            database_url=f"sqlite:///{tmp_path / 'executor.sqlite3'}",
-            sessions_url=f"sqlite:///{tmp_path / 'sessions.sqlite3'}",
-        )
+        system = System.on_sqlite(tmp_path, nats_server.url, nats_prefix)
         exits.push_async_callback(system.stop)
         await system.start(**(executor or {}))
         assert system.registry is not None

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from agent_gateway.config import Settings
-from agent_gateway.main import serve
 from executor_support import System
 from registry_support import Registry, proto_spec
 
+from agent_gateway.config import Settings
+from agent_gateway.main import serve
 from agentrt.registry.v1 import registry_pb2 as rpb
 
 TOKEN = "runtime-token-for-tests"

@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
-from agent_gateway.domain.auth import new_key
 from executor_support import offline, services_config
 from gateway_support import ERROR_KEYS, TOKEN, Stack, auth, running_gateway
 
+from agent_gateway.domain.auth import new_key
 from agentrt_kit.nats import Names
 from agentrt_testkit.audit import records_of, wait_for_records
 

@@ -76,6 +76,17 @@ async def test_the_task_id_given_is_echoed_and_sampling_reaches_the_model(stack:
     assert body["usage"]["completion_tokens"] <= 2
 
 
+async def test_an_integral_number_is_an_integer_as_in_json_schema(stack: Stack) -> None:
+    agent_id = await stack.agent(name="integral")
+    reply = await stack.client.post(
+        "/v1/chat/completions",
+        json=chat(agent_id, "one two three four five six", max_tokens=2.0),
+        headers=auth(),
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["finish_reason"] == "length"
+
+
 async def test_a_stream_relays_chunks_with_role_first_and_done_last(stack: Stack) -> None:
     agent_id = await stack.agent(name="streamer")
     request = chat(agent_id, "stream me please", metadata={"context_id": "c9"})
@@ -161,6 +172,27 @@ async def test_an_inactive_agent_is_refused_with_a_conflict(stack: Stack) -> Non
         (
             {"model": "a", "messages": [{"role": "user", "content": "x"}], "stop": ["a"] * 5},
             "body.stop",
+        ),
+        # Types are as the OpenAPI document says: no 0 for false, no "5" for 5.
+        (
+            {
+                "model": "a",
+                "messages": [{"role": "user", "content": "x"}],
+                "stream_options": {"include_usage": 0},
+            },
+            "body.stream_options.include_usage",
+        ),
+        (
+            {"model": "a", "messages": [{"role": "user", "content": "x"}], "stream": "true"},
+            "body.stream",
+        ),
+        (
+            {"model": "a", "messages": [{"role": "user", "content": "x"}], "max_tokens": "5"},
+            "body.max_tokens",
+        ),
+        (
+            {"model": "a", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2.5},
+            "body.max_tokens",
         ),
     ],
 )

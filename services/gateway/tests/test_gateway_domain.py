@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from agent_gateway.domain.audit import action_of, audited, outcome_of
 from agent_gateway.domain.auth import (
     ApiKey,

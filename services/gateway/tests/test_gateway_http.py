@@ -11,12 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from agent_gateway.config import Settings
-from agent_gateway.domain.templates import template_view
-from agent_gateway.main import serve
 from gateway_support import ERROR_KEYS, TOKEN, auth, running_gateway
 from nats.js.kv import KeyValue
 
+from agent_gateway.config import Settings
+from agent_gateway.domain.templates import template_view
+from agent_gateway.main import serve
 from agentrt_kit.catalog import open_bucket, publish_descriptor
 from agentrt_kit.grpc.server import GrpcServer
 from agentrt_kit.nats import Names, NatsClient
@@ -116,6 +116,22 @@ async def test_unknown_routes_and_methods_get_the_compat_error_body(gateway: Gat
     assert wrong_method.status_code == 405
     assert wrong_method.json()["error"] == "METHOD_NOT_ALLOWED"
     assert "allow" in wrong_method.headers
+
+
+async def test_a_wrong_method_is_told_every_method_the_path_is_served_with(
+    gateway: Gateway,
+) -> None:
+    # Each method is a route of its own; the 405 must still name them all (RFC 9110).
+    for method, path, allowed in [
+        ("DELETE", "/v1/agents", "GET, POST"),
+        ("PATCH", "/v1/agents/some-id", "DELETE, GET, PUT"),
+        ("PATCH", "/v1/agents/some-id/", "DELETE, GET, PUT"),
+        ("POST", "/ping", "GET"),
+    ]:
+        reply = await gateway.client.request(method, path, headers=auth())
+        assert reply.status_code == 405, (method, path)
+        assert reply.headers["allow"] == allowed, (method, path)
+        assert reply.json()["error"] == "METHOD_NOT_ALLOWED"
 
 
 async def test_which_v1_routes_exist_is_only_told_to_callers_with_a_token(

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from agent_gateway.domain.json_input import BadJson, check_json
 from gateway_support import World, auth
+
+from agent_gateway.domain.json_input import BadJson, check_json
 
 
 @pytest.mark.parametrize(

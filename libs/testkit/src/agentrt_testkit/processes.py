@@ -1,9 +1,10 @@
 """Services as real processes, for end-to-end tests.
 
 `ServiceProcess` runs `python -m <module>` with the given environment, waits
-until its gRPC health service reports SERVING, and stops it with SIGTERM (as an
-orchestrator would), returning the exit code. Output goes to a log file that
-tests can read when something fails.
+until its gRPC health service reports SERVING (or, for an HTTP service such as
+the gateway, until a GET of its readiness path answers 200), and stops it with
+SIGTERM (as an orchestrator would), returning the exit code. Output goes to a
+log file that tests can read when something fails.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,19 +36,51 @@ def grpc_serving(address: str, timeout: float = 1.0) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-class ServiceProcess:
-    """One service process."""
+# Straight to the address: a proxy configured in the environment must not see probes.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def __init__(self, module: str, env: Mapping[str, str], grpc_port: int) -> None:
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """True when a GET of `url` (http only) answers 200."""
+    if not url.startswith("http://"):
+        raise ValueError(f"not an http:// URL: {url!r}")
+    try:
+        with _DIRECT.open(url, timeout=timeout) as reply:
+            return bool(reply.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):  # HTTPError (non-2xx) included
+        return False
+
+
+class ServiceProcess:
+    """One service process.
+
+    `grpc_port` is the port the service listens on. With `http_ready` (a path such
+    as "/readyz") the service counts as up once `GET http://127.0.0.1:<port><path>`
+    answers 200, instead of once its gRPC health check answers SERVING. Output goes
+    to `log_path` (default: a new temporary file).
+    """
+
+    def __init__(
+        self,
+        module: str,
+        env: Mapping[str, str],
+        grpc_port: int,
+        *,
+        http_ready: str | None = None,
+        log_path: Path | None = None,
+    ) -> None:
         self.module = module
         self.port = grpc_port
         self.address = f"127.0.0.1:{grpc_port}"
-        self.log_path = Path(tempfile.mkstemp(prefix=f"{module}-", suffix=".log")[1])
+        self.http_ready = http_ready
+        if log_path is None:
+            log_path = Path(tempfile.mkstemp(prefix=f"{module}-", suffix=".log")[1])
+        self.log_path = log_path
         self._env = {**os.environ, **env}
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> ServiceProcess:
-        """Start and wait for SERVING; raises with the log tail when it does not come up."""
+        """Start and wait until ready; raises with the log tail when it does not come up."""
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(  # noqa: S603 - fixed argv
                 [sys.executable, "-m", self.module], env=self._env, stdout=log, stderr=log
@@ -54,11 +89,22 @@ class ServiceProcess:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"{self.module} exited {self._proc.returncode}:\n{self.log()}")
-            if grpc_serving(self.address, timeout=0.5):
+            if self.ready(timeout=0.5):
                 return self
             time.sleep(0.1)
         self.kill()
         raise RuntimeError(f"{self.module} not serving after {timeout}s:\n{self.log()}")
+
+    @property
+    def url(self) -> str:
+        """The service's HTTP base URL (for HTTP services)."""
+        return f"http://{self.address}"
+
+    def ready(self, timeout: float = 1.0) -> bool:
+        """Whether the service is up: its readiness path answers 200, or gRPC SERVING."""
+        if self.http_ready is not None:
+            return http_ok(self.url + self.http_ready, timeout=timeout)
+        return grpc_serving(self.address, timeout=timeout)
 
     @property
     def pid(self) -> int:

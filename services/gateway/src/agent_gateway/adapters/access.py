@@ -13,7 +13,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from agent_gateway.domain.auth import Authenticator, Principal
 from agent_gateway.domain.errors import ApiError, invalid_token
@@ -41,12 +42,29 @@ def _rate_limited(decision: Decision, scope: str) -> ApiError:
     )
 
 
+# The two ways to present a token, as the OpenAPI document declares them (either will do).
+RUNTIME_TOKEN = APIKeyHeader(
+    name="X-Runtime-Token",
+    scheme_name="RuntimeToken",
+    description="The runtime token or an API key (COMPAT).",
+    auto_error=False,
+)
+BEARER = HTTPBearer(
+    scheme_name="BearerToken",
+    description="The same token as `Authorization: Bearer` (OpenAI clients' API key).",
+    auto_error=False,
+)
+
+
 async def current_principal(
     request: Request,
-    x_runtime_token: Annotated[str | None, Header()] = None,
-    authorization: Annotated[str | None, Header()] = None,
+    _token: Annotated[str | None, Security(RUNTIME_TOKEN)],
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)],
 ) -> Principal:
     """The authenticated caller (a dependency of every `/v1` route).
+
+    The security dependencies only document the headers; the raw headers are what counts
+    (an empty `X-Runtime-Token` is a wrong token, not an absent one).
 
     Raises:
         ApiError: 429 over the address's or key's rate, 401 without an accepted token.
@@ -57,7 +75,10 @@ async def current_principal(
         decision = gate.per_address.take(address)
         if not decision.allowed:
             raise _rate_limited(decision, "client address")
-    found = gate.authenticator.authenticate(x_runtime_token, authorization)
+    headers = request.headers
+    found = gate.authenticator.authenticate(
+        headers.get("x-runtime-token"), headers.get("authorization")
+    )
     if found is None:
         raise invalid_token()
     request.state.principal = found

@@ -13,10 +13,22 @@ from typing import Annotated, Any, Literal, Protocol
 from annotated_types import Len
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from agent_gateway.adapters.access import Admin, Caller
 from agent_gateway.adapters.edge import note
+from agent_gateway.adapters.openapi import (
+    BODY,
+    ETAG,
+    LOCATION,
+    SERVICE,
+    Agent,
+    Created,
+    Deleted,
+    History,
+    documented,
+)
 from agent_gateway.domain.agents import (
     AgentChange,
     AgentRecord,
@@ -77,7 +89,15 @@ Text = Annotated[str, StringConstraints(max_length=2_000)]
 Name = Annotated[str, StringConstraints(max_length=128)]
 Short = Annotated[str, StringConstraints(max_length=64)]
 Prompt = Annotated[str, StringConstraints(max_length=32_000)]
-AgentName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+AgentName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=100),
+    # `_printable` checks this; no JSON Schema pattern can say what str.isprintable() does.
+    Field(
+        description="Printable characters (str.isprintable), not only whitespace.",
+        json_schema_extra={"format": "printable"},
+    ),
+]
 Status = Literal["created", "active", "inactive", "error"]
 
 
@@ -94,7 +114,7 @@ def _printable(value: str | None) -> str | None:
 class Configuration(BaseModel):
     """The configuration keys: an update's `configuration` object, and top-level keys."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     system_prompt: Prompt | None = None
     llm_config_id: Name | None = None
@@ -157,12 +177,20 @@ class AgentUpdate(AgentFields):
 class StatusChange(BaseModel):
     """The PATCH status body."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     status: Status
 
 
 AgentId = Annotated[str, Path(min_length=1, max_length=128)]
+# `_pinned` checks it (400 when it is not one of this API's entity tags).
+IfMatch = Annotated[
+    str | SkipJsonSchema[None],  # absent, never null
+    Header(
+        description='Only if the agent is at this version, e.g. `"3"` (412 when it is not).',
+        json_schema_extra={"pattern": r'^(W/)?"[0-9]+"$'},
+    ),
+]
 
 
 async def visible(agents: Agents, caller: Principal, agent_id: str) -> None:
@@ -179,7 +207,7 @@ def agent_routes(
 ) -> None:
     """Add the agent routes to `v1`."""
 
-    @both(v1, "/agents")
+    @both(v1, "/agents", **documented(list[Agent], 400, 422, *SERVICE))
     async def list_agents(
         caller: Caller,
         template_id: Annotated[str, Query(max_length=128)] = "",
@@ -197,7 +225,7 @@ def agent_routes(
         )
         return [agent_body(a) for a in found]
 
-    @both(v1, "/agents/{agent_id}")
+    @both(v1, "/agents/{agent_id}", **documented(Agent, 400, 404, 422, *SERVICE, headers=ETAG))
     async def get_agent(
         caller: Caller,
         agent_id: AgentId,
@@ -209,7 +237,7 @@ def agent_routes(
             raise agent_not_found(agent_id)
         return JSONResponse(agent_body(agent), headers={"ETag": etag(agent)})
 
-    @both(v1, "/agents/{agent_id}/history")
+    @both(v1, "/agents/{agent_id}/history", **documented(History, 400, 404, 422, *SERVICE))
     async def agent_history(
         caller: Caller,
         agent_id: AgentId,
@@ -223,7 +251,13 @@ def agent_routes(
         )
         return {"events": [change_body(e) for e in events], "next_page_token": next_token or None}
 
-    @both(v1, "/agents", "POST", status_code=201)
+    @both(
+        v1,
+        "/agents",
+        "POST",
+        status_code=201,
+        **documented(Created, *BODY, 403, 409, *SERVICE, status=201, headers={**ETAG, **LOCATION}),
+    )
     async def create_agent(request: Request, caller: Admin, body: AgentCreate) -> JSONResponse:
         """Create an agent (201); the registry validates its template config."""
         values = body.model_dump(exclude={"id", "status"}, exclude_none=True)
@@ -243,12 +277,17 @@ def agent_routes(
             headers={"ETag": etag(agent), "Location": f"/v1/agents/{agent.id}"},
         )
 
-    @both(v1, "/agents/{agent_id}", "PUT")
+    @both(
+        v1,
+        "/agents/{agent_id}",
+        "PUT",
+        **documented(Agent, *BODY, 403, 404, 409, 412, *SERVICE, headers=ETAG),
+    )
     async def update_agent(
         caller: Admin,
         agent_id: AgentId,
         body: AgentUpdate,
-        if_match: Annotated[str | None, Header()] = None,
+        if_match: IfMatch = None,
     ) -> JSONResponse:
         """Change the given fields; `If-Match` makes it conditional (412 when stale)."""
         expected = _pinned(if_match)
@@ -259,12 +298,17 @@ def agent_routes(
         agent, _ = await writes.update(agent_id, changes, expected)
         return JSONResponse(agent_body(agent), headers={"ETag": etag(agent)})
 
-    @both(v1, "/agents/{agent_id}/status", "PATCH")
+    @both(
+        v1,
+        "/agents/{agent_id}/status",
+        "PATCH",
+        **documented(Agent, *BODY, 403, 404, 409, 412, *SERVICE, headers=ETAG),
+    )
     async def set_status(
         caller: Admin,
         agent_id: AgentId,
         body: StatusChange,
-        if_match: Annotated[str | None, Header()] = None,
+        if_match: IfMatch = None,
     ) -> JSONResponse:
         """Set the agent's status; `If-Match` makes it conditional (412 when stale)."""
         expected = _pinned(if_match)
@@ -272,9 +316,14 @@ def agent_routes(
         agent = await writes.set_status(agent_id, body.status, expected)
         return JSONResponse(agent_body(agent), headers={"ETag": etag(agent)})
 
-    @both(v1, "/agents/{agent_id}", "DELETE")
+    @both(
+        v1,
+        "/agents/{agent_id}",
+        "DELETE",
+        **documented(Deleted, 400, 403, 404, 409, 412, 422, *SERVICE),
+    )
     async def delete_agent(
-        caller: Admin, agent_id: AgentId, if_match: Annotated[str | None, Header()] = None
+        caller: Admin, agent_id: AgentId, if_match: IfMatch = None
     ) -> dict[str, Any]:
         """Delete the agent; `If-Match` makes it conditional (412 when stale)."""
         expected = _pinned(if_match)

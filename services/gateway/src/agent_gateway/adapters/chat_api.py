@@ -18,13 +18,28 @@ from typing import Annotated, Any, Literal, Protocol
 
 from annotated_types import Len
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
-from starlette.responses import StreamingResponse
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
+from starlette.responses import JSONResponse, StreamingResponse
 
 from agent_gateway.adapters.access import Operator
 from agent_gateway.adapters.agents_api import Agents, visible
 from agent_gateway.adapters.asgi import Receive, Scope, Send
 from agent_gateway.adapters.edge import note
+from agent_gateway.adapters.openapi import (
+    BODY,
+    SERVICE,
+    STREAM,
+    ChatCompletion,
+    Composed,
+    documented,
+)
 from agent_gateway.domain.auth import Principal
 from agent_gateway.domain.chat import (
     ChunkWriter,
@@ -44,10 +59,19 @@ from agent_gateway.domain.stats import ExecutionStats
 Id = Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9._:@/+=-]*$")]
 
 
+def _integral(value: Any) -> Any:
+    """2.0 is an integer in JSON Schema (and in the document); strict mode alone refuses it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Bodies are checked strictly (no "1" for 1, no 0 for false), as the document types them.
+Integral = BeforeValidator(_integral)
+
+
 class TextPart(BaseModel):
     """A content part: only text is accepted."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     type: Literal["text"]
     text: Annotated[str, StringConstraints(max_length=32_000)]
@@ -56,7 +80,7 @@ class TextPart(BaseModel):
 class ChatMessageIn(BaseModel):
     """One message (`developer` is taken as `system`, as OpenAI's newer clients send it)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Annotated[str, StringConstraints(max_length=32_000)] | list[TextPart] | None = None
@@ -73,7 +97,7 @@ class ChatMessageIn(BaseModel):
 class StreamOptions(BaseModel):
     """`stream_options`: only `include_usage` means something here."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     include_usage: bool = False
 
@@ -81,7 +105,7 @@ class StreamOptions(BaseModel):
 class ChatMetadata(BaseModel):
     """`metadata`: the conversation (`task_id`), the caller's context and user."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     task_id: Id | None = None
     context_id: Id | None = None
@@ -91,15 +115,23 @@ class ChatMetadata(BaseModel):
 class ChatRequest(BaseModel):
     """The request body; parameters OpenAI clients send that do not apply are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    messages: Annotated[list[ChatMessageIn], Len(1, 1000)]
+    messages: Annotated[
+        list[ChatMessageIn],
+        Len(1, 1000),
+        Field(
+            description="At least one `user` message; at most the gateway's `max_messages` "
+            "(100 by default, 400 beyond) of at most `max_message_chars` characters each.",
+            json_schema_extra={"contains": {"properties": {"role": {"const": "user"}}}},
+        ),
+    ]
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    max_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=1_000_000), Integral] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=1_000_000), Integral] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
@@ -108,7 +140,7 @@ class ChatRequest(BaseModel):
         | Annotated[list[Annotated[str, StringConstraints(max_length=256)]], Len(0, 4)]
         | None
     ) = None
-    n: Annotated[int, Field(ge=1, le=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=1), Integral] | None = None
     user: Id | None = None
     metadata: ChatMetadata | None = None
 
@@ -154,7 +186,7 @@ ToolName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 class ComposeRequest(BaseModel):
     """`POST /v1/agents/compose`: what the agent should do, and hints."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     template_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     instructions: Annotated[str, StringConstraints(min_length=1, max_length=8_000)]
@@ -219,7 +251,12 @@ def chat_routes(
             user_id=meta.user_id or body.user or "",
         )
 
-    @both(v1, "/agents/compose", "POST")
+    @both(
+        v1,
+        "/agents/compose",
+        "POST",
+        **documented(Composed, *BODY, 403, 404, 409, *SERVICE),
+    )
     async def compose(request: Request, body: ComposeRequest, caller: Operator) -> dict[str, Any]:
         """Draft an agent with the model from instructions; validates it, creates nothing."""
         note(request.state, target=body.template_id)
@@ -234,7 +271,24 @@ def chat_routes(
             timeout=run_timeout,
         )
 
-    @both(v1, "/chat/completions", "POST")
+    @both(
+        v1,
+        "/chat/completions",
+        "POST",
+        **documented(
+            ChatCompletion,
+            400,
+            403,
+            404,
+            409,
+            413,
+            500,
+            502,
+            *SERVICE,
+            description="The completion; with `stream: true`, its chunks as server-sent events.",
+            content=STREAM,
+        ),
+    )
     async def chat_completions(request: Request, body: ChatRequest, caller: Operator) -> Any:
         """Run the agent named by `model` on the messages; JSON, or SSE when `stream`."""
         note(request.state, target=body.model, agent_id=body.model)
@@ -261,7 +315,8 @@ def chat_routes(
             if result.finish_reason not in ("stop", "length"):
                 measured.failed = True
                 raise _run_failed(result)
-        return completion_body(result, body.model, created)
+        # A ready response: FastAPI's generic encoder would cost more than the rest of the route.
+        return JSONResponse(completion_body(result, body.model, created))
 
 
 async def _streamed(

@@ -19,7 +19,9 @@ from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.routing import APIRoute
+from pydantic.json_schema import SkipJsonSchema
 from starlette.exceptions import HTTPException
 
 from agent_gateway.adapters.access import Caller, Gate, authenticated, current_principal
@@ -29,6 +31,19 @@ from agent_gateway.adapters.chat_api import Runs, chat_routes
 from agent_gateway.adapters.edge import AuditLog, EdgeMiddleware
 from agent_gateway.adapters.metrics import CONTENT_TYPE as METRICS_TYPE
 from agent_gateway.adapters.metrics import MetricsMiddleware, RequestMetrics
+from agent_gateway.adapters.openapi import (
+    Alive,
+    Health,
+    Pong,
+    Readiness,
+    RootInfo,
+    RuntimeSchema,
+    Template,
+    TemplateList,
+    WhoAmI,
+    documented,
+    install,
+)
 from agent_gateway.domain.errors import ApiError, invalid_token
 from agent_gateway.domain.stats import ExecutionStats
 from agentrt_kit.catalog import entry_key
@@ -110,9 +125,7 @@ def create_app(
     open_routes = APIRouter()
     _open_routes(open_routes, metrics, readiness, options.version)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(current_principal)])
-    _info_routes(v1, checks, stats, catalogue, options)
-    _template_routes(v1, catalogue)
-    agent_routes(v1, backends.agents, backends.writes, _both)
+    # Routes are matched in order: the busiest (chat completions) first.
     chat_routes(
         v1,
         backends.runs,
@@ -123,8 +136,13 @@ def create_app(
         max_message_chars=options.max_message_chars,
         both=_both,
     )
-    app.include_router(open_routes)
+    agent_routes(v1, backends.agents, backends.writes, _both)
+    _info_routes(v1, checks, stats, catalogue, options)
+    _template_routes(v1, catalogue)
     app.include_router(v1)
+    app.include_router(open_routes)
+    app.state.methods = Methods(v1, open_routes)
+    install(app)
     return app
 
 
@@ -168,27 +186,41 @@ class Catalogue:
 
 
 def _open_routes(router: APIRouter, metrics: RequestMetrics, checks: Checks, version: str) -> None:
-    @router.get("/", include_in_schema=True)
+    @router.get("/", **documented(RootInfo, open_route=True))
     async def root() -> dict[str, str]:
         """What this is."""
         return {"name": "Agent Runtime", "version": version, "docs": "/openapi.json"}
 
-    @_both(router, "/ping")
+    @_both(router, "/ping", **documented(Pong, open_route=True))
     async def ping() -> dict[str, str]:
         """Liveness for old clients."""
         return {"status": "ok", "message": "pong"}
 
-    @_both(router, "/metrics")
+    @_both(
+        router,
+        "/metrics",
+        response_class=PlainTextResponse,
+        **documented(None, open_route=True, description="Prometheus text format."),
+    )
     async def prometheus() -> Response:
         """Request counts and latencies (Prometheus text format)."""
         return Response(metrics.exposition(), media_type=METRICS_TYPE)
 
-    @_both(router, "/healthz")
+    @_both(router, "/healthz", **documented(Alive, open_route=True))
     async def healthz() -> dict[str, str]:
         """Liveness probe: the process serves HTTP."""
         return {"status": "ok"}
 
-    @_both(router, "/readyz")
+    @_both(
+        router,
+        "/readyz",
+        **documented(
+            Readiness,
+            open_route=True,
+            description="Every dependency serves.",
+            unavailable="A dependency does not serve.",
+        ),
+    )
     async def readyz() -> JSONResponse:
         """Readiness probe: 200 when every dependency of the gateway serves, else 503."""
         found = await checks.run()
@@ -207,7 +239,15 @@ def _info_routes(
 ) -> None:
     started = time.monotonic()
 
-    @_both(v1, "/health")
+    @_both(
+        v1,
+        "/health",
+        **documented(
+            Health,
+            description="Every dependency is up.",
+            unavailable="A dependency is down.",
+        ),
+    )
     async def health() -> JSONResponse:
         """Each dependency's check and this replica's execution numbers; 503 when one is down."""
         found = await checks.run()
@@ -222,9 +262,17 @@ def _info_routes(
         }
         return JSONResponse(body, status_code=200 if healthy else 503)
 
-    @_both(v1, "/schema")
+    @_both(v1, "/schema", **documented(RuntimeSchema, 400, 409, 422, 503))
     async def schema(
-        x_schema_version: Annotated[str | None, Header(max_length=32)] = None,
+        x_schema_version: Annotated[
+            str | SkipJsonSchema[None],
+            Header(
+                max_length=32,
+                description="The API version the client was written for (409 if not served).",
+                # `_compatible` checks it (400 when it is not a version).
+                json_schema_extra={"pattern": r"^v?[0-9]+(\.[0-9]+)?(\.[0-9]+)?$"},
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """What this runtime supports; an incompatible `X-Schema-Version` is a 409."""
         if x_schema_version is not None:
@@ -247,14 +295,14 @@ def _info_routes(
             },
         }
 
-    @_both(v1, "/whoami")
+    @_both(v1, "/whoami", **documented(WhoAmI))
     async def whoami(caller: Caller) -> dict[str, str | None]:
         """The authenticated caller's id, role and owner (never the token)."""
         return {"id": caller.id, "role": caller.role, "owner": caller.owner}
 
 
 def _template_routes(v1: APIRouter, catalogue: Catalogue) -> None:
-    @_both(v1, "/templates")
+    @_both(v1, "/templates", **documented(TemplateList, 503))
     async def list_templates(framework: str | None = None) -> dict[str, list[TemplateView]]:
         """Every template served, optionally of one framework."""
         known = await catalogue.latest()
@@ -266,7 +314,7 @@ def _template_routes(v1: APIRouter, catalogue: Catalogue) -> None:
             ]
         }
 
-    @_both(v1, "/templates/{template_id}")
+    @_both(v1, "/templates/{template_id}", **documented(Template, 404, 503))
     async def get_template(template_id: str) -> TemplateView:
         """One template."""
         found = (await catalogue.latest()).get(template_id)
@@ -328,6 +376,30 @@ def _both(
     return register
 
 
+class Methods:
+    """Every method each path is served with, for the `Allow` of a 405 (RFC 9110).
+
+    Each method has a route of its own, so the router's 405 names only the methods of
+    the first route whose path matched.
+    """
+
+    def __init__(self, *routers: APIRouter) -> None:
+        self._routes = [
+            (route.path_regex, route.methods or set())
+            for router in routers
+            for route in router.routes
+            if isinstance(route, APIRoute)
+        ]
+
+    def allowed(self, path: str) -> str:
+        """The methods `path` is served with, as an `Allow` value."""
+        found: set[str] = set()
+        for pattern, methods in self._routes:
+            if pattern.match(path):
+                found |= methods
+        return ", ".join(sorted(found))
+
+
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -341,6 +413,8 @@ def _errors(app: FastAPI) -> None:
         code = CODES.get(error.status_code, "HTTP_ERROR")
         message = "no such route" if error.status_code == 404 else str(error.detail)
         headers = dict(error.headers or {})
+        if error.status_code == 405:
+            headers["Allow"] = request.app.state.methods.allowed(request.url.path)
         return JSONResponse(
             ApiError(error.status_code, code, message).body(),
             status_code=error.status_code,

@@ -1,0 +1,513 @@
+"""Adapter: what the OpenAPI document says each route answers.
+
+The routes build their bodies as plain dicts (`domain`); the models here only describe
+those bodies, their headers and the COMPAT error body to `GET /openapi.json`. They are
+never used to serialise an answer. `documented(...)` gives a route's `add_api_route`
+keywords; `tests/test_gateway_openapi.py` runs schemathesis against the document to keep
+the two in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
+
+Status = Literal["created", "active", "inactive", "error"]
+
+
+class Strict(BaseModel):
+    """A body with exactly these keys (`additionalProperties: false`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---- errors ---------------------------------------------------------------------------
+
+
+class ErrorBody(Strict):
+    """Every refusal (COMPAT): the documented form plus `detail`, which old clients read."""
+
+    error: str = Field(
+        description="The code: INVALID_TOKEN, FORBIDDEN, VALIDATION_ERROR, AGENT_NOT_FOUND, "
+        "TEMPLATE_NOT_FOUND, CONFLICT, VERSION_MISMATCH, PRECONDITION_FAILED, "
+        "REQUEST_TOO_LARGE, RATE_LIMIT_EXCEEDED, TIMEOUT_ERROR, EXECUTION_ERROR, "
+        "SERVICE_UNAVAILABLE, NOT_FOUND, METHOD_NOT_ALLOWED, INTERNAL_ERROR.",
+        examples=["AGENT_NOT_FOUND"],
+    )
+    message: str = Field(description="What went wrong, for people.")
+    details: dict[str, Any] = Field(
+        description="More about it; `fields: [{field, description}]` names each bad input."
+    )
+    detail: str = Field(description="`message` again, for old clients.")
+
+
+ERRORS: dict[int, str] = {
+    400: "Invalid input (`VALIDATION_ERROR`): a body that is not strict JSON, a bad header, "
+    "or input a service refused; `details.fields` names each bad field.",
+    401: "No accepted token (`INVALID_TOKEN`).",
+    403: "The caller's role or owner does not allow this (`FORBIDDEN`).",
+    404: "No such agent (`AGENT_NOT_FOUND`) or template (`TEMPLATE_NOT_FOUND`), or one "
+    "the caller's owner does not own.",
+    408: "A service did not answer in time (`TIMEOUT_ERROR`).",
+    409: "A conflict (`CONFLICT`): the name or id is taken, the agent changed meanwhile, "
+    "or the change is not allowed in its state.",
+    412: "`If-Match` names another version of the agent (`PRECONDITION_FAILED`).",
+    413: "The request body is larger than the gateway accepts (`REQUEST_TOO_LARGE`).",
+    422: "A parameter or body field is invalid (`VALIDATION_ERROR`); `details.fields` names "
+    "each one.",
+    429: "Over a rate limit, or out of stream slots (`RATE_LIMIT_EXCEEDED`).",
+    500: "The run failed (`EXECUTION_ERROR`), or the gateway did (`INTERNAL_ERROR`).",
+    502: "The model provider failed, or the executor ended the stream early (`EXECUTION_ERROR`).",
+    503: "A service the request needs is down, or the template catalogue is not read yet "
+    "(`SERVICE_UNAVAILABLE`).",
+}
+
+# Errors every /v1 route can give, and those of the routes that call a service.
+V1 = (401, 429)
+SERVICE = (408, 503)
+BODY = (400, 413, 422)
+
+
+# ---- headers --------------------------------------------------------------------------
+
+
+def _header(description: str, *, required: bool = False, kind: str = "string") -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": {"type": kind}}
+
+
+REQUEST_ID = {
+    "X-Request-ID": _header("The request's id (the caller's, or a new one).", required=True)
+}
+RATE = {
+    "X-RateLimit-Limit": _header("Requests this key may make in a burst.", kind="integer"),
+    "X-RateLimit-Remaining": _header("Requests this key has left now.", kind="integer"),
+}
+ETAG = {"ETag": _header('The agent\'s version, e.g. `"3"`; send it in `If-Match`.', required=True)}
+LOCATION = {"Location": _header("The new agent's URL.", required=True)}
+_ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": _header("`Bearer`.", required=True)},
+    429: {"Retry-After": _header("Seconds to wait.", required=True, kind="integer")},
+    503: {"Retry-After": _header("Seconds to wait, when a service is down.", kind="integer")},
+}
+
+
+def documented(
+    model: Any,
+    *errors: int,
+    status: int = 200,
+    description: str = "Done.",
+    headers: Mapping[str, Any] | None = None,
+    content: Mapping[str, Any] | None = None,
+    open_route: bool = False,
+    unavailable: str | None = None,
+) -> dict[str, Any]:
+    """The `add_api_route` keywords that document a route's answers.
+
+    Args:
+        model: the success body's model (or `None` for content given in `content`).
+        errors: the error statuses the route can answer (with `ErrorBody`).
+        status: the success status.
+        description: what the success answer is.
+        headers: headers of the success answer, besides `X-Request-ID` (and rate limits).
+        content: more media types of the success answer.
+        open_route: an open route (no rate-limit headers, no 401 or 429).
+        unavailable: the route answers 503 with the success body; what that means.
+    """
+    common = dict(REQUEST_ID) if open_route else {**REQUEST_ID, **RATE}
+    ok: dict[str, Any] = {"description": description, "headers": {**common, **(headers or {})}}
+    if model is not None:
+        ok["model"] = model
+    if content:
+        ok["content"] = dict(content)
+    responses: dict[int | str, dict[str, Any]] = {status: ok}
+    for code in sorted(set(errors) | (set() if open_route else set(V1))):
+        responses[code] = {
+            "model": ErrorBody,
+            "description": ERRORS[code],
+            "headers": {**common, **_ERROR_HEADERS.get(code, {})},
+        }
+    if unavailable is not None:
+        responses[503] = {"model": model, "description": unavailable, "headers": common}
+    return {"response_model": None, "responses": responses}
+
+
+# ---- open routes ----------------------------------------------------------------------
+
+
+class RootInfo(Strict):
+    """`GET /`."""
+
+    name: str
+    version: str
+    docs: str
+
+
+class Pong(Strict):
+    """`GET /ping` (COMPAT)."""
+
+    status: Literal["ok"]
+    message: Literal["pong"]
+
+
+class Alive(Strict):
+    """`GET /healthz`."""
+
+    status: Literal["ok"]
+
+
+class Readiness(Strict):
+    """`GET /readyz`: each dependency's status."""
+
+    status: Literal["ready", "not ready"]
+    checks: dict[str, Literal["ok", "down"]]
+
+
+# ---- /v1 info -------------------------------------------------------------------------
+
+
+class Check(Strict):
+    """One dependency's check."""
+
+    status: Literal["ok", "down"]
+    response_time_ms: float
+
+
+class ExecutionMetrics(Strict):
+    """This replica's execution numbers."""
+
+    active_agents: int
+    total_executions: int
+    average_response_time_ms: float
+    error_rate: float
+
+
+class Health(Strict):
+    """`GET /v1/health` (COMPAT); the same body with 503 when a dependency is down."""
+
+    status: Literal["healthy", "unhealthy"]
+    timestamp: datetime
+    version: str
+    uptime_seconds: float
+    checks: dict[str, Check]
+    metrics: ExecutionMetrics
+
+
+class Constraints(Strict):
+    """A config field's constraints (only those it has)."""
+
+    minLength: int | SkipJsonSchema[None] = None
+    maxLength: int | SkipJsonSchema[None] = None
+    min: float | SkipJsonSchema[None] = None
+    max: float | SkipJsonSchema[None] = None
+    pattern: str | SkipJsonSchema[None] = None
+    enum: list[Any] | SkipJsonSchema[None] = None
+
+
+class ConfigField(BaseModel):
+    """One field of a template's config, as executors publish it (keys may be added).
+
+    `items` describes an array's elements (a field without a key), `properties` an
+    object's fields.
+    """
+
+    key: str | SkipJsonSchema[None] = None
+    type: str
+    description: str | SkipJsonSchema[None] = None
+    default: Any = None
+    optional: bool | SkipJsonSchema[None] = None
+    validation: Constraints | SkipJsonSchema[None] = None
+    items: ConfigField | SkipJsonSchema[None] = None
+    properties: list[ConfigField] | SkipJsonSchema[None] = None
+
+
+class Template(Strict):
+    """A template (COMPAT): exactly these six keys."""
+
+    id: str
+    framework: str
+    name: str
+    description: str
+    version: str
+    config: list[ConfigField]
+
+
+class TemplateList(Strict):
+    """`GET /v1/templates`."""
+
+    templates: list[Template]
+
+
+class Capabilities(Strict):
+    """What this runtime can do."""
+
+    streaming: bool
+    toolCalling: bool
+    multimodal: bool
+    codeExecution: bool
+
+
+class Limits(Strict):
+    """This runtime's limits."""
+
+    maxConcurrentAgents: int
+    maxMessageLength: int
+    maxConversationHistory: int
+
+
+class RuntimeSchema(Strict):
+    """`GET /v1/schema` (COMPAT)."""
+
+    version: str
+    lastUpdated: datetime
+    supportedAgentTemplates: list[Template]
+    capabilities: Capabilities
+    limits: Limits
+
+
+class WhoAmI(Strict):
+    """`GET /v1/whoami`: the caller (never the token)."""
+
+    id: str
+    role: Literal["viewer", "operator", "admin"]
+    owner: str | None
+
+
+# ---- agents ---------------------------------------------------------------------------
+
+
+class AgentConfiguration(Strict):
+    """An agent's configuration."""
+
+    system_prompt: str | None
+    llm_config_id: str | None
+    conversation_config: dict[str, Any]
+    toolsets: list[str]
+    template_config: dict[str, Any]
+
+
+class Agent(Strict):
+    """An agent (COMPAT): exactly these keys, as the old SDK rejects others."""
+
+    id: str
+    name: str
+    template_id: str
+    template_version: str | None
+    status: Status
+    configuration: AgentConfiguration
+    created_at: datetime | None
+    updated_at: datetime | None
+    metadata: dict[str, Any]
+
+
+class ValidationResults(Strict):
+    """How the agent's configuration validated."""
+
+    valid: bool
+    warnings: list[str]
+
+
+class Created(Strict):
+    """`POST /v1/agents` (COMPAT)."""
+
+    success: bool
+    agent_id: str
+    message: str
+    validation_results: ValidationResults
+
+
+class Deleted(Strict):
+    """`DELETE /v1/agents/{agent_id}` (COMPAT)."""
+
+    success: bool
+    agent_id: str
+    message: str
+
+
+class AgentEvent(Strict):
+    """One recorded change of an agent."""
+
+    version: int
+    type: str
+    occurred_at: datetime | None
+    actor: str | None
+    request_id: str | None
+    changed_fields: list[str]
+    changes: dict[str, Any]
+    from_status: Status | None
+    to_status: Status | None
+    reason: str | None
+
+
+class History(Strict):
+    """`GET /v1/agents/{agent_id}/history`: a page of events, oldest first."""
+
+    events: list[AgentEvent]
+    next_page_token: str | None
+
+
+class Draft(Strict):
+    """An agent drafted by the model (create-shaped)."""
+
+    name: str
+    description: str | None
+    template_id: str
+    system_prompt: str | None
+    toolsets: list[str]
+    template_config: dict[str, Any]
+    llm_config_id: str | None
+
+
+class Usage(Strict):
+    """Token counts."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Composed(Strict):
+    """`POST /v1/agents/compose`: the draft, its validation, the model's usage."""
+
+    success: bool
+    draft: Draft
+    validation_results: ValidationResults
+    usage: Usage
+
+
+# ---- chat completions -----------------------------------------------------------------
+
+
+class RunMetadata(Strict):
+    """The conversation a completion belongs to."""
+
+    task_id: str
+    context_id: str | None
+    run_id: str
+
+
+class AssistantMessage(Strict):
+    """The agent's reply."""
+
+    role: Literal["assistant"]
+    content: str
+
+
+class Choice(Strict):
+    """The one choice of a completion."""
+
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(Strict):
+    """A `chat.completion` (OpenAI's form, with `metadata`)."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    metadata: RunMetadata
+
+
+class ChunkDelta(Strict):
+    """What a chunk adds to the reply (the first chunk: the role)."""
+
+    role: Literal["assistant"] | SkipJsonSchema[None] = None
+    content: str | SkipJsonSchema[None] = None
+
+
+class ChunkChoice(Strict):
+    """The one choice of a chunk; the last has `finish_reason` (`error` with its text)."""
+
+    index: int
+    delta: ChunkDelta
+    finish_reason: Literal["stop", "length", "error"] | None
+
+
+class ChatCompletionChunk(Strict):
+    """A `chat.completion.chunk`; `usage` only when `stream_options.include_usage`."""
+
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+    metadata: RunMetadata
+
+
+STREAM = {
+    "text/event-stream": {
+        "itemSchema": {
+            "type": "object",
+            "description": "`data: <chat.completion.chunk>` events, then `data: [DONE]`.",
+            "required": ["data"],
+            "properties": {
+                "data": {
+                    "oneOf": [
+                        {"const": "[DONE]"},
+                        {
+                            "type": "string",
+                            "contentMediaType": "application/json",
+                            "contentSchema": {"$ref": "#/components/schemas/ChatCompletionChunk"},
+                        },
+                    ]
+                }
+            },
+        },
+    }
+}
+
+
+def install(app: FastAPI) -> None:
+    """Serve the document built from the routes' declarations, with two corrections.
+
+    FastAPI documents its own 422 body for routes that take input; this app always
+    answers with `ErrorBody` (and chat input errors are 400), so that is dropped. The
+    stream chunk's schema, which no route returns as JSON, is added to the components.
+    """
+    generate = app.openapi
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            for operation in _operations(document):
+                responses = operation.get("responses", {})
+                if _ref(responses.get("422", {})).endswith("/HTTPValidationError"):
+                    del responses["422"]
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            for name, schema in _components(ChatCompletionChunk).items():
+                schemas.setdefault(name, schema)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = build  # type: ignore[method-assign]
+
+
+def _operations(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [op for item in document.get("paths", {}).values() for op in item.values()]
+
+
+def _ref(response: Mapping[str, Any]) -> str:
+    schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+    return str(schema.get("$ref", ""))
+
+
+def _components(model: type[BaseModel]) -> dict[str, Any]:
+    """`model`'s JSON schema and those it refers to, as component schemas."""
+    schema = model.model_json_schema(
+        ref_template="#/components/schemas/{model}", mode="serialization"
+    )
+    found: dict[str, Any] = dict(schema.pop("$defs", {}))
+    found[model.__name__] = schema
+    return found
