@@ -1083,17 +1083,6 @@ def test_an_owner_bound_key_sees_and_touches_only_its_own_agents(http: httpx.Cli
     assert http.delete(f"/v1/agents/{mine}", headers=acme).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gateway bug: GET /v1/agents/{id}?version=N checks the owner recorded in version N, "
-        "not the agent's current owner (agents_api.get_agent uses caller.sees(agent.owner_id) "
-        "on the versioned record, while history/update/delete/status/chat use visible(), which "
-        "reads the latest). After an admin moves an agent from owner globex to acme, globex "
-        "still reads ?version=1 (200: the agent's existence and its old configuration), and "
-        "acme gets 404 for ?version=1 although its /history shows that version's changes."
-    ),
-)
 def test_an_agent_moved_to_another_owner_is_hidden_from_the_old_owner_at_every_version(
     http: httpx.Client,
 ) -> None:
@@ -1117,18 +1106,6 @@ def test_an_agent_moved_to_another_owner_is_hidden_from_the_old_owner_at_every_v
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gateway bug (owner isolation): the registry lets a deleted agent's id be registered "
-        "again ('reregistered' continues the same event stream), and GET /v1/agents/{id}/history "
-        "checks only the latest owner (visible()), so an owner-bound key that re-registers "
-        "another owner's deleted id reads that owner's whole history, configuration included "
-        "(its system prompt in `changes`). Expected: an owner-bound caller sees no event from "
-        "before its owner held the agent (or the re-registration of another owner's id is "
-        "refused)."
-    ),
-)
 def test_reusing_a_deleted_agents_id_does_not_reveal_the_other_owners_history(
     http: httpx.Client,
 ) -> None:
@@ -1144,16 +1121,6 @@ def test_reusing_a_deleted_agents_id_does_not_reveal_the_other_owners_history(
     assert "ACME SECRET PROMPT" not in history.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "gateway bug: PUT /v1/agents/{id} with the create-shaped key `status` answers 200 and "
-        "changes nothing (AgentUpdate has no `status` field and ignores unknown keys), although "
-        "COMPAT says PUT accepts the create-shaped keys and the README says 'given keys "
-        "change'. An old client updating the status this way is told it succeeded. Expected: "
-        "the status changes, or a 4xx naming body.status."
-    ),
-)
 def test_a_put_with_a_status_changes_it_or_is_refused(http: httpx.Client) -> None:
     agent_id = create(http)
     reply = http.put(f"/v1/agents/{agent_id}", json={"status": "active"}, headers=RT)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from agent_gateway.domain.agents import expected_version
 from agent_gateway.domain.audit import action_of, audited, outcome_of
 from agent_gateway.domain.auth import (
     ApiKey,
@@ -197,3 +198,18 @@ def test_stats_count_executions_failures_and_time() -> None:
     assert snapshot["total_executions"] == 3
     assert snapshot["error_rate"] == round(2 / 3, 4)
     assert snapshot["active_agents"] == 0
+
+
+def test_an_empty_runtime_token_header_lets_the_bearer_key_count() -> None:
+    key, digest = new_key()
+    auth = Authenticator(digest_of("rt"), [ApiKey("k", digest, "viewer")])
+    assert auth.authenticate("", f"Bearer {key}") == Principal("key:k", "viewer")
+    assert auth.authenticate("", None) is None
+
+
+def test_if_match_star_means_any_version() -> None:
+    assert expected_version("*") is None
+    assert expected_version(' "7" ') == 7
+    assert expected_version('W/"7"') == 7
+    with pytest.raises(ValueError, match="x"):
+        expected_version('"x"')

@@ -161,12 +161,15 @@ class AgentUpdate(AgentFields):
     name: AgentName | None = None
     template_version: Short | None = None
     configuration: Configuration | None = None
+    status: Status | None = None  # create-shaped; may only repeat the current status
 
     _printable_name = field_validator("name")(lambda cls, v: _printable(v))
 
     def changes(self) -> dict[str, Any]:
         """The AgentSpec fields to change and their new values."""
-        given = self.model_dump(exclude={"configuration", "template_version"}, exclude_none=True)
+        given = self.model_dump(
+            exclude={"configuration", "template_version", "status"}, exclude_none=True
+        )
         if self.template_version is not None:
             given.setdefault("template_version_id", self.template_version)
         if self.configuration is not None:
@@ -187,16 +190,26 @@ AgentId = Annotated[str, Path(min_length=1, max_length=128)]
 IfMatch = Annotated[
     str | SkipJsonSchema[None],  # absent, never null
     Header(
-        description='Only if the agent is at this version, e.g. `"3"` (412 when it is not).',
-        json_schema_extra={"pattern": r'^(W/)?"[0-9]+"$'},
+        description=(
+            'Only if the agent is at this version, e.g. `"3"` (412 when it is not); `*`: any.'
+        ),
+        json_schema_extra={"pattern": r'^((W/)?"[0-9]+"|\*)$'},
     ),
 ]
 
 
-async def visible(agents: Agents, caller: Principal, agent_id: str) -> None:
-    """Refuse (404) an agent the caller's owner does not own; free for unbound keys."""
-    if caller.owner is not None and (await agents.get(agent_id)).owner_id != caller.owner:
+async def visible(agents: Agents, caller: Principal, agent_id: str) -> AgentRecord | None:
+    """Refuse (404) an agent the caller's owner does not own; free for unbound keys.
+
+    Returns:
+        The agent as it is now, for an owner-bound caller (None for others: not read).
+    """
+    if caller.owner is None:
+        return None
+    latest = await agents.get(agent_id)
+    if latest.owner_id != caller.owner:
         raise agent_not_found(agent_id)
+    return latest
 
 
 def agent_routes(
@@ -232,8 +245,13 @@ def agent_routes(
         version: Annotated[int, Query(ge=1)] | None = None,
     ) -> JSONResponse:
         """One agent, latest or as of `?version=N`; its version is the `ETag`."""
-        agent = await agents.get(agent_id, version or 0)
-        if not caller.sees(agent.owner_id):
+        latest = await visible(agents, caller, agent_id)
+        agent = latest if latest is not None and not version else None
+        if agent is None:
+            agent = await agents.get(agent_id, version or 0)
+        # An owner-bound key sees the agent only while its owner holds it now, and only the
+        # versions of its current lifecycle (a deleted id may have been registered again).
+        if latest is not None and agent.created_at != latest.created_at:
             raise agent_not_found(agent_id)
         return JSONResponse(agent_body(agent), headers={"ETag": etag(agent)})
 
@@ -245,10 +263,15 @@ def agent_routes(
         page_token: Annotated[str, Query(max_length=512)] = "",
     ) -> dict[str, Any]:
         """The agent's recorded events, oldest first, paged (an addition)."""
-        await visible(agents, caller, agent_id)
+        latest = await visible(agents, caller, agent_id)
         events, next_token = await agents.history(
             agent_id, page_size=page_size, page_token=page_token
         )
+        if latest is not None and latest.created_at is not None:
+            # Owner-bound keys see the current lifecycle only: before a re-registration the
+            # id may have belonged to another owner.
+            since = latest.created_at
+            events = [e for e in events if e.occurred_at is not None and e.occurred_at >= since]
         return {"events": [change_body(e) for e in events], "next_page_token": next_token or None}
 
     @both(
@@ -292,9 +315,28 @@ def agent_routes(
         """Change the given fields; `If-Match` makes it conditional (412 when stale)."""
         expected = _pinned(if_match)
         changes = body.changes()
+        current = None
         if caller.owner is not None:
             _own(caller, changes.get("owner_id"))
-            await visible(agents, caller, agent_id)
+            current = await visible(agents, caller, agent_id)
+        if body.status is not None:
+            current = current or await agents.get(agent_id)
+            if body.status != current.status:
+                # Two writes (configuration, then status) could half-apply; refuse instead.
+                raise ApiError(
+                    422,
+                    "VALIDATION_ERROR",
+                    "body.status: a PUT may repeat the current status but not change it; "
+                    "use PATCH /v1/agents/{id}/status",
+                    details={
+                        "fields": [
+                            {
+                                "field": "body.status",
+                                "description": f"is {current.status!r}; change it with PATCH",
+                            }
+                        ]
+                    },
+                )
         agent, _ = await writes.update(agent_id, changes, expected)
         return JSONResponse(agent_body(agent), headers={"ETag": etag(agent)})
 

@@ -97,7 +97,7 @@ def expected_version(if_match: str | None) -> int | None:
     Raises:
         ValueError: the header is not one of this API's entity tags.
     """
-    if if_match is None:
+    if if_match is None or if_match.strip() == "*":  # "*": any current version (RFC 9110)
         return None
     text = if_match.strip().removeprefix("W/")
     if len(text) < 3 or text[0] != '"' or text[-1] != '"' or not text[1:-1].isdigit():

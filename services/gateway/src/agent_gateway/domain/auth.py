@@ -91,7 +91,7 @@ class Authenticator:
         self, runtime_token: str | None, authorization: str | None
     ) -> Principal | None:
         """The caller, or None when no accepted token was presented."""
-        presented = runtime_token
+        presented = runtime_token or None  # an empty header is no token: Bearer may follow
         if presented is None and authorization and authorization[:7].lower() == BEARER:
             presented = authorization[7:].strip()
         if not presented:
