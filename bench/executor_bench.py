@@ -206,15 +206,21 @@ async def session_memory(
     }
 
 
-def start_services(tmp: str, nats_url: str, prefix: str) -> list[ServiceProcess]:
-    """Registry, tools service and executor as processes on SQLite, running SCRIPT's agent."""
+def start_services(
+    tmp: str, nats_url: str, prefix: str, *, executors: int = 1, database_url: str = ""
+) -> list[ServiceProcess]:
+    """Registry, tools service and executor(s) as processes, running SCRIPT's agent.
+
+    Runs and sessions are in SQLite files by default (one executor); several executors share
+    `database_url` (PostgreSQL), as replicas must.
+    """
     common = {
         "AGENTRT_NATS_URL": nats_url,
         "AGENTRT_NATS_PREFIX": prefix,
         "AGENTRT_SERVICE_TOKEN": TOKEN,
         "AGENTRT_LOG_LEVEL": "WARNING",
     }
-    ports = {name: free_port() for name in ("registry", "tools", "executor")}
+    ports = {name: free_port() for name in ("registry", "tools")}
     registry = ServiceProcess(
         "agent_registry",
         {
@@ -237,23 +243,31 @@ def start_services(tmp: str, nats_url: str, prefix: str) -> list[ServiceProcess]
     config = {
         "llm": {"providers": {"offline": {"type": "offline", "metadata": {"script": SCRIPT}}}}
     }
-    executor = ServiceProcess(
-        "agent_executor",
-        {
-            **common,
-            "SERVICES_CONFIG": json.dumps(config),
-            "AGENTRT_EXECUTOR_PORT": str(ports["executor"]),
-            "AGENTRT_EXECUTOR_REGISTRY_TARGET": registry.address,
-            "AGENTRT_EXECUTOR_TOOLS_TARGET": tools.address,
-            "AGENTRT_EXECUTOR_DATABASE_URL": f"sqlite:///{tmp}/executor.sqlite3",
-            "AGENTRT_EXECUTOR_SESSIONS_URL": f"sqlite:///{tmp}/sessions.sqlite3",
-            "AGENTRT_EXECUTOR_MAX_CONCURRENT_RUNS": "256",
-        },
-        ports["executor"],
-    )
+    processes = [registry, tools]
+    for n in range(executors):
+        port = free_port()
+        processes.append(
+            ServiceProcess(
+                "agent_executor",
+                {
+                    **common,
+                    "SERVICES_CONFIG": json.dumps(config),
+                    "AGENTRT_EXECUTOR_PORT": str(port),
+                    "AGENTRT_EXECUTOR_EXECUTOR_ID": f"executor-{n}",
+                    "AGENTRT_EXECUTOR_REGISTRY_TARGET": registry.address,
+                    "AGENTRT_EXECUTOR_TOOLS_TARGET": tools.address,
+                    "AGENTRT_EXECUTOR_DATABASE_URL": database_url
+                    or f"sqlite:///{tmp}/executor.sqlite3",
+                    "AGENTRT_EXECUTOR_SESSIONS_URL": database_url
+                    or f"sqlite:///{tmp}/sessions.sqlite3",
+                    "AGENTRT_EXECUTOR_MAX_CONCURRENT_RUNS": "256",
+                },
+                port,
+            )
+        )
     started: list[ServiceProcess] = []
     try:
-        for process in (registry, tools, executor):
+        for process in processes:
             process.start()
             started.append(process)
     except BaseException:

@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
 import grpc
+import psycopg
 import uvloop
 from bench_support import atimed, load, machine, options, publish, stats
 from executor_bench import MD, QUESTION, TOKEN, create_agent, plain_graph, run_input, start_services
@@ -33,6 +38,7 @@ from langchain_core.messages import HumanMessage
 from agentrt.executor.v1 import executor_pb2 as pb
 from agentrt.executor.v1 import executor_pb2_grpc as pb_grpc
 from agentrt.registry.v1 import registry_pb2_grpc as rpb_grpc
+from agentrt_kit.grpc.client import create_channel
 from agentrt_testkit.nats_server import NatsServer
 from agentrt_testkit.ports import free_port
 from agentrt_testkit.processes import ServiceProcess
@@ -56,24 +62,20 @@ async def in_process(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-async def through_execute(
-    executor: pb_grpc.ExecutorStub, agent_id: str, args: argparse.Namespace
+async def both_paths(
+    executor: pb_grpc.ExecutorStub,
+    url: str,
+    agent_id: str,
+    args: argparse.Namespace,
+    *,
+    streams: bool = True,
 ) -> dict[str, Any]:
+    """`Execute` and the gateway's chat completion on the same agent.
+
+    Sequential latencies are taken alternately (one `Execute`, one completion, ...), so drift
+    of this shared machine during the run affects both paths alike.
+    """
     request = pb.ExecuteRequest(input=run_input(agent_id))
-
-    async def execute(_: int) -> None:
-        reply = await executor.Execute(request, metadata=MD)
-        assert reply.finish_reason == "stop", reply
-
-    for i in range(100):
-        await execute(i)
-    return {
-        "sequential": await atimed(execute, args.runs),
-        "concurrent": await load(execute, args.total, args.concurrency),
-    }
-
-
-async def through_gateway(url: str, agent_id: str, args: argparse.Namespace) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {RUNTIME_TOKEN}", "Content-Type": "application/json"}
     body = json.dumps({"model": agent_id, "messages": [{"role": "user", "content": QUESTION}]})
     streamed = json.dumps(
@@ -81,6 +83,10 @@ async def through_gateway(url: str, agent_id: str, args: argparse.Namespace) -> 
     )
     connector = aiohttp.TCPConnector(limit=args.concurrency + 10)
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+
+        async def execute(_: int) -> None:
+            reply = await executor.Execute(request, metadata=MD)
+            assert reply.finish_reason == "stop", reply
 
         async def complete(_: int) -> None:
             async with session.post(f"{url}/v1/chat/completions", data=body) as reply:
@@ -100,28 +106,66 @@ async def through_gateway(url: str, agent_id: str, args: argparse.Namespace) -> 
                         first_chunk.append(time.perf_counter() - t)
                         first = False
                     last = line
-                assert last.strip() == b"data: [DONE]" or last.strip() == b""
+                assert last.strip() in (b"data: [DONE]", b"")
 
         for i in range(100):
+            await execute(i)
             await complete(i)
             await stream(i)
         first_chunk.clear()
+        direct: list[float] = []
+        through: list[float] = []
+        for i in range(args.runs):
+            for fn, samples in ((execute, direct), (complete, through)):
+                t = time.perf_counter()
+                await fn(i)
+                samples.append(time.perf_counter() - t)
         out: dict[str, Any] = {
-            "sequential": await atimed(complete, args.runs),
-            "concurrent": await load(complete, args.total, args.concurrency),
+            "execute": {
+                "sequential": stats(direct),
+                "concurrent": await load(execute, args.total, args.concurrency),
+            },
+            "gateway": {
+                "sequential": stats(through),
+                "concurrent": await load(complete, args.total, args.concurrency),
+            },
         }
-        await atimed(stream, args.runs // 2)
-        out["first_chunk"] = stats(first_chunk)
+        if streams:
+            await atimed(stream, args.runs // 2)
+            out["gateway"]["first_chunk"] = stats(first_chunk)
         return out
 
 
-async def system(args: argparse.Namespace) -> dict[str, Any]:
+@contextlib.contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new PostgreSQL database on the machine's server (dropped afterwards): its URL."""
+    server = os.environ.get(
+        "AGENTRT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    name = f"gwbench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    try:
+        yield server.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(server, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def system(
+    args: argparse.Namespace, *, executors: int = 1, database_url: str = "", streams: bool = True
+) -> dict[str, Any]:
+    """The whole system as processes: `Execute` and the gateway measured against it."""
     nats_server = NatsServer().start()
     processes: list[ServiceProcess] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            processes = start_services(tmp, nats_server.url, "gwbench")
-            registry, _, executor_process = processes
+            processes = start_services(
+                tmp, nats_server.url, "gwbench", executors=executors, database_url=database_url
+            )
+            registry, replicas = processes[0], processes[2:]
+            # One target naming every replica; the kit's channels balance calls round-robin.
+            target = "ipv4:" + ",".join(p.address for p in replicas)
             port = free_port()
             gateway = ServiceProcess(
                 "agent_gateway",
@@ -133,7 +177,7 @@ async def system(args: argparse.Namespace) -> dict[str, Any]:
                     "AGENTRT_RUNTIME_TOKEN": RUNTIME_TOKEN,
                     "AGENTRT_GATEWAY_PORT": str(port),
                     "AGENTRT_GATEWAY_REGISTRY_TARGET": registry.address,
-                    "AGENTRT_GATEWAY_EXECUTOR_TARGET": executor_process.address,
+                    "AGENTRT_GATEWAY_EXECUTOR_TARGET": target,
                     "AGENTRT_GATEWAY_RATE_LIMIT_PER_SECOND": "0",
                     "AGENTRT_GATEWAY_ADDRESS_RATE_LIMIT_PER_SECOND": "0",
                     "AGENTRT_GATEWAY_MAX_STREAMS_PER_KEY": "0",
@@ -143,18 +187,22 @@ async def system(args: argparse.Namespace) -> dict[str, Any]:
             ).start()
             processes.append(gateway)
             await asyncio.sleep(1.0)  # let everything settle (imports, first publications)
-            async with (
-                grpc.aio.insecure_channel(registry.address) as rc,
-                grpc.aio.insecure_channel(executor_process.address) as ec,
-            ):
+            async with grpc.aio.insecure_channel(registry.address) as rc:
                 agent_id = await create_agent(
                     rpb_grpc.AgentRegistryStub(rc), toolsets=["parse_url"]
                 )
-                print("through Execute ...", flush=True)
-                execute = await through_execute(pb_grpc.ExecutorStub(ec), agent_id, args)
-            print("through the gateway ...", flush=True)
-            gateway_out = await through_gateway(f"http://127.0.0.1:{port}", agent_id, args)
-            return {"execute": execute, "gateway": gateway_out}
+            channel = create_channel(target, service_token=TOKEN, default_timeout=30)
+            try:
+                print(f"Execute and the gateway ({executors} executor(s)) ...", flush=True)
+                return await both_paths(
+                    pb_grpc.ExecutorStub(channel),
+                    f"http://127.0.0.1:{port}",
+                    agent_id,
+                    args,
+                    streams=streams,
+                )
+            finally:
+                await channel.close()
     finally:
         for process in reversed(processes):
             process.stop()
@@ -168,6 +216,8 @@ def report(inproc: dict[str, Any], measured: dict[str, Any], args: argparse.Name
     share = gateway["concurrent"]["runs_s"] / base["concurrent"]["runs_s"]
     p99 = gateway["concurrent"]["p99_ms"]
     first = gateway["first_chunk"]
+    scaled = measured["replicas"]["gateway"]
+    share_scaled = scaled["concurrent"]["runs_s"] / base["concurrent"]["runs_s"]
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "**not met**"
@@ -184,17 +234,23 @@ def report(inproc: dict[str, Any], measured: dict[str, Any], args: argparse.Name
         "process, which calls `Execute` on the executor process; registry, tools service, "
         "executor and gateway run as processes on SQLite with NATS, audit records are "
         "published, rate limits are off. `Execute` is called over gRPC on the same executor "
-        "and in-process LangGraph (`graph.ainvoke`) runs in this process, in the same run. "
-        "Load generator and all services share the machine's cores.",
+        "(sequential calls alternate with the gateway's, so both see the same machine) and "
+        "in-process LangGraph (`graph.ainvoke`) runs in this process, in the same run. "
+        "Load generator and all services share the machine's cores. The last rows run the "
+        "same with two executor replicas (runs and sessions in one PostgreSQL database on this "
+        "machine, as replicas must share them), which the gateway and the `Execute` caller "
+        "reach through one `ipv4:` target balanced round-robin by the kit's channels.",
         "",
         "| target | measured | |",
         "|---|---|---|",
         f"| gateway adds ≤ 2 ms p50 over `Execute` | +{added:.2f} ms "
         f"({gateway['sequential']['p50_ms']:.2f} vs {execute['sequential']['p50_ms']:.2f}) "
         f"| {verdict(added <= 2)} |",
-        f"| whole-system throughput at {args.concurrency} concurrent ≥ 50 % of in-process "
-        f"| {share:.0%} ({gateway['concurrent']['runs_s']:.0f} vs "
+        f"| whole-system throughput at {args.concurrency} concurrent ≥ 50 % of in-process, "
+        f"one executor | {share:.0%} ({gateway['concurrent']['runs_s']:.0f} vs "
         f"{base['concurrent']['runs_s']:.0f} runs/s) | {verdict(share >= 0.5)} |",
+        f"| the same, two executor replicas | {share_scaled:.0%} "
+        f"({scaled['concurrent']['runs_s']:.0f} runs/s) | {verdict(share_scaled >= 0.5)} |",
         f"| p99 at {args.concurrency} concurrent ≤ 1 s | {p99:.0f} ms | {verdict(p99 <= 1000)} |",
         "",
         f"| path | sequential p50 / p99 ms | sequential runs/s | {args.concurrency} concurrent "
@@ -205,6 +261,8 @@ def report(inproc: dict[str, Any], measured: dict[str, Any], args: argparse.Name
         ("in-process `graph.ainvoke`", base),
         ("`Execute` (gRPC)", execute),
         ("gateway `POST /v1/chat/completions`", gateway),
+        ("`Execute`, two executor replicas (PostgreSQL)", measured["replicas"]["execute"]),
+        ("gateway, two executor replicas (PostgreSQL)", scaled),
     ):
         seq, con = row["sequential"], row["concurrent"]
         lines.append(
@@ -225,6 +283,11 @@ async def main() -> None:
     print("in-process ...", flush=True)
     inproc = await in_process(args)
     measured = await system(args)
+    print("two executor replicas on PostgreSQL ...", flush=True)
+    with fresh_database() as database_url:
+        measured["replicas"] = await system(
+            args, executors=2, database_url=database_url, streams=False
+        )
     publish(
         "gateway", {"inproc": inproc, **measured}, TITLE, report(inproc, measured, args), args.write
     )

@@ -149,3 +149,24 @@ def test_the_gateway_is_in_every_overlay_and_its_secrets_exist_in_dev() -> None:
     secrets = {r["metadata"]["name"] for r in dev if r["kind"] == "Secret"}
     assert {"agentrt-service-token", "agentrt-runtime-token", "agentrt-api-keys"} <= secrets
     assert env_name(GatewaySettings, "runtime_token") == "AGENTRT_RUNTIME_TOKEN"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_grpc_clients_reach_every_replica_through_headless_services(overlay: Path) -> None:
+    resources, _ = collect(overlay)
+    headless = {
+        r["metadata"]["name"]
+        for r in resources
+        if r["kind"] == "Service" and r["spec"].get("clusterIP") == "None"
+    }
+    targets = [
+        value
+        for r in resources
+        if r["kind"] == "ConfigMap"
+        for key, value in r.get("data", {}).items()
+        if key.endswith("_TARGET")
+    ]
+    assert targets
+    for target in targets:
+        assert target.startswith("dns:///"), target
+        assert target.removeprefix("dns:///").split(":")[0] in headless, target

@@ -12,8 +12,9 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from agentrt.executor.v1 import executor_pb2 as ex_pb
 from agentrt.registry.v1 import registry_pb2 as pb
+from agentrt.registry.v1 import registry_pb2_grpc as pb_grpc
 from agentrt_kit.context import actor_var, request_id_var
-from agentrt_kit.grpc.client import retry_service_config
+from agentrt_kit.grpc.client import create_channel, retry_service_config
 from agentrt_kit.grpc.status import error_from_rpc
 
 REGISTRY = "agentrt.registry.v1.AgentRegistry"
@@ -175,3 +176,17 @@ async def test_without_a_service_config_nothing_is_retried(service) -> None:
     with pytest.raises(grpc.aio.AioRpcError):
         await stub.CreateAgent(pb.CreateAgentRequest())
     assert service.registry.attempts["CreateAgent"] == 1
+
+
+# ------------------------------------------------------------------ balancing
+
+
+async def test_calls_are_spread_over_every_address_of_the_target(make_service) -> None:
+    first, second = await make_service(), await make_service()
+    channel = create_channel(f"ipv4:127.0.0.1:{first.port},127.0.0.1:{second.port}")
+    first.channels.append(channel)
+    stub = pb_grpc.AgentRegistryStub(channel)
+    for _ in range(20):
+        await stub.GetAgent(pb.GetAgentRequest())
+    assert len(first.registry.seen) >= 5
+    assert len(second.registry.seen) >= 5

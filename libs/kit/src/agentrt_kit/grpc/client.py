@@ -99,10 +99,16 @@ def create_channel(
     default_timeout: float = 5.0,
     service_config: str | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure grpc.aio channel to `target` with the standard client behaviour."""
+    """An insecure grpc.aio channel to `target` with the standard client behaviour.
+
+    Calls are spread round-robin over every address the target resolves to, so a target
+    naming several replicas (`ipv4:10.0.0.1:50052,10.0.0.2:50052`, or
+    `dns:///executor-headless:50052` in Kubernetes) balances per call, not per connection.
+    """
     options: list[tuple[str, Any]] = [
         ("grpc.enable_retries", 1),
         ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.lb_policy_name", "round_robin"),
     ]
     if service_config:
         options.append(("grpc.service_config", service_config))

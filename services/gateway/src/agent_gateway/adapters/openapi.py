@@ -467,12 +467,30 @@ STREAM = {
 }
 
 
+# The two ways to present a token, as the OpenAPI document declares them (either will do).
+# The two ways to present a token, as the OpenAPI document declares them (either will do).
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "RuntimeToken": {
+        "type": "apiKey",
+        "description": "The runtime token or an API key (COMPAT).",
+        "in": "header",
+        "name": "X-Runtime-Token",
+    },
+    "BearerToken": {
+        "type": "http",
+        "description": "The same token as `Authorization: Bearer` (OpenAI clients' API key).",
+        "scheme": "bearer",
+    },
+}
+
+
 def install(app: FastAPI) -> None:
     """Serve the document built from the routes' declarations, with two corrections.
 
     FastAPI documents its own 422 body for routes that take input; this app always
     answers with `ErrorBody` (and chat input errors are 400), so that is dropped. The
-    stream chunk's schema, which no route returns as JSON, is added to the components.
+    stream chunk's schema, which no route returns as JSON, is added to the components,
+    and every `/v1` operation declares the two ways to present a token.
     """
     generate = app.openapi
 
@@ -488,6 +506,11 @@ def install(app: FastAPI) -> None:
                 schemas.pop(name, None)
             for name, schema in _components(ChatCompletionChunk).items():
                 schemas.setdefault(name, schema)
+            document["components"]["securitySchemes"] = dict(SECURITY_SCHEMES)
+            for path, item in document.get("paths", {}).items():
+                if path.startswith("/v1/"):
+                    for operation in item.values():
+                        operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
             app.openapi_schema = document
         return app.openapi_schema
 
