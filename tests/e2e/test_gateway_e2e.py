@@ -22,9 +22,16 @@ import grpc
 import httpx
 import openai
 import pytest
+from gateway_support import (
+    AGENT_KEYS,
+    CONFIGURATION_KEYS,
+    ERROR_KEYS,
+    TEMPLATE_KEYS,
+    frames,
+    keyring,
+)
 from openai import AsyncOpenAI, OpenAI
 
-from agent_gateway.domain.auth import new_key
 from agentrt.executor.v1 import executor_pb2 as pb
 from agentrt.executor.v1 import executor_pb2_grpc as pb_grpc
 from agentrt_kit.nats import Names
@@ -34,37 +41,6 @@ from agentrt_testkit.processes import ServiceProcess
 pytestmark = pytest.mark.e2e
 
 TOKEN = "rt-" + secrets.token_urlsafe(24)
-ERROR_KEYS = {"error", "message", "details", "detail"}
-AGENT_KEYS = {
-    "id",
-    "name",
-    "template_id",
-    "template_version",
-    "status",
-    "configuration",
-    "created_at",
-    "updated_at",
-    "metadata",
-}
-CONFIGURATION_KEYS = {
-    "system_prompt",
-    "llm_config_id",
-    "conversation_config",
-    "toolsets",
-    "template_config",
-}
-TEMPLATE_KEYS = {"id", "framework", "name", "description", "version", "config"}
-
-
-def keyring(**roles: tuple[str, str | None]) -> tuple[dict[str, str], list[dict[str, Any]]]:
-    """Fresh keys by name, and their `AGENTRT_GATEWAY_API_KEYS` entries (digests only)."""
-    keys: dict[str, str] = {}
-    entries: list[dict[str, Any]] = []
-    for name, (role, owner) in roles.items():
-        key, digest = new_key()
-        keys[name] = key
-        entries.append({"id": name, "sha256": digest, "role": role, "owner": owner})
-    return keys, entries
 
 
 KEYS, ENTRIES = keyring(
@@ -167,17 +143,6 @@ def assert_agent_body(body: Any) -> None:
     assert set(body["configuration"]) == CONFIGURATION_KEYS, body
 
 
-def sse(text: str) -> list[Any]:
-    """The data payloads of an event stream; `[DONE]` as a string."""
-    found: list[Any] = []
-    for block in text.split("\n\n"):
-        if block.strip():
-            assert block.startswith("data: "), block
-            payload = block.removeprefix("data: ")
-            found.append(payload if payload == "[DONE]" else json.loads(payload))
-    return found
-
-
 # --- every route: path forms, roles, tokens -----------------------------------------------
 
 Body = Callable[[str], Any]
@@ -272,7 +237,7 @@ def test_every_route_answers_with_and_without_a_trailing_slash(
         assert reply.status_code == route.ok, (slash, reply.text)
         assert not reply.history  # answered, never redirected
         if reply.headers["content-type"].startswith("text/event-stream"):
-            assert sse(reply.text)[-1] == "[DONE]"
+            assert frames(reply.text)[-1] == "[DONE]"
         else:
             assert "error" not in reply.json()
 
@@ -656,9 +621,9 @@ def test_chat_completions_answer_as_json_and_as_an_event_stream(http: httpx.Clie
     streamed = http.post("/v1/chat/completions/", json={**request, "stream": True}, headers=RT)
     assert streamed.status_code == 200
     assert streamed.headers["content-type"].startswith("text/event-stream")
-    frames = sse(streamed.text)
-    assert frames[-1] == "[DONE]"
-    chunks = frames[:-1]
+    payloads = frames(streamed.text)
+    assert payloads[-1] == "[DONE]"
+    chunks = payloads[:-1]
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
     assert {c["metadata"]["task_id"] for c in chunks} == {"task-e2e-1"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,7 @@ from executor_support import System
 from registry_support import Registry, proto_spec
 
 from agent_gateway.config import Settings
+from agent_gateway.domain.auth import new_key
 from agent_gateway.main import serve
 from agentrt.registry.v1 import registry_pb2 as rpb
 
@@ -73,3 +75,46 @@ class Stack:
         """Create an active agent (offline provider by default); its id."""
         values.setdefault("template_id", "simple-test")
         return (await self.system.create_agent(**values)).id
+
+
+AGENT_KEYS = {
+    "id",
+    "name",
+    "template_id",
+    "template_version",
+    "status",
+    "configuration",
+    "created_at",
+    "updated_at",
+    "metadata",
+}
+CONFIGURATION_KEYS = {
+    "system_prompt",
+    "llm_config_id",
+    "conversation_config",
+    "toolsets",
+    "template_config",
+}
+TEMPLATE_KEYS = {"id", "framework", "name", "description", "version", "config"}
+
+
+def keyring(**roles: tuple[str, str | None]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Fresh keys by name, and their `AGENTRT_GATEWAY_API_KEYS` entries (digests only)."""
+    keys: dict[str, str] = {}
+    entries: list[dict[str, Any]] = []
+    for name, (role, owner) in roles.items():
+        key, digest = new_key()
+        keys[name] = key
+        entries.append({"id": name, "sha256": digest, "role": role, "owner": owner})
+    return keys, entries
+
+
+def frames(text: str) -> list[Any]:
+    """The data payloads of an event stream, `[DONE]` as a string."""
+    found: list[Any] = []
+    for block in text.split("\n\n"):
+        if block.strip():
+            assert block.startswith("data: "), block
+            payload = block.removeprefix("data: ")
+            found.append(payload if payload == "[DONE]" else json.loads(payload))
+    return found

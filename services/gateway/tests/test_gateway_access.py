@@ -10,24 +10,12 @@ from typing import Any
 import httpx
 import pytest
 from executor_support import offline, services_config
-from gateway_support import ERROR_KEYS, TOKEN, Stack, auth, running_gateway
+from gateway_support import ERROR_KEYS, TOKEN, Stack, auth, keyring, running_gateway
 
-from agent_gateway.domain.auth import new_key
 from agentrt_kit.nats import Names
 from agentrt_testkit.audit import records_of, wait_for_records
 
 MakeStack = Callable[..., Awaitable[Stack]]
-
-
-def keyring(**roles: tuple[str, str | None]) -> tuple[dict[str, str], list[dict[str, Any]]]:
-    """Fresh keys by name, and the settings entries for them (role, owner)."""
-    keys: dict[str, str] = {}
-    entries: list[dict[str, Any]] = []
-    for name, (role, owner) in roles.items():
-        key, digest = new_key()
-        keys[name] = key
-        entries.append({"id": name, "sha256": digest, "role": role, "owner": owner})
-    return keys, entries
 
 
 def bearer(key: str) -> dict[str, str]:

@@ -5,28 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from gateway_support import ERROR_KEYS, TOKEN, World, auth
+from gateway_support import AGENT_KEYS, CONFIGURATION_KEYS, ERROR_KEYS, TOKEN, World, auth
 
 from agentrt.registry.v1 import registry_pb2 as rpb
-
-AGENT_KEYS = {
-    "id",
-    "name",
-    "template_id",
-    "template_version",
-    "status",
-    "configuration",
-    "created_at",
-    "updated_at",
-    "metadata",
-}
-CONFIGURATION_KEYS = {
-    "system_prompt",
-    "llm_config_id",
-    "conversation_config",
-    "toolsets",
-    "template_config",
-}
 
 
 async def test_an_agent_reads_back_with_exactly_the_compat_keys_and_its_version_as_etag(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from executor_support import eventually, offline, services_config
-from gateway_support import ERROR_KEYS, Stack, auth
+from gateway_support import ERROR_KEYS, Stack, auth, frames
 
 from agentrt.executor.v1 import executor_pb2 as pb
 
@@ -19,17 +19,6 @@ SLOW = services_config(slow=offline(latency_ms=400, token_latency_ms=60))
 
 def chat(agent_id: str, *texts: str, **extra: Any) -> dict[str, Any]:
     return {"model": agent_id, "messages": [{"role": "user", "content": t} for t in texts], **extra}
-
-
-def frames(text: str) -> list[Any]:
-    """The SSE data payloads of a stream, `[DONE]` as a string."""
-    found = []
-    for block in text.split("\n\n"):
-        if block.strip():
-            assert block.startswith("data: "), block
-            payload = block.removeprefix("data: ")
-            found.append(payload if payload == "[DONE]" else json.loads(payload))
-    return found
 
 
 async def test_a_completion_has_the_openai_shape_real_usage_and_the_task(stack: Stack) -> None:
