@@ -37,6 +37,7 @@ from agentrt.executor.v1 import executor_pb2 as pb
 from agentrt.executor.v1 import executor_pb2_grpc as pb_grpc
 from agentrt.registry.v1 import registry_pb2 as rpb
 from agentrt.registry.v1 import registry_pb2_grpc as rpb_grpc
+from agentrt_kit.grpc.structs import fill
 from agentrt_testkit.nats_server import NatsServer
 from agentrt_testkit.ports import free_port
 from agentrt_testkit.processes import ServiceProcess
@@ -116,14 +117,9 @@ def rss_kb(pid: int) -> int:
 
 
 async def create_agent(registry: rpb_grpc.AgentRegistryStub, **spec: Any) -> str:
-    message = rpb.AgentSpec(name=f"bench {time.monotonic_ns()}", template_id="conversation")
-    for key, value in spec.items():
-        if isinstance(value, dict):
-            getattr(message, key).update(value)
-        elif isinstance(value, list):
-            getattr(message, key).extend(value)
-        else:
-            setattr(message, key, value)
+    message = fill(
+        rpb.AgentSpec(name=f"bench {time.monotonic_ns()}", template_id="conversation"), spec
+    )
     for _ in range(200):
         try:
             reply = await registry.CreateAgent(

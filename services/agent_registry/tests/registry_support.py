@@ -11,6 +11,7 @@ from agent_registry.domain.templates import TemplateDescriptor
 from agent_registry.main import serve
 from agentrt.registry.v1 import registry_pb2 as pb
 from agentrt.registry.v1 import registry_pb2_grpc as pb_grpc
+from agentrt_kit.grpc.structs import fill
 from agentrt_testkit.inloop import InLoopService
 
 SIMPLE = TemplateDescriptor(
@@ -68,16 +69,7 @@ def spec(**overrides: Any) -> dict[str, Any]:
 
 def proto_spec(**overrides: Any) -> pb.AgentSpec:
     """A proto spec built from `spec(**overrides)`."""
-    values = spec(**overrides)
-    message = pb.AgentSpec()
-    for key, value in values.items():
-        if isinstance(value, dict):
-            getattr(message, key).update(value)
-        elif isinstance(value, list):
-            getattr(message, key).extend(value)
-        else:
-            setattr(message, key, value)
-    return message
+    return fill(pb.AgentSpec(), spec(**overrides))
 
 
 class Registry(InLoopService[Settings, pb_grpc.AgentRegistryStub]):

@@ -26,6 +26,7 @@ from agentrt.executor.v1 import executor_pb2_grpc as pb_grpc
 from agentrt.registry.v1 import registry_pb2 as rpb
 from agentrt.registry.v1 import registry_pb2_grpc as rpb_grpc
 from agentrt_kit.grpc.status import error_from_rpc
+from agentrt_kit.grpc.structs import fill
 from agentrt_testkit.inloop import InLoopService
 from tool_service.config import Settings as ToolsSettings
 
@@ -66,15 +67,7 @@ def run_input(agent_id: str, *texts: str, **fields: Any) -> pb.RunInput:
 
 def spec(**values: Any) -> rpb.AgentSpec:
     """An AgentSpec from plain values (dicts and lists go to Struct and repeated fields)."""
-    message = rpb.AgentSpec()
-    for key, value in values.items():
-        if isinstance(value, dict):
-            getattr(message, key).update(value)
-        elif isinstance(value, list):
-            getattr(message, key).extend(value)
-        else:
-            setattr(message, key, value)
-    return message
+    return fill(rpb.AgentSpec(), values)
 
 
 async def eventually(

@@ -38,7 +38,7 @@ from agent_gateway.domain.agents import (
     expected_version,
 )
 from agent_gateway.domain.auth import Principal
-from agent_gateway.domain.errors import ApiError, agent_not_found, bad_if_match
+from agent_gateway.domain.errors import agent_not_found, bad_if_match, field_error
 
 
 class Agents(Protocol):
@@ -245,14 +245,15 @@ def agent_routes(
         version: Annotated[int, Query(ge=1)] | None = None,
     ) -> JSONResponse:
         """One agent, latest or as of `?version=N`; its version is the `ETag`."""
-        latest = await visible(agents, caller, agent_id)
-        agent = latest if latest is not None and not version else None
-        if agent is None:
-            agent = await agents.get(agent_id, version or 0)
         # An owner-bound key sees the agent only while its owner holds it now, and only the
         # versions of its current lifecycle (a deleted id may have been registered again).
-        if latest is not None and agent.created_at != latest.created_at:
-            raise agent_not_found(agent_id)
+        latest = await visible(agents, caller, agent_id)
+        if latest is not None and not version:
+            agent = latest  # read once already
+        else:
+            agent = await agents.get(agent_id, version or 0)
+            if latest is not None and agent.created_at != latest.created_at:
+                raise agent_not_found(agent_id)
         return JSONResponse(agent_body(agent), headers={"ETag": etag(agent)})
 
     @both(v1, "/agents/{agent_id}/history", **documented(History, 400, 404, 422, *SERVICE))
@@ -321,22 +322,7 @@ def agent_routes(
             current = await visible(agents, caller, agent_id)
         if body.status is not None:
             current = current or await agents.get(agent_id)
-            if body.status != current.status:
-                # Two writes (configuration, then status) could half-apply; refuse instead.
-                raise ApiError(
-                    422,
-                    "VALIDATION_ERROR",
-                    "body.status: a PUT may repeat the current status but not change it; "
-                    "use PATCH /v1/agents/{id}/status",
-                    details={
-                        "fields": [
-                            {
-                                "field": "body.status",
-                                "description": f"is {current.status!r}; change it with PATCH",
-                            }
-                        ]
-                    },
-                )
+            _unchanged_status(current, body.status)
         agent, _ = await writes.update(agent_id, changes, expected)
         return JSONResponse(agent_body(agent), headers={"ETag": etag(agent)})
 
@@ -374,14 +360,31 @@ def agent_routes(
         return {"success": True, "agent_id": agent_id, "message": "Agent deleted"}
 
 
+def _unchanged_status(current: AgentRecord, status: str) -> None:
+    """A PUT may repeat the current status, not change it (two writes could half-apply).
+
+    Raises:
+        ApiError: 422 naming `body.status` when `status` differs from the agent's.
+    """
+    if status != current.status:
+        raise field_error(
+            "body.status",
+            f"is {current.status!r}; change it with PATCH",
+            "body.status: a PUT may repeat the current status but not change it; "
+            "use PATCH /v1/agents/{id}/status",
+            status=422,
+        )
+
+
 def _own(caller: Principal, owner_id: str | None) -> None:
     """An owner-bound key may only name its own owner."""
     if owner_id is not None and owner_id != caller.owner:
-        raise ApiError(
-            403,
-            "FORBIDDEN",
+        raise field_error(
+            "body.owner_id",
+            "not this key's owner",
             "this key may only manage agents of its own owner",
-            details={"fields": [{"field": "body.owner_id", "description": "not this key's owner"}]},
+            status=403,
+            code="FORBIDDEN",
         )
 
 

@@ -53,7 +53,7 @@ from agent_gateway.domain.chat import (
     failure_text,
     new_task_id,
 )
-from agent_gateway.domain.errors import ApiError
+from agent_gateway.domain.errors import ApiError, field_error
 from agent_gateway.domain.stats import ExecutionStats
 
 Id = Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9._:@/+=-]*$")]
@@ -381,12 +381,7 @@ async def _streamed(
 
 
 def _bad(field: str, description: str) -> ApiError:
-    return ApiError(
-        400,
-        "VALIDATION_ERROR",
-        f"{field}: {description}",
-        details={"fields": [{"field": f"body.{field}", "description": description}]},
-    )
+    return field_error(f"body.{field}", description, f"{field}: {description}")
 
 
 def _run_failed(result: RunResult) -> ApiError:

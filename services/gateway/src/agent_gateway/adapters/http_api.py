@@ -44,7 +44,7 @@ from agent_gateway.adapters.openapi import (
     documented,
     install,
 )
-from agent_gateway.domain.errors import ApiError, invalid_token
+from agent_gateway.domain.errors import ApiError, field_error, invalid_token
 from agent_gateway.domain.stats import ExecutionStats
 from agentrt_kit.catalog import entry_key
 from agentrt_kit.concurrency import wait_event
@@ -343,13 +343,10 @@ def _compatible(requested: str) -> None:
     """
     found = _SEMVER.match(requested.strip())
     if found is None:
-        raise ApiError(
-            400,
-            "VALIDATION_ERROR",
+        raise field_error(
+            "header.x-schema-version",
+            "not a version",
             "X-Schema-Version must be a version such as 1 or 1.0",
-            details={
-                "fields": [{"field": "header.x-schema-version", "description": "not a version"}]
-            },
         )
     major, minor = int(found.group(1)), int(found.group(2) or 0)
     if major != SCHEMA_MAJOR or minor > SCHEMA_MINOR:

@@ -14,7 +14,7 @@ from agent_gateway.domain.errors import ApiError, from_service
 from agentrt.registry.v1 import registry_pb2, registry_pb2_grpc
 from agentrt_kit.grpc.client import create_channel, retry_service_config
 from agentrt_kit.grpc.status import error_from_rpc
-from agentrt_kit.grpc.structs import struct_to_dict
+from agentrt_kit.grpc.structs import fill, struct_to_dict
 
 T = TypeVar("T")
 REGISTRY_SERVICE = "agentrt.registry.v1.AgentRegistry"
@@ -30,7 +30,7 @@ def record(agent: registry_pb2.Agent) -> AgentRecord:
         name=spec.name,
         template_id=spec.template_id,
         template_version=spec.template_version_id,
-        status=registry_pb2.AgentStatus.Name(agent.status).removeprefix("AGENT_STATUS_").lower(),
+        status=_status_name(agent.status),
         system_prompt=spec.system_prompt,
         llm_config_id=spec.llm_config_id,
         owner_id=spec.owner_id,
@@ -43,10 +43,13 @@ def record(agent: registry_pb2.Agent) -> AgentRecord:
     )
 
 
-def _status(value: int) -> str | None:
-    if value == registry_pb2.AGENT_STATUS_UNSPECIFIED:
-        return None
+def _status_name(value: int) -> str:
+    """`AGENT_STATUS_ACTIVE` → `active`."""
     return registry_pb2.AgentStatus.Name(value).removeprefix("AGENT_STATUS_").lower()  # type: ignore[arg-type]
+
+
+def _status(value: int) -> str | None:
+    return None if value == registry_pb2.AGENT_STATUS_UNSPECIFIED else _status_name(value)
 
 
 def _change(event: registry_pb2.AgentEvent) -> AgentChange:
@@ -198,17 +201,7 @@ class RegistryWrites:
 
 
 def _spec(values: Mapping[str, Any]) -> registry_pb2.AgentSpec:
-    spec = registry_pb2.AgentSpec()
-    for key, value in values.items():
-        if value is None:
-            continue
-        if key in ("template_config", "conversation_config", "metadata"):
-            getattr(spec, key).update(value)
-        elif key == "toolsets":
-            spec.toolsets.extend(value)
-        else:
-            setattr(spec, key, value)
-    return spec
+    return fill(registry_pb2.AgentSpec(), values)
 
 
 async def _call(call: Awaitable[T]) -> T:

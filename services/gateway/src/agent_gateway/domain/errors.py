@@ -83,13 +83,27 @@ def from_service(error: AgentrtError, *, not_found: str) -> ApiError:
     return ApiError(status, code, error.message, details=details, headers=headers)
 
 
+def field_error(
+    field: str,
+    description: str,
+    message: str,
+    *,
+    status: int = 400,
+    code: str = "VALIDATION_ERROR",
+) -> ApiError:
+    """A refusal naming one bad field in `details.fields`, as validation errors do."""
+    return ApiError(
+        status,
+        code,
+        message,
+        details={"fields": [{"field": field, "description": description}]},
+    )
+
+
 def bad_if_match(value: str) -> ApiError:
     """400: an If-Match that is not one of this API's entity tags."""
-    return ApiError(
-        400,
-        "VALIDATION_ERROR",
-        'If-Match must be an ETag of this API, e.g. "3"',
-        details={"fields": [{"field": "header.if-match", "description": f"got {value[:40]!r}"}]},
+    return field_error(
+        "header.if-match", f"got {value[:40]!r}", 'If-Match must be an ETag of this API, e.g. "3"'
     )
 
 
