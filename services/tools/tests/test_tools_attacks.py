@@ -885,7 +885,7 @@ async def test_dns_rebinding_between_fetches_is_refused(rebind_lab: RebindLab) -
     with pytest.raises(PermissionDenied) as info:
         await fetcher.fetch(url, {}, True)
     assert info.value.reason == "URL_BLOCKED"
-    assert "loopback" in info.value.message
+    assert "127.0.0.0/8 (Loopback" in info.value.message
     assert rebind_lab.http.paths() == ["/"]
 
 

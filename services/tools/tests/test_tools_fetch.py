@@ -127,8 +127,8 @@ async def test_html_becomes_readable_text_saved_under_downloads(
             invoke_request("grep_file", filename=saved, pattern="gadgets|widgets")
         )
         assert [line.split(":", 1)[1] for line in grep.content.splitlines()] == [
-            "  * alpha widgets",
-            "  * beta gadgets",
+            "* alpha widgets",
+            "* beta gadgets",
         ]
     assert http.paths() == ["/report.html"]
 
@@ -479,6 +479,24 @@ async def test_404s_are_not_counted_by_the_breaker(
             assert "404" in reply.error.message
         assert (await fetch(stub, http.url("/fine"), save_to_file=False)).content == "fine"
     assert http.paths() == ["/missing"] * 5 + ["/fine"]
+
+
+async def test_a_4xx_answer_to_the_half_open_trial_closes_the_circuit(
+    make_settings: Callable[..., Settings], http: LocalHttp
+) -> None:
+    statuses = iter([500, 404, 200, 200])
+    http.routes["/flaky"] = lambda h: h.reply(next(statuses), b"body")
+    async with running(
+        make_settings, fetch_breaker_failures=1, fetch_retries=0, fetch_breaker_cooldown=0.2
+    ) as stub:
+        assert (await fetch(stub, http.url("/flaky"))).error.code == "HTTP_ERROR"  # 500: opens
+        assert (await fetch(stub, http.url("/flaky"))).error.code == "CIRCUIT_OPEN"
+        await asyncio.sleep(0.25)
+        trial = await fetch(stub, http.url("/flaky"))  # the one trial gets a 404: host is up
+        assert "404" in trial.error.message
+        for _ in range(2):  # closed again at once, not after another cooldown
+            assert (await fetch(stub, http.url("/flaky"), save_to_file=False)).content == "body"
+    assert http.paths() == ["/flaky"] * 4
 
 
 # --------------------------------------------------------------------------- headers

@@ -161,7 +161,9 @@ class HttpFetcher:
     def _breaker(self, host: str) -> CircuitBreaker:
         breaker = self._breakers.get(host)
         if breaker is None:
-            breaker = CircuitBreaker(self.policy.breaker_failures, self.policy.breaker_cooldown)
+            breaker = CircuitBreaker(
+                self.policy.breaker_failures, self.policy.breaker_cooldown, name=host
+            )
             self._breakers[host] = breaker
         return breaker
 
@@ -186,6 +188,9 @@ class HttpFetcher:
                 origin = (target.scheme, target.host, target.port)
             elif (target.scheme, target.host, target.port) != origin:
                 headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
+            # Resolved (and policed) first: the breaker's one half-open trial is spent on
+            # an exchange with the host, and every trial reports how the host answered.
+            address = await self._address(target)
             breaker = self._breaker(target.host)
             if not breaker.allow():
                 raise ToolFailure(
@@ -193,11 +198,13 @@ class HttpFetcher:
                     f"{target.host} failed {breaker.failures} times in a row; not retried for "
                     f"{self.policy.breaker_cooldown:.0f} s",
                 )
-            address = await self._address(target)
             try:
                 status, location, fetched = await self._get_retrying(target, address, headers)
             except _HostFailure:
                 breaker.failed()
+                raise
+            except ToolFailure:
+                breaker.succeeded()  # the host answered (a 4xx, a body too large): it is up
                 raise
             breaker.succeeded()
             if fetched is not None:

@@ -16,9 +16,10 @@ import mimetypes
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urljoin, urlsplit
 
-import html2text
+from bs4 import BeautifulSoup, Tag
+from markdownify import ATX, MarkdownConverter
 
 from agentrt_kit.errors import FieldViolation, InvalidArgument
 from tool_service.application.environment import ToolEnv, confined
@@ -53,6 +54,24 @@ def kind_of(content_type: str) -> str:
     return "other"
 
 
+def markdown_of(html: str, base_url: str) -> str:
+    """HTML as Markdown: ATX headings, links made absolute against `base_url`, no images.
+
+    The document head, scripts and styles say nothing to a reader and are dropped; a link
+    whose target cannot be joined to the base is kept as the page wrote it.
+    """
+    soup = BeautifulSoup(html, "html.parser")
+    for tag in soup.find_all(["head", "script", "style", "img"]):
+        tag.decompose()
+    for link in soup.find_all("a", href=True):
+        if isinstance(link, Tag):
+            try:
+                link["href"] = urljoin(base_url, str(link["href"]))
+            except ValueError:
+                continue
+    return str(MarkdownConverter(heading_style=ATX).convert_soup(soup))
+
+
 def readable(fetched: Fetched) -> tuple[str, Any, str]:
     """(text for the agent, structured data or None, file suffix) of a response.
 
@@ -71,9 +90,7 @@ def readable(fetched: Fetched) -> tuple[str, Any, str]:
     except LookupError:  # a charset Python does not know: read it as UTF-8
         text = fetched.body.decode("utf-8", errors="replace")
     if kind == "html":
-        converter = html2text.HTML2Text(baseurl=fetched.url, bodywidth=0)
-        converter.ignore_images = True
-        return converter.handle(text), None, ".md"
+        return markdown_of(text, fetched.url), None, ".md"
     if kind == "json":
         try:
             data = json.loads(text)
