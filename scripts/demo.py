@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -20,9 +21,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TOKEN_READ = "$(cat var/runtime-token)"  # what a printed command has in the token's place
 
 
 def answers(url: str) -> bool:
@@ -52,20 +55,32 @@ def start_system(url: str) -> subprocess.Popen[bytes]:
     return system
 
 
-def curl(*args: str) -> str:
-    """Run curl (printed first, token hidden) and return its output."""
-    shown = " ".join(shlex.quote(a) for a in args)
-    print(f"\n$ curl {shown.replace(TOKEN, '$(cat var/runtime-token)')}", flush=True)
+def pasteable(args: Sequence[str], token: str) -> str:
+    """`args` as one bash command line that reads the token from var/runtime-token.
+
+    A word holding the token goes in double quotes with the token replaced by
+    `$(cat var/runtime-token)`, so bash expands it when the line is pasted; every
+    other word (JSON bodies, URLs) is single-quoted where needed, so nothing in it is.
+    """
+    words = []
+    for arg in args:
+        if token and token in arg:
+            parts = [re.sub(r'([\\"$`])', r"\\\1", part) for part in arg.split(token)]
+            words.append('"' + TOKEN_READ.join(parts) + '"')
+        else:
+            words.append(shlex.quote(arg))
+    return " ".join(words)
+
+
+def curl(*args: str, token: str) -> str:
+    """Run curl (printed first, the token read from its file) and return its output."""
+    print(f"\n$ {pasteable(['curl', *args], token)}", flush=True)
     out = subprocess.run(["curl", "-sS", *args], check=True, capture_output=True, text=True).stdout
     print(out.strip())
     return out
 
 
-TOKEN = ""
-
-
 def main() -> int:
-    global TOKEN  # noqa: PLW0603 - read by curl() to hide the token in what is printed
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--url", default=os.environ.get("AGENTRT_GATEWAY_URL", "http://127.0.0.1:8080")
@@ -76,11 +91,11 @@ def main() -> int:
         raise SystemExit("the demo needs curl")
     system = None if answers(url) else start_system(url)
     try:
-        TOKEN = (
+        token = (
             os.environ.get("AGENTRT_RUNTIME_TOKEN")
             or (ROOT / "var" / "runtime-token").read_text().strip()
         )
-        auth = ["-H", f"X-Runtime-Token: {TOKEN}", "-H", "Content-Type: application/json"]
+        auth = ["-H", f"X-Runtime-Token: {token}", "-H", "Content-Type: application/json"]
 
         print("\n== 1. Create an agent (curl) ==")
         created = json.loads(
@@ -98,25 +113,27 @@ def main() -> int:
                         "status": "active",
                     }
                 ),
+                token=token,
             )
         )
         agent_id = created["agent_id"]
 
         print("\n== 2. Chat with it (curl, JSON, then streamed) ==")
         question = {"model": agent_id, "messages": [{"role": "user", "content": "Hello, agent!"}]}
-        curl(*auth, f"{url}/v1/chat/completions", "-d", json.dumps(question))
+        curl(*auth, f"{url}/v1/chat/completions", "-d", json.dumps(question), token=token)
         curl(
             *auth,
             "-N",
             f"{url}/v1/chat/completions",
             "-d",
             json.dumps({**question, "stream": True}),
+            token=token,
         )
 
         print("\n== 3. The same with the official openai package ==")
         from openai import OpenAI  # the dev environment has it
 
-        client = OpenAI(base_url=f"{url}/v1", api_key=TOKEN)
+        client = OpenAI(base_url=f"{url}/v1", api_key=token)
         print(f'client = OpenAI(base_url="{url}/v1", api_key=<runtime token>)')
         reply = client.chat.completions.create(
             model=agent_id, messages=[{"role": "user", "content": "What can you do?"}]
@@ -136,8 +153,11 @@ def main() -> int:
             if chunk.usage is not None:
                 print(f"\nusage:  {chunk.usage}")
         print(f"\nThe agent {agent_id} stays; delete it with:")
-        header = '-H "X-Runtime-Token: $(cat var/runtime-token)"'
-        print(f"  curl -X DELETE {header} {url}/v1/agents/{agent_id}")
+        header = ["-H", f"X-Runtime-Token: {token}"]
+        print(
+            "  "
+            + pasteable(["curl", "-X", "DELETE", *header, f"{url}/v1/agents/{agent_id}"], token)
+        )
         return 0
     finally:
         if system is not None:

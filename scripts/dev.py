@@ -8,8 +8,10 @@
 - Services: the agent registry (gRPC, SQLite under ./var), the tools service
   (gRPC, workspaces and ledger under ./var) and the executor (gRPC, run records
   and sessions in SQLite under ./var, the offline model provider, the built-in
-  templates plus plugins from ./plugins when that folder exists), then the
-  gateway (HTTP on 8080; so far the probes, templates and agents).
+  templates plus plugins from ./plugins, created when missing and watched, so a
+  plugin folder dropped there while the system runs is served without a restart;
+  AGENTRT_EXECUTOR_PLUGIN_DIRS adds more folders), then the gateway (HTTP on
+  8080; so far the probes, templates and agents).
   They start in that order and stop in reverse.
 
 Each service's port can be overridden with its env var (AGENTRT_REGISTRY_PORT, ...).
@@ -18,6 +20,7 @@ Each service's port can be overridden with its env var (AGENTRT_REGISTRY_PORT, .
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -46,6 +49,22 @@ def token(file: Path, *env_names: str) -> str:
     file.write_text(value + "\n")
     file.chmod(0o600)
     return value
+
+
+def plugin_dirs(root: Path, configured: str | None) -> str:
+    """The executor's plugin directories (JSON): `root`/plugins, created here, then
+    the folders `configured` (AGENTRT_EXECUTOR_PLUGIN_DIRS: JSON or commas) names.
+
+    The folder must exist when the executor starts: its watcher follows the folders
+    it finds then, and a plugin dropped into one later is loaded without a restart.
+    """
+    plugins = root / "plugins"
+    plugins.mkdir(exist_ok=True)
+    text = (configured or "").strip()
+    extra = json.loads(text) if text.startswith("[") else text.split(",")
+    dirs = [str(plugins)]
+    dirs += [d.strip() for d in extra if d.strip() and Path(d.strip()) != plugins]
+    return json.dumps(dirs)
 
 
 def healthy(port: int, timeout: float) -> bool:
@@ -104,8 +123,9 @@ def main() -> int:
     env.setdefault("AGENTRT_TOOLS_DATABASE_URL", f"sqlite:///{VAR / 'tools.sqlite3'}")
     env.setdefault("AGENTRT_EXECUTOR_DATABASE_URL", f"sqlite:///{VAR / 'executor.sqlite3'}")
     env.setdefault("AGENTRT_EXECUTOR_SESSIONS_URL", f"sqlite:///{VAR / 'sessions.sqlite3'}")
-    if (ROOT / "plugins").is_dir():
-        env.setdefault("AGENTRT_EXECUTOR_PLUGIN_DIRS", str(ROOT / "plugins"))
+    env["AGENTRT_EXECUTOR_PLUGIN_DIRS"] = plugin_dirs(
+        ROOT, os.environ.get("AGENTRT_EXECUTOR_PLUGIN_DIRS")
+    )
     env["AGENTRT_REGISTRY_PORT"] = str(registry_port)
     env["AGENTRT_TOOLS_PORT"] = str(tools_port)
     env["AGENTRT_EXECUTOR_PORT"] = str(executor_port)
@@ -160,6 +180,7 @@ Agent Runtime is up (Ctrl-C stops it).
   agent registry   grpc://127.0.0.1:{registry_port}   (SQLite: {sqlite})
   tools            grpc://127.0.0.1:{tools_port}   (workspaces: {workspaces})
   executor         grpc://127.0.0.1:{executor_port}   (offline model; runs and sessions in ./var)
+  plugins          ./plugins   (a template plugin folder dropped here is served at once)
   service token    {service_token}   (./var/service-token; gRPC: authorization: Bearer <token>)
   gateway          http://127.0.0.1:{gateway_port}   (the HTTP API; OpenAPI at /openapi.json)
   runtime token    {runtime_token}   (./var/runtime-token; HTTP: X-Runtime-Token or Bearer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,8 +12,17 @@ import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
 
-from agentrt_kit.catalog import BUCKET, entry_key, open_bucket, publish_descriptor
-from agentrt_kit.nats import Names
+from agentrt_kit.catalog import (
+    BUCKET,
+    CatalogWatcher,
+    entry_key,
+    executor_key,
+    open_bucket,
+    prune_executors,
+    publish_descriptor,
+    publish_executor,
+)
+from agentrt_kit.nats import Names, NatsClient
 
 
 @pytest.mark.parametrize(
@@ -137,3 +147,73 @@ async def test_publish_descriptor_needs_id_and_version(
     with pytest.raises(KeyError):
         await publish_descriptor(kv, {"id": "simple"})
     await js.delete_key_value(Names(nats_prefix).bucket(BUCKET))
+
+
+@pytest.mark.parametrize(
+    ("executor_id", "key"),
+    [
+        ("host-1234", "_executors/host-1234"),
+        ("pod.ns.svc.cluster.local-7", "_executors/pod-ns-svc-cluster-local-7"),
+        ("..", "_executors/executor"),
+    ],
+)
+def test_executor_keys_are_apart_from_every_template_key(executor_id: str, key: str) -> None:
+    assert executor_key(executor_id) == key
+    # Template keys start alphanumeric: no template id can take an executor's key.
+    assert entry_key(key) is None
+
+
+def executor(executor_id: str, expires_at: float) -> dict[str, Any]:
+    return {
+        "executor_id": executor_id,
+        "providers": ["offline"],
+        "default_provider": "offline",
+        "limits": {"max_steps": 50},
+        "published_at": expires_at - 180,
+        "expires_at": expires_at,
+    }
+
+
+async def test_prune_deletes_only_executor_entries_expired_before_the_given_time(
+    js: JetStreamContext, nats_prefix: str
+) -> None:
+    kv = await open_bucket(js, Names(nats_prefix))
+    assert await prune_executors(kv, before=1e12) == []  # an empty bucket
+    await publish_descriptor(kv, {"id": "simple", "version": "1"})
+    await publish_executor(kv, executor("old", expires_at=100.0))
+    await publish_executor(kv, executor("new", expires_at=500.0))
+    await kv.put(executor_key("garbled"), b"not json")
+    assert json.loads((await kv.get("_executors/new")).value) == executor("new", 500.0)
+    pruned = await prune_executors(kv, before=200.0)
+    assert sorted(pruned) == ["_executors/garbled", "_executors/old"]
+    assert sorted(await kv.keys()) == ["_executors/new", "simple", "simple/1"]
+    await js.delete_key_value(Names(nats_prefix).bucket(BUCKET))
+
+
+async def test_the_watcher_keeps_executor_entries_apart_from_templates(
+    nats_server: Any, nats_prefix: str
+) -> None:
+    client = NatsClient(nats_server.url, name="kit-test")
+    await client.start()
+    assert await client.wait_connected(5)
+    names = Names(nats_prefix)
+    kv = await open_bucket(client.js, names)
+    await publish_descriptor(kv, {"id": "simple", "version": "1"})
+    await publish_executor(kv, executor("e1", expires_at=500.0))
+    # A parser that takes only templates: it must never see an executor entry.
+    watcher = CatalogWatcher(client, names, lambda doc: str(doc["version"]))
+    await watcher.start()
+    try:
+        await asyncio.wait_for(watcher.synced.wait(), 5)
+        assert watcher.entries == {"simple": "1", "simple/1": "1"}
+        assert watcher.latest() == {"simple": "1"}
+        assert watcher.executors == {"_executors/e1": executor("e1", 500.0)}
+        await kv.delete(executor_key("e1"))
+        for _ in range(250):
+            if not watcher.executors:
+                break
+            await asyncio.sleep(0.02)
+        assert watcher.executors == {}
+    finally:
+        await watcher.stop()
+        await client.close()

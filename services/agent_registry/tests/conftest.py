@@ -15,7 +15,7 @@ from typing import Any
 import nats
 import pytest
 from nats.js.kv import KeyValue
-from registry_support import SIMPLE, WORKFLOW, Registry
+from registry_support import FLOW, SIMPLE, TASKS, WORKFLOW, Registry
 
 from agent_registry.adapters.memory import InMemoryReadModel, InMemoryTemplateCatalog
 from agent_registry.application.listing import AgentListing
@@ -29,7 +29,7 @@ from agentrt_testkit.postgres import PostgresDatabase
 
 @pytest.fixture
 def catalog() -> InMemoryTemplateCatalog:
-    return InMemoryTemplateCatalog([SIMPLE, WORKFLOW])
+    return InMemoryTemplateCatalog([SIMPLE, WORKFLOW, FLOW, TASKS])
 
 
 @pytest.fixture
@@ -58,10 +58,10 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
 
 @pytest.fixture
 async def catalog_kv(nats_server: Any, nats_prefix: str) -> AsyncIterator[KeyValue]:
-    """The template bucket of this test's prefix, holding SIMPLE and WORKFLOW."""
+    """The template bucket of this test's prefix, holding SIMPLE, WORKFLOW, FLOW and TASKS."""
     nc = await nats.connect(nats_server.url)
     kv = await open_bucket(nc.jetstream(), Names(nats_prefix))
-    for descriptor in (SIMPLE, WORKFLOW):
+    for descriptor in (SIMPLE, WORKFLOW, FLOW, TASKS):
         await publish_descriptor(kv, descriptor.to_document())
     yield kv
     await nc.close()

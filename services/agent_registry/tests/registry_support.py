@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from agent_registry.config import Settings
 from agent_registry.domain.agent import CommandContext
+from agent_registry.domain.executors import ExecutorReport
 from agent_registry.domain.templates import TemplateDescriptor
 from agent_registry.main import serve
 from agentrt.registry.v1 import registry_pb2 as pb
@@ -53,7 +55,91 @@ WORKFLOW = TemplateDescriptor(
         },
     },
 )
+# Shaped like the executors' `langgraph-workflow` and `task` schemas: steps keyed by
+# id, else name (a name may stand for its step), or by id, else `step_<n>`.
+_STEP = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "id": {"anyOf": [{"type": "string", "minLength": 1}, {"type": "null"}]},
+        "name": {"type": "string", "minLength": 1},
+        "depends_on": {"type": "array", "items": {"type": "string"}},
+        "timeout": {
+            "anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}],
+            "x-agentrt-ceiling": "run_timeout_seconds",
+        },
+    },
+}
+FLOW = TemplateDescriptor(
+    id="flow",
+    version="1.0.0",
+    framework="langgraph",
+    config_schema={
+        "type": "object",
+        "required": ["steps"],
+        "properties": {
+            "steps": {
+                "type": "array",
+                "items": {"$ref": "#/$defs/Step"},
+                "x-agentrt-acyclic": {"key": ["id", "name"], "aliases": ["name"]},
+                "x-agentrt-ceiling": {"limit": "max_steps", "reserve": 3},
+            },
+            "step_timeout": {"type": "integer", "x-agentrt-ceiling": "run_timeout_seconds"},
+        },
+        "$defs": {"Step": _STEP},
+    },
+)
+TASKS = TemplateDescriptor(
+    id="tasks",
+    version="1.0.0",
+    config_schema={
+        "type": "object",
+        "properties": {
+            "steps": {
+                "type": "array",
+                "items": {"anyOf": [{"type": "string"}, {"type": "object"}]},
+                "x-agentrt-acyclic": {
+                    "key": ["id"],
+                    "depends_on": "depends_on",
+                    "default_key": "step_{n}",
+                    "reserved": ["synthesis"],
+                },
+            },
+        },
+    },
+)
 CTX = CommandContext(actor="tester", request_id="req-1")
+
+
+def executor_report(
+    executor_id: str = "exec-1",
+    providers: tuple[str, ...] = ("offline", "gpt"),
+    *,
+    expires_in: float = 180.0,
+    published_ago: float = 0.0,
+    **limits: float,
+) -> ExecutorReport:
+    """An executor's catalogue entry, live for `expires_in` seconds from now."""
+    now = time.time()
+    return ExecutorReport(
+        executor_id=executor_id,
+        providers=frozenset(providers),
+        expires_at=now + expires_in,
+        published_at=now - published_ago,
+        limits=limits or {"run_timeout_seconds": 300.0, "max_steps": 10.0},
+    )
+
+
+def executor_document(report: ExecutorReport) -> dict[str, Any]:
+    """The entry as an executor publishes it."""
+    return {
+        "executor_id": report.executor_id,
+        "providers": sorted(report.providers),
+        "default_provider": "offline",
+        "limits": dict(report.limits),
+        "published_at": report.published_at,
+        "expires_at": report.expires_at,
+    }
 
 
 def spec(**overrides: Any) -> dict[str, Any]:

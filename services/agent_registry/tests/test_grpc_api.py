@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
 import grpc
 import pytest
-from registry_support import proto_spec
+from nats.js.kv import KeyValue
+from registry_support import executor_document, executor_report, proto_spec
 
 from agentrt.registry.v1 import registry_pb2 as pb
+from agentrt_kit.catalog import publish_executor
 from agentrt_kit.errors import AgentrtError
 from agentrt_kit.grpc.status import error_from_rpc
 
@@ -85,7 +88,6 @@ async def test_create_reports_every_bad_field(stub: Any) -> None:
                     conversation_config={"temperature": 3, "max_tokens": 0},
                     toolsets=["a", "a"],
                 ),
-                status=pb.AGENT_STATUS_ERROR,
             )
         )
     )
@@ -98,8 +100,17 @@ async def test_create_reports_every_bad_field(stub: Any) -> None:
         "spec.conversation_config.temperature",
         "spec.conversation_config.max_tokens",
         "spec.toolsets[1]",
-        "status",
     }
+
+
+async def test_an_agent_may_start_in_any_status(stub: Any) -> None:
+    for status in (pb.AGENT_STATUS_ACTIVE, pb.AGENT_STATUS_INACTIVE, pb.AGENT_STATUS_ERROR):
+        reply = await stub.CreateAgent(
+            pb.CreateAgentRequest(
+                spec=proto_spec(name=f"starts-{status}", template_id="simple-test"), status=status
+            )
+        )
+        assert reply.agent.status == status
 
 
 async def test_unknown_template_and_version_are_refused(stub: Any) -> None:
@@ -403,3 +414,69 @@ async def test_stale_list_answers_without_waiting(stub: Any) -> None:
     await stub.ListAgents(pb.ListAgentsRequest())
     listed = await stub.ListAgents(pb.ListAgentsRequest(allow_stale=True))
     assert [a.id for a in listed.agents] == ["a1"]
+
+
+FLOW_STEPS = [{"name": "a"}, {"name": "b", "depends_on": ["a"]}, {"name": "c", "depends_on": ["b"]}]
+
+
+async def test_what_would_fail_at_run_time_is_refused_at_create_and_update(
+    stub: Any, catalog_kv: KeyValue
+) -> None:
+    flow = {"template_id": "flow", "template_version_id": "1.0.0"}
+    reply = await stub.CreateAgent(
+        pb.CreateAgentRequest(
+            agent_id="f1",
+            spec=proto_spec(llm_config_id="claude", template_config={"steps": FLOW_STEPS}, **flow),
+        )
+    )
+    # No executor has published yet: accepted, but never silently.
+    assert reply.warnings == [
+        "llm_config_id 'claude' was not checked: no executor has published its model providers yet",
+        "the limits in template_config were not checked against the executors' ceilings: "
+        "no executor has published them yet",
+    ]
+    report = executor_report(providers=("offline", "gpt"), run_timeout_seconds=300, max_steps=10)
+    await publish_executor(catalog_kv, executor_document(report))
+
+    async def update(**spec: Any) -> Any:
+        return await stub.UpdateAgent(
+            pb.UpdateAgentRequest(
+                agent_id="f1", spec=proto_spec(**spec), update_mask={"paths": list(spec)}
+            )
+        )
+
+    # The registry's watch sees the executor's entry a moment later.
+    for _ in range(250):
+        try:
+            await update(llm_config_id="claude")
+        except grpc.aio.AioRpcError:
+            break
+        await asyncio.sleep(0.02)
+    code, err = await refused(update(llm_config_id="claude"))
+    assert (code, fields(err)) == (grpc.StatusCode.INVALID_ARGUMENT, ["spec.llm_config_id"])
+    assert "known provider ids: gpt, offline" in err.violations[0].description
+
+    cyclic = [{"name": "a", "depends_on": ["c"]}, *FLOW_STEPS[1:]]
+    code, err = await refused(update(template_config={"steps": cyclic}))
+    assert (code, fields(err)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        ["spec.template_config.steps[1].depends_on[0]"],
+    )
+    assert err.violations[0].description == (
+        "steps depend on each other in a cycle: a -> c -> b -> a"
+    )
+    too_slow = {"steps": [{"name": "a", "timeout": 301}]}
+    code, err = await refused(create(stub, "f2", name="F2", template_config=too_slow, **flow))
+    assert fields(err) == ["spec.template_config.steps[0].timeout"]
+    assert "ceiling of 300" in err.violations[0].description
+    code, err = await refused(
+        create(
+            stub, "f3", name="F3", llm_config_id="nope", template_config={"steps": cyclic}, **flow
+        )
+    )
+    assert set(fields(err)) == {
+        "spec.llm_config_id",
+        "spec.template_config.steps[1].depends_on[0]",
+    }
+    reply = await update(llm_config_id="gpt", template_config={"steps": FLOW_STEPS[:2]})
+    assert list(reply.warnings) == []

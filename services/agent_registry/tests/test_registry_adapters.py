@@ -25,7 +25,7 @@ import pytest
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
-from registry_support import CTX, SIMPLE, WORKFLOW, spec
+from registry_support import CTX, SIMPLE, WORKFLOW, executor_document, executor_report, spec
 
 from agent_registry.adapters.grpc_api import (
     agent_to_proto,
@@ -69,7 +69,7 @@ from agent_registry.domain.status import Status
 from agent_registry.errors import CatalogUnavailable, InvalidAgent
 from agentrt.events.v1 import registry_events_pb2
 from agentrt.registry.v1 import registry_pb2 as pb
-from agentrt_kit.catalog import open_bucket, publish_descriptor
+from agentrt_kit.catalog import executor_key, open_bucket, publish_descriptor, publish_executor
 from agentrt_kit.errors import InvalidArgument, Unavailable
 from agentrt_kit.grpc.structs import plain
 from agentrt_kit.nats import MSG_ID_HEADER, Names, NatsClient
@@ -683,6 +683,53 @@ async def test_catalog_ignores_and_logs_invalid_descriptors(
         messages = {r.getMessage() for r in caplog.records}
         assert messages == {"ignoring bad template descriptor"}
         assert await get(catalog, "langgraph-workflow") == WORKFLOW
+    finally:
+        await catalog.stop()
+
+
+async def test_catalog_reads_executor_entries_the_watch_has_not_delivered(
+    client: NatsClient, nats_prefix: str
+) -> None:
+    kv = await bucket(client, nats_prefix)
+    catalog = await started_catalog(client, nats_prefix)
+    await catalog.stop()  # no watcher: only a direct read can find the entry
+    assert not (await asyncio.to_thread(catalog.executors)).known
+    await publish_executor(kv, executor_document(executor_report(providers=("offline",))))
+    fleet = await asyncio.to_thread(catalog.executors)
+    assert fleet.providers == {"offline"}
+
+
+async def test_catalog_reports_what_the_live_executors_publish(
+    client: NatsClient, nats_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    kv = await bucket(client, nats_prefix)
+    catalog = await started_catalog(client, nats_prefix)
+    try:
+        assert not catalog.executors().known  # no executor has published
+        one = executor_report("one", ("offline", "gpt"), run_timeout_seconds=300)
+        two = executor_report("two", ("offline",), run_timeout_seconds=60, max_steps=20)
+        with caplog.at_level(logging.ERROR, logger="agent_registry.adapters.nats_catalog"):
+            # Written first, so the watch has it once it has the others.
+            await kv.put(executor_key("broken"), b'{"executor_id": "broken"}')
+            for report in (one, two):
+                await publish_executor(kv, executor_document(report))
+
+            async def both_seen() -> bool:
+                return catalog.executors().providers == {"offline"}
+
+            await eventually(both_seen)
+            for _ in range(3):  # every read parses the entries again only when they changed
+                assert catalog.executors().limits == {"run_timeout_seconds": 60, "max_steps": 20}
+        # The bad entry is logged once, not on every read; templates are untouched by all this.
+        assert [r.getMessage() for r in caplog.records].count("ignoring bad executor entry") == 1
+        assert await get(catalog, "simple-test") == SIMPLE
+        await kv.delete(executor_key("two"))
+
+        async def only_one_left() -> bool:
+            return catalog.executors().providers == {"offline", "gpt"}
+
+        await eventually(only_one_left)
+        assert catalog.executors().limits == {"run_timeout_seconds": 300}
     finally:
         await catalog.stop()
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
-from registry_support import CTX, WORKFLOW, spec
+from registry_support import CTX, WORKFLOW, executor_report, spec
 
 from agent_registry.adapters.memory import (
     InMemoryPublisher,
@@ -141,12 +141,9 @@ def test_agents_start_created_active_or_inactive(
     assert history(app, "a1") == ["registered"]
 
 
-def test_an_agent_cannot_start_in_error(app: AgentRegistry) -> None:
-    with pytest.raises(InvalidAgent) as info:
-        app.create_agent("a1", spec(), Status.ERROR, CTX)
-    assert fields(info.value) == {"status"}
-    with pytest.raises(AgentNotFound):
-        app.get_agent("a1")
+def test_an_agent_may_start_in_error(app: AgentRegistry) -> None:
+    app.create_agent("a1", spec(), Status.ERROR, CTX)
+    assert app.get_agent("a1").status == Status.ERROR
 
 
 def test_create_requires_name_and_template(app: AgentRegistry) -> None:
@@ -1003,3 +1000,157 @@ async def test_relay_keeps_retrying_while_the_bus_is_down(
     await asyncio.wait_for(task, 2)
     assert [e.position for e in publisher.events] == agent_positions(app)
     assert positions.get_position("AgentRegistry.relay") == app.recorder.max_notification_id()
+
+
+# -------------------------------------------- checks against what the executors publish
+
+FLOW_STEPS = [{"name": "a"}, {"name": "b", "depends_on": ["a"]}, {"name": "c", "depends_on": ["b"]}]
+
+
+def flow_spec(**overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = {
+        "name": "Flow",
+        "template_id": "flow",
+        "template_version_id": "1.0.0",
+        "template_config": {"steps": FLOW_STEPS},
+    }
+    return {**values, **overrides}
+
+
+def refusal(command: Callable[[], object]) -> dict[str, str]:
+    with pytest.raises(InvalidAgent) as info:
+        command()
+    return {v.field: v.description for v in info.value.violations}
+
+
+@pytest.fixture
+def published(catalog: InMemoryTemplateCatalog) -> InMemoryTemplateCatalog:
+    """The catalogue after one executor (providers offline and gpt) has published."""
+    catalog.put_executor(executor_report(run_timeout_seconds=300, max_steps=10))
+    return catalog
+
+
+CYCLIC = [{"name": "a", "depends_on": ["c"]}, *FLOW_STEPS[1:]]
+PROBLEMS: list[tuple[dict[str, Any], str, str]] = [
+    (
+        {"template_config": {"steps": CYCLIC}},
+        "spec.template_config.steps[1].depends_on[0]",
+        "steps depend on each other in a cycle: a -> c -> b -> a",
+    ),
+    (
+        {"template_config": {"steps": [*FLOW_STEPS, {"name": "d", "depends_on": ["x"]}]}},
+        "spec.template_config.steps[3].depends_on[0]",
+        "'x' names no step (step ids: a, b, c, d)",
+    ),
+    (
+        {"template_config": {"steps": FLOW_STEPS, "step_timeout": 900}},
+        "spec.template_config.step_timeout",
+        "is 900, above the executors' run_timeout_seconds ceiling of 300",
+    ),
+    (
+        {"template_config": {"steps": [{"name": f"s{i}"} for i in range(8)]}},
+        "spec.template_config.steps",
+        "has 8 items; at most 7 fit the executors' max_steps ceiling of 10",
+    ),
+    (
+        {"llm_config_id": "claude"},
+        "spec.llm_config_id",
+        "names no model provider the executors serve: 'claude' (known provider ids: gpt, offline",
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "field", "why"), PROBLEMS)
+def test_create_refuses_what_would_only_fail_at_run_time(
+    app: AgentRegistry,
+    published: InMemoryTemplateCatalog,
+    change: dict[str, Any],
+    field: str,
+    why: str,
+) -> None:
+    got = refusal(lambda: app.create_agent("f1", flow_spec(**change), None, CTX))
+    assert list(got) == [field]
+    assert got[field].startswith(why)
+    with pytest.raises(AgentNotFound):
+        app.get_agent("f1")
+
+
+@pytest.mark.parametrize(("change", "field", "why"), PROBLEMS)
+def test_update_refuses_what_would_only_fail_at_run_time(
+    app: AgentRegistry,
+    published: InMemoryTemplateCatalog,
+    change: dict[str, Any],
+    field: str,
+    why: str,
+) -> None:
+    app.create_agent("f1", flow_spec(), None, CTX)
+    got = refusal(lambda: app.update_agent("f1", change, None, CTX))
+    assert list(got) == [field]
+    assert got[field].startswith(why)
+    assert app.get_agent("f1").version == 1
+
+
+def test_agents_within_the_executors_reach_are_accepted(
+    app: AgentRegistry, published: InMemoryTemplateCatalog
+) -> None:
+    config = {"steps": FLOW_STEPS, "step_timeout": 300}
+    _, warnings = app.create_agent(
+        "f1", flow_spec(llm_config_id="gpt", template_config=config), None, CTX
+    )
+    assert warnings == []
+    state, warnings = app.update_agent("f1", {"llm_config_id": ""}, None, CTX)
+    assert (state.version, warnings) == (2, [])
+
+
+def test_an_update_leaving_the_provider_alone_is_not_held_to_it(
+    app: AgentRegistry, catalog: InMemoryTemplateCatalog
+) -> None:
+    catalog.put_executor(executor_report(providers=("offline", "gpt")))
+    app.create_agent("f1", flow_spec(llm_config_id="gpt"), None, CTX)
+    # The deployment dropped "gpt": renaming the agent must still work.
+    catalog.put_executor(executor_report(providers=("offline",)))
+    state, _ = app.update_agent("f1", {"name": "Renamed"}, None, CTX)
+    assert state.spec["name"] == "Renamed"
+    got = refusal(lambda: app.update_agent("f1", {"llm_config_id": "gpt"}, None, CTX))
+    assert "known provider ids: offline" in got["spec.llm_config_id"]
+
+
+def test_before_any_executor_published_provider_and_ceilings_are_unchecked_with_warnings(
+    app: AgentRegistry,
+) -> None:
+    config = {"steps": FLOW_STEPS, "step_timeout": 100_000}
+    _, warnings = app.create_agent(
+        "f1", flow_spec(llm_config_id="claude", template_config=config), None, CTX
+    )
+    assert warnings == [
+        "llm_config_id 'claude' was not checked: no executor has published its model providers yet",
+        "the limits in template_config were not checked against the executors' ceilings: "
+        "no executor has published them yet",
+    ]
+    # A cycle needs no executor to be found.
+    got = refusal(lambda: app.update_agent("f1", {"template_config": {"steps": CYCLIC}}, None, CTX))
+    assert list(got) == ["spec.template_config.steps[1].depends_on[0]"]
+
+
+def test_the_lowest_ceiling_and_the_shared_providers_of_live_executors_apply(
+    app: AgentRegistry, catalog: InMemoryTemplateCatalog
+) -> None:
+    catalog.put_executor(executor_report("e1", ("offline", "gpt"), run_timeout_seconds=600))
+    catalog.put_executor(executor_report("e2", ("offline",), run_timeout_seconds=120))
+    catalog.put_executor(
+        executor_report("gone", ("offline",), expires_in=-60, run_timeout_seconds=10)
+    )
+    config = {"steps": FLOW_STEPS, "step_timeout": 121}
+    got = refusal(
+        lambda: app.create_agent(
+            "f1", flow_spec(llm_config_id="gpt", template_config=config), None, CTX
+        )
+    )
+    assert got == {
+        "spec.llm_config_id": "names no model provider the executors serve: 'gpt' "
+        "(known provider ids: offline; leave it empty for the default)",
+        "spec.template_config.step_timeout": "is 121, above the executors' "
+        "run_timeout_seconds ceiling of 120",
+    }
+    config["step_timeout"] = 120  # the expired executor's 10 s no longer counts
+    app.create_agent("f1", flow_spec(template_config=config), None, CTX)

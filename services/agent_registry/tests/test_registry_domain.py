@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import time
 from typing import Any
 
 import pytest
-from registry_support import CTX, SIMPLE, WORKFLOW
+from registry_support import CTX, FLOW, SIMPLE, TASKS, WORKFLOW, executor_report
 
 from agent_registry.domain.agent import (
     Agent,
@@ -15,6 +16,13 @@ from agent_registry.domain.agent import (
     agent_uuid,
     describe,
     name_uuid,
+)
+from agent_registry.domain.executors import (
+    UNKNOWN,
+    ExecutorFleet,
+    ExecutorReport,
+    check_llm_config_id,
+    fleet_of,
 )
 from agent_registry.domain.spec import (
     MAX_DEPTH,
@@ -580,3 +588,247 @@ def test_describe_every_event_type() -> None:
     assert again.changes == {"name": "Bot2", "template_id": "t"}
     assert again.to_status == "active"
     assert [e.occurred_at for e in entries] == sorted(e.occurred_at for e in entries)
+
+
+# ------------------------------------------------------ steps must not form a cycle
+
+LIMITS = {"run_timeout_seconds": 300.0, "max_steps": 10.0}
+
+
+def step(name: str, *depends_on: str, **more: Any) -> dict[str, Any]:
+    return {"name": name, "depends_on": list(depends_on), **more}
+
+
+def flow_problems(*steps: dict[str, Any] | str, **config: Any) -> dict[str, str]:
+    found = FLOW.validate_config({"steps": list(steps), **config}, limits=LIMITS)
+    return {v.field.removeprefix("spec.template_config."): v.description for v in found}
+
+
+def task_problems(*steps: dict[str, Any] | str) -> dict[str, str]:
+    found = TASKS.validate_config({"steps": list(steps)}, limits=LIMITS)
+    return {v.field.removeprefix("spec.template_config."): v.description for v in found}
+
+
+def test_steps_without_a_cycle_pass() -> None:
+    assert flow_problems(step("a"), step("b", "a"), step("c", "a", "b")) == {}
+
+
+def test_a_cycle_of_two_steps_is_refused_at_the_dependency_closing_it() -> None:
+    assert flow_problems(step("a", "b"), step("b", "a")) == {
+        "steps[1].depends_on[0]": "steps depend on each other in a cycle: a -> b -> a"
+    }
+
+
+def test_a_cycle_of_three_steps_names_every_step_in_it() -> None:
+    got = flow_problems(step("start"), step("a", "start", "c"), step("b", "a"), step("c", "b"))
+    # b's dependency on a closes the cycle found from a.
+    assert got == {
+        "steps[2].depends_on[0]": "steps depend on each other in a cycle: a -> c -> b -> a"
+    }
+
+
+def test_independent_cycles_are_each_reported() -> None:
+    got = flow_problems(step("a", "b"), step("b", "a"), step("c", "d"), step("d", "c"))
+    assert got == {
+        "steps[1].depends_on[0]": "steps depend on each other in a cycle: a -> b -> a",
+        "steps[3].depends_on[0]": "steps depend on each other in a cycle: c -> d -> c",
+    }
+
+
+def test_a_step_depending_on_itself_is_refused() -> None:
+    assert flow_problems(step("a"), step("b", "a", "b")) == {
+        "steps[1].depends_on[1]": "a step cannot depend on itself"
+    }
+    # By its id, or by its name when it has an id: the same step either way.
+    assert flow_problems(step("b", "b", id="x")) == {
+        "steps[0].depends_on[0]": "a step cannot depend on itself"
+    }
+
+
+def test_a_dependency_on_no_step_is_refused_naming_the_step_ids() -> None:
+    assert flow_problems(step("a"), step("b", "a", "nope", id="B")) == {
+        "steps[1].depends_on[1]": "'nope' names no step (step ids: a, B)"
+    }
+
+
+def test_a_step_key_defaults_to_its_name_and_a_name_may_stand_for_its_step() -> None:
+    # "a" has the id "first": `depends_on` may use either; "b" has no id: its name is its key.
+    assert flow_problems(step("a", id="first"), step("b", "a"), step("c", "first", "b")) == {}
+    assert flow_problems(step("a", "c", id="first"), step("b", "a"), step("c", "b")) == {
+        "steps[1].depends_on[0]": "steps depend on each other in a cycle: first -> c -> b -> first"
+    }
+
+
+def test_a_name_shared_by_several_steps_cannot_be_a_dependency() -> None:
+    got = flow_problems(step("same", id="x"), step("same", id="y"), step("z", "same"))
+    assert got == {"steps[2].depends_on[0]": "name 'same' is shared by several steps; use an id"}
+
+
+def test_steps_with_the_same_key_are_refused() -> None:
+    got = flow_problems(step("a"), step("b", id="a"), step("c", "a"))
+    assert got == {"steps[1].id": "id 'a' is the id of step 0 too; ids must differ"}
+
+
+def test_task_steps_default_to_their_position_as_id() -> None:
+    assert task_problems("first", {"instruction": "second", "depends_on": ["step_1"]}) == {}
+    got = task_problems(
+        {"depends_on": ["step_2"]}, {"depends_on": ["step_1"]}, {"id": "own", "depends_on": []}
+    )
+    assert got == {
+        "steps[1].depends_on[0]": "steps depend on each other in a cycle: step_1 -> step_2 -> step_1"
+    }
+    # A task step's name is no alias: only ids count.
+    assert task_problems({"name": "Read"}, {"depends_on": ["Read"]}) == {
+        "steps[1].depends_on[0]": "'Read' names no step (step ids: step_1, step_2)"
+    }
+
+
+def test_a_reserved_id_is_refused() -> None:
+    assert task_problems("go", {"id": "synthesis"}) == {"steps[1].id": "id 'synthesis' is reserved"}
+
+
+def test_steps_the_schema_refuses_are_left_to_the_schema() -> None:
+    # A step without a name has no key: only the schema's error is reported.
+    got = flow_problems(step("a", "b"), {"depends_on": ["a"]})
+    assert set(got) == {"steps[1]"}
+    assert "'name' is a required property" in got["steps[1]"]
+
+
+# ------------------------------------------------------ values under the executors' ceilings
+
+
+@pytest.mark.parametrize(
+    ("timeout", "refused"), [(299, False), (300, False), (301, True), (None, False)]
+)
+def test_a_timeout_above_the_run_timeout_ceiling_is_refused(
+    timeout: int | None, refused: bool
+) -> None:
+    got = flow_problems(step("a", timeout=timeout))
+    if refused:
+        assert got == {
+            "steps[0].timeout": "is 301, above the executors' run_timeout_seconds ceiling of 300"
+        }
+    else:
+        assert got == {}
+    if timeout is not None:
+        assert ("step_timeout" in flow_problems(step("a"), step_timeout=timeout)) is refused
+
+
+@pytest.mark.parametrize(("count", "refused"), [(6, False), (7, False), (8, True)])
+def test_more_steps_than_max_steps_allows_are_refused(count: int, refused: bool) -> None:
+    got = flow_problems(*(step(f"s{i}") for i in range(count)))
+    if refused:
+        assert got == {
+            "steps": "has 8 items; at most 7 fit the executors' max_steps ceiling of 10 "
+            "(the template's graph takes 3 more)"
+        }
+    else:
+        assert got == {}
+
+
+def test_without_a_published_ceiling_nothing_is_bounded() -> None:
+    config = {"steps": [step(f"s{i}", timeout=10_000) for i in range(30)], "step_timeout": 9999}
+    assert FLOW.validate_config(config) == []
+    assert FLOW.validate_config(config, limits={"max_tool_calls": 5}) == []
+
+
+def test_descriptors_tell_whether_they_use_ceilings() -> None:
+    assert FLOW.uses_ceilings
+    assert not TASKS.uses_ceilings
+    assert not SIMPLE.uses_ceilings
+
+
+# ------------------------------------------------------------------ the executor fleet
+
+
+def test_the_fleet_is_what_every_live_executor_can_run() -> None:
+    one = executor_report("one", ("offline", "gpt"), run_timeout_seconds=300, max_steps=50)
+    two = executor_report("two", ("offline", "gpt", "local"), run_timeout_seconds=120)
+    fleet = fleet_of([one, two], time.time())
+    assert fleet.providers == {"offline", "gpt"}
+    assert fleet.limits == {"run_timeout_seconds": 120, "max_steps": 50}
+
+
+def test_expired_executors_count_only_when_none_is_live() -> None:
+    gone = executor_report("gone", ("old",), expires_in=-600, published_ago=900)
+    later = executor_report("later", ("newer",), expires_in=-10, published_ago=200)
+    live = executor_report("live", ("offline",))
+    assert fleet_of([gone, later, live], time.time()).providers == {"offline"}
+    # No executor is up: the one seen last describes the deployment.
+    assert fleet_of([gone, later], time.time()).providers == {"newer"}
+    assert fleet_of([], time.time()) == UNKNOWN
+    assert not UNKNOWN.known
+
+
+def test_llm_config_id_must_name_a_provider_of_the_fleet() -> None:
+    fleet = ExecutorFleet(frozenset({"offline", "gpt"}))
+    assert check_llm_config_id("gpt", fleet) == []
+    assert check_llm_config_id("", fleet) == []  # the default provider
+    (bad,) = check_llm_config_id("claude", fleet)
+    assert bad.field == "spec.llm_config_id"
+    assert "'claude'" in bad.description
+    assert "known provider ids: gpt, offline" in bad.description
+    assert check_llm_config_id("claude", UNKNOWN) == []
+
+
+def test_executor_entries_are_parsed_and_bad_ones_refused() -> None:
+    doc = {
+        "executor_id": "e1",
+        "providers": ["offline"],
+        "limits": {"max_steps": 50},
+        "published_at": 1.0,
+        "expires_at": 2.0,
+    }
+    report = ExecutorReport.from_document(doc)
+    assert (report.providers, report.limits, report.expires_at) == (
+        frozenset({"offline"}),
+        {"max_steps": 50.0},
+        2.0,
+    )
+    for bad in (
+        {**doc, "providers": "offline"},
+        {**doc, "limits": {"max_steps": 0}},
+        {**doc, "limits": {"max_steps": True}},
+        {k: v for k, v in doc.items() if k != "expires_at"},
+        {**doc, "expires_at": "soon"},
+    ):
+        with pytest.raises(ValueError, match="executor entry"):
+            ExecutorReport.from_document(bad)
+
+
+def test_a_huge_step_graph_is_refused_before_its_graph_is_walked() -> None:
+    from agent_registry.domain.templates import MAX_GRAPH_ITEMS, TemplateDescriptor
+
+    rule = {"key": ["id"], "depends_on": "depends_on"}
+    bounded = TemplateDescriptor.from_document(
+        {
+            "id": "flow",
+            "version": "1",
+            "config_schema": {
+                "type": "object",
+                "properties": {
+                    "steps": {"type": "array", "maxItems": 20, "x-agentrt-acyclic": rule}
+                },
+            },
+        }
+    )
+    unbounded = TemplateDescriptor.from_document(
+        {
+            "id": "flow",
+            "version": "1",
+            "config_schema": {
+                "type": "object",
+                "properties": {"steps": {"type": "array", "x-agentrt-acyclic": rule}},
+            },
+        }
+    )
+    # Mutual pairs: 4,000 two-step cycles.
+    pairs = [{"id": f"s{i}", "depends_on": [f"s{i ^ 1}"]} for i in range(8_000)]
+    over_max = bounded.validate_config({"steps": pairs})
+    over_cap = unbounded.validate_config({"steps": pairs})
+    assert [v.field for v in over_max] == ["spec.template_config.steps"]
+    assert "is too long" in over_max[0].description
+    assert [v.field for v in over_cap] == ["spec.template_config.steps"]
+    assert f"at most {MAX_GRAPH_ITEMS}" in over_cap[0].description
+    many = unbounded.validate_config({"steps": pairs[:MAX_GRAPH_ITEMS]})
+    assert 0 < len(many) <= 50  # every cycle named, up to the report's bound

@@ -29,7 +29,7 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from registry_support import SIMPLE, Registry, sqlite_registry
 from tools_support import ToolsService
 
-from agent_executor.adapters.catalog_publisher import CatalogPublisher
+from agent_executor.adapters.catalog_publisher import CatalogPublisher, executor_entry
 from agent_executor.adapters.checkpointer import open_checkpointer
 from agent_executor.adapters.nats_runs import JetStreamRunEvents, NatsCancelBus
 from agent_executor.adapters.registry_client import RegistryAgents
@@ -37,6 +37,7 @@ from agent_executor.adapters.tools_client import GrpcTools
 from agent_executor.application.builtin.simple_test import SimpleTest
 from agent_executor.application.ports import ToolCallContext, ToolSpec
 from agent_executor.application.templates import AgentTemplate, AgentView, TemplateCatalog
+from agent_executor.config import Settings
 from agent_executor.domain.runs import (
     MessageDelta,
     RunCompleted,
@@ -44,11 +45,12 @@ from agent_executor.domain.runs import (
     RunStarted,
     Usage,
 )
+from agent_executor.domain.services_config import parse_services_config
 from agent_executor.errors import AgentNotFound, RegistryUnavailable, ToolsUnavailable
 from agentrt.events.v1 import run_events_pb2
 from agentrt.registry.v1 import registry_pb2 as rpb
 from agentrt.registry.v1 import registry_pb2_grpc as rpb_grpc
-from agentrt_kit.catalog import open_bucket, publish_descriptor
+from agentrt_kit.catalog import open_bucket, publish_descriptor, publish_executor
 from agentrt_kit.errors import InvalidArgument, NotFound, PermissionDenied
 from agentrt_kit.grpc.status import error_from_rpc
 from agentrt_kit.nats import MSG_ID_HEADER, Names, NatsClient
@@ -151,6 +153,50 @@ async def test_the_publisher_writes_every_template_under_its_id_and_version(
         await eventually(lambda: publisher.rounds == 2, timeout=5)
         assert await read_entry(nats_client, names, "plugged") is None
         assert await read_entry(nats_client, names, "plugged/0.3.0") is not None
+        assert await read_entry(nats_client, names, "simple-test") is not None
+    finally:
+        await publisher.stop()
+
+
+async def test_the_publisher_writes_this_executors_providers_and_limits(
+    nats_client: NatsClient, nats_prefix: str
+) -> None:
+    names = Names(nats_prefix)
+    kv = await open_bucket(nats_client.js, names)
+    now = time.time()
+    gone = {"executor_id": "gone", "providers": ["x"], "expires_at": now - 600}
+    sibling = {"executor_id": "sibling", "providers": ["offline"], "expires_at": now + 100}
+    for other in (gone, sibling):
+        await publish_executor(kv, other)
+    services = parse_services_config(
+        {"llm": {"providers": {"local": {"type": "offline"}, "gpt": {"type": "offline"}}}}, {}
+    )
+    settings = Settings(run_timeout_seconds=90, max_steps=12, max_tool_calls=0)
+    publisher = CatalogPublisher(
+        nats_client,
+        names,
+        TemplateCatalog([SimpleTest]).templates,
+        executor=executor_entry("exec-a", services, settings.published_limits()),
+        interval=60,
+    )
+    await publisher.start()
+    try:
+        await asyncio.wait_for(publisher.published.wait(), 5)
+        entry = await read_entry(nats_client, names, "_executors/exec-a")
+        assert entry is not None
+        assert entry["providers"] == ["gpt", "local"]
+        assert entry["default_provider"] == "local"
+        # max_tool_calls 0 is no ceiling: it is left out.
+        assert entry["limits"] == {
+            "run_timeout_seconds": 90,
+            "max_steps": 12,
+            "max_message_chars": 100_000,
+        }
+        assert now <= entry["published_at"] <= time.time()
+        assert entry["expires_at"] == pytest.approx(entry["published_at"] + 180)
+        # A long-gone executor's entry is cleared away; a live sibling's stays.
+        assert await read_entry(nats_client, names, "_executors/gone") is None
+        assert await read_entry(nats_client, names, "_executors/sibling") == sibling
         assert await read_entry(nats_client, names, "simple-test") is not None
     finally:
         await publisher.stop()

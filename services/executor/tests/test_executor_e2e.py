@@ -315,6 +315,25 @@ async def test_template_plugins_reload_without_a_restart(
     assert error_from_rpc(caught.value).reason == "TEMPLATE_NOT_AVAILABLE"
 
 
+async def test_a_plugin_dropped_into_a_plugin_dir_that_was_empty_at_start_is_served(
+    make_system: StartSystem, tmp_path: Path
+) -> None:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()  # what `make run` leaves: the folder, nothing in it
+    system = await make_system(plugin_dirs=[str(plugins)])
+
+    async def served() -> dict[str, str]:
+        listed = await system.executor.ListTemplates(pb.ListTemplatesRequest())
+        return {t.id: t.version for t in listed.templates}
+
+    assert "echo-plugin" not in await served()
+    write_plugin(plugins / "echo", "1.0.0", "new")  # a new folder, then its file
+    await eventually(lambda: _version_is(served, "1.0.0"), timeout=10)
+    agent = await system.create_agent(template_id="echo-plugin")
+    reply = await system.executor.Execute(pb.ExecuteRequest(input=run_input(agent.id, "you")))
+    assert reply.message.content == "new hello you"
+
+
 async def _version_is(served: Any, version: str) -> bool:
     return (await served()).get("echo-plugin") == version
 

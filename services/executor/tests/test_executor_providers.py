@@ -10,6 +10,7 @@ langchain-openai client.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -20,7 +21,9 @@ import pytest
 from fake_openai import DEFAULT_CONTENT, FakeOpenAI
 from langchain_core.callbacks import get_usage_metadata_callback
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.tools import tool
+from pydantic import Field
 
 from agent_executor.adapters import models as models_module
 from agent_executor.adapters.memory import (
@@ -485,8 +488,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     """The clock of every circuit breaker ProviderModels makes."""
     fake = Clock()
 
-    def breaker(threshold: int, cooldown: float) -> CircuitBreaker:
-        return CircuitBreaker(threshold, cooldown, clock=fake)
+    def breaker(threshold: int, cooldown: float, name: str = "") -> CircuitBreaker:
+        return CircuitBreaker(threshold, cooldown, name=name, clock=fake)
 
     monkeypatch.setattr(models_module, "CircuitBreaker", breaker)
     return fake
@@ -557,6 +560,58 @@ async def test_with_every_circuit_open_calls_fail_fast(server: FakeOpenAI, clock
         await collect(model.astream("refused"))
 
     assert len(server.requests) == 1
+
+
+async def test_at_half_open_one_call_tries_the_primary_while_the_others_fall_back(
+    server: FakeOpenAI, clock: Clock
+) -> None:
+    model = routed(server, fallback=True, retries=0, breaker_failures=1, breaker_cooldown=10)
+    server.fail(500)
+    await model.ainvoke("opens the circuit")
+    clock.now += 11
+    server.reply("primary is back", delay=0.3)  # the trial is still running as others call
+
+    answers = await asyncio.gather(*(model.ainvoke(f"q{i}") for i in range(5)))
+
+    contents = [str(a.content) for a in answers]
+    assert contents.count("primary is back") == 1
+    assert sum(c.startswith("You said: q") for c in contents) == 4  # the offline fallback
+    assert len(server.requests) == 2  # the opening failure and the one trial
+    assert (await model.ainvoke("closed")).content == DEFAULT_CONTENT
+
+
+class Outcomes(OfflineChatModel):
+    """A model answering from a list: an exception is raised, a string is the reply."""
+
+    outcomes: list[Any] = Field(default_factory=list)
+
+    async def _agenerate(self, *args: Any, **kwargs: Any) -> ChatResult:
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(outcome))])
+
+
+async def test_a_fallback_past_its_cooldown_keeps_its_trial_for_a_call_that_needs_it() -> None:
+    now = [0.0]
+    first = Outcomes(outcomes=[ConnectionError("1"), "first is back", ConnectionError("3")])
+    second = Outcomes(outcomes=[ConnectionError("1"), "second answers"])
+    model = RoutedChatModel.over(
+        [
+            Route("first", first, CircuitBreaker(1, 10, clock=lambda: now[0])),
+            Route("second", second, CircuitBreaker(1, 10, clock=lambda: now[0])),
+        ],
+        transient=lambda e: isinstance(e, ConnectionError),
+    )
+    with pytest.raises(ProviderFailed):
+        await model.ainvoke("both fail: both circuits open")
+    now[0] += 10
+
+    # The first's trial answers: the second's breaker is not asked, so its trial is
+    # still there when the first fails again.
+    assert (await model.ainvoke("a")).content == "first is back"
+    assert (await model.ainvoke("b")).content == "second answers"
+    assert (first.outcomes, second.outcomes) == ([], [])
 
 
 def test_synchronous_calls_retry_and_fail_over_the_same_way(server: FakeOpenAI) -> None:

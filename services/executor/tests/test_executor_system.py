@@ -278,9 +278,15 @@ async def test_tool_call_and_step_budgets_end_the_run(make_system: StartSystem) 
 
 async def test_misconfigured_agents_are_refused_naming_the_field(make_system: StartSystem) -> None:
     system = await make_system()
+    # An unknown provider never gets this far: the registry refuses it, from the
+    # providers this executor published to the catalogue.
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await system.create_agent(template_id="conversation", llm_config_id="gpt-nowhere")
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in error_from_rpc(refused.value).violations] == ["spec.llm_config_id"]
+    assert "known provider ids: offline" in error_from_rpc(refused.value).violations[0].description
     cases = [
         ({"toolsets": ["no_such_tool"]}, "toolsets[0]"),
-        ({"llm_config_id": "gpt-nowhere"}, "llm_config_id"),
         (
             {"conversation_config": {"limits": {"timeout_seconds": -1}}},
             "conversation_config.limits.timeout_seconds",

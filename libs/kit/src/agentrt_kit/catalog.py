@@ -5,6 +5,15 @@ serve now) and one under `<template_id>/<version>`; the registry validates agent
 configs against it and the gateway serves `/v1/templates` from it, whether or
 not an executor is up. Values are JSON documents:
 `{id, version, name, description, framework, config_schema, config_fields}`.
+
+Each executor also writes what it can run under `_executors/<executor id>` (a key
+no template id can take: template keys start alphanumeric):
+`{executor_id, providers: [ids], default_provider, limits: {name: ceiling},
+published_at, expires_at}` (times in Unix seconds). `limits` holds the ceilings
+the executor enforces on every run (`run_timeout_seconds`, `max_steps`, ...); a
+limit it does not enforce (0: unlimited) is left out. An executor rewrites its
+entry before `expires_at`, so an entry past it belongs to an executor that is
+gone. Template schemas refer to these limits by name (`x-agentrt-ceiling`).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BUCKET = "templates"
+EXECUTOR_PREFIX = "_executors/"
 # A KV key token: alphanumeric first, no empty subject token ("a..b") and no trailing
 # dot ("a."), which NATS refuses (or never answers); fullmatch, so no trailing newline.
 _TOKEN = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]|\.(?=[A-Za-z0-9_-])){0,127}")
@@ -41,6 +51,12 @@ def entry_key(template_id: str, version: str | None = None) -> str | None:
     if not _TOKEN.fullmatch(template_id) or (version is not None and not _TOKEN.fullmatch(version)):
         return None
     return template_id if version is None else f"{template_id}/{version}"
+
+
+def executor_key(executor_id: str) -> str:
+    """The KV key of an executor's entry (characters a key cannot hold become `-`)."""
+    token = re.sub(r"[^A-Za-z0-9_-]+", "-", executor_id).strip("-")[:128]
+    return EXECUTOR_PREFIX + (token or "executor")
 
 
 async def open_bucket(js: JetStreamContext, names: Names) -> KeyValue:
@@ -63,6 +79,40 @@ async def publish_descriptor(kv: KeyValue, descriptor: Mapping[str, Any]) -> Non
     await kv.put(latest, data)
 
 
+async def publish_executor(kv: KeyValue, entry: Mapping[str, Any]) -> None:
+    """Write an executor's entry (providers, limits, expiry) under its key."""
+    await kv.put(
+        executor_key(str(entry["executor_id"])), json.dumps(entry, sort_keys=True).encode()
+    )
+
+
+async def prune_executors(kv: KeyValue, before: float) -> list[str]:
+    """Delete the executor entries that expired before `before`; returns their keys.
+
+    Executor ids change with every replica (host name and pid), so without this
+    the bucket would keep an entry for every executor that ever ran.
+    """
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return []
+    pruned = []
+    for key in keys:
+        if not key.startswith(EXECUTOR_PREFIX):
+            continue
+        try:
+            entry = await kv.get(key)
+            expires = float(json.loads(entry.value or b"{}").get("expires_at", 0))
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            continue
+        except (ValueError, TypeError, AttributeError):
+            expires = 0.0  # unreadable: nobody can use it
+        if expires < before:
+            await kv.delete(key)
+            pruned.append(key)
+    return pruned
+
+
 class CatalogWatcher(Generic[T]):
     """Every entry of the catalogue bucket in memory, kept current by a KV watch.
 
@@ -70,7 +120,8 @@ class CatalogWatcher(Generic[T]):
     ValueError for a document to ignore). While NATS is down the entries held keep
     serving. A watch does not survive a NATS server restart (its consumer is gone),
     so after a reconnection it starts afresh and the new watch re-delivers every
-    current entry, deletions included.
+    current entry, deletions included. Executor entries (`_executors/...`) are not
+    templates: they are kept apart, as documents, in `executors`.
     """
 
     def __init__(
@@ -86,6 +137,7 @@ class CatalogWatcher(Generic[T]):
         self._parse = parse
         self._recheck = recheck_interval
         self.entries: dict[str, T] = {}  # by KV key: `<id>` (latest) and `<id>/<version>`
+        self.executors: dict[str, dict[str, Any]] = {}  # executor entries, by KV key
         self._kv: KeyValue | None = None
         self._task: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()  # set once the bucket's entries have all arrived
@@ -114,6 +166,22 @@ class CatalogWatcher(Generic[T]):
             return None
         self._apply(key, entry.value, entry.operation)
         return self.entries.get(key)
+
+    async def lookup_executors(self) -> None:
+        """Read every executor entry from the bucket itself (the watch may lag behind)."""
+        if self._kv is None:
+            self._kv = await open_bucket(self._client.js, self._names)
+        try:
+            keys = await self._kv.keys()
+        except nats.js.errors.NoKeysError:
+            return
+        for key in keys:
+            if key.startswith(EXECUTOR_PREFIX):
+                with contextlib.suppress(
+                    nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError
+                ):
+                    entry = await self._kv.get(key)
+                    self._apply(key, entry.value, entry.operation)
 
     async def _watch_forever(self) -> None:
         backoff = jittered_backoff(0.2, 5.0)
@@ -149,6 +217,9 @@ class CatalogWatcher(Generic[T]):
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
     def _apply(self, key: str, value: bytes | None, operation: str | None) -> None:
+        if key.startswith(EXECUTOR_PREFIX):
+            self._apply_executor(key, value, operation)
+            return
         if operation in (KV_DEL, KV_PURGE) or not value:
             self.entries.pop(key, None)
             return
@@ -156,3 +227,17 @@ class CatalogWatcher(Generic[T]):
             self.entries[key] = self._parse(json.loads(value))
         except ValueError as e:
             log.error("ignoring bad template descriptor", extra={"key": key, "error": str(e)})
+
+    def _apply_executor(self, key: str, value: bytes | None, operation: str | None) -> None:
+        if operation in (KV_DEL, KV_PURGE) or not value:
+            self.executors.pop(key, None)
+            return
+        try:
+            doc = json.loads(value)
+        except ValueError as e:
+            log.error("ignoring bad executor entry", extra={"key": key, "error": str(e)})
+            return
+        if isinstance(doc, dict):
+            self.executors[key] = doc
+        else:
+            log.error("ignoring bad executor entry", extra={"key": key, "error": "not an object"})

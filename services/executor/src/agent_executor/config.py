@@ -119,6 +119,21 @@ class Settings(ServiceSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    def published_limits(self) -> dict[str, float]:
+        """The ceilings every run here is held to, by setting name, for the catalogue.
+
+        Template schemas name them (`x-agentrt-ceiling`); a count of 0 (unlimited)
+        is no ceiling and is left out.
+        """
+        limits: dict[str, float] = {
+            "run_timeout_seconds": self.run_timeout_seconds,
+            "max_message_chars": self.max_message_chars,
+        }
+        for name in ("max_steps", "max_tool_calls"):
+            if value := getattr(self, name):
+                limits[name] = value
+        return limits
+
     def run_limits(self) -> RunLimits:
         """The executor-wide run limits."""
         return RunLimits(

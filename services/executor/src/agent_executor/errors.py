@@ -61,6 +61,19 @@ class TemplateUnavailable(FailedPrecondition):
     default_reason = "TEMPLATE_NOT_AVAILABLE"
 
 
+class ClientToolsUnsupported(FailedPrecondition):
+    """The request brings client tools but the agent's template cannot offer them."""
+
+    default_reason = "CLIENT_TOOLS_UNSUPPORTED"
+
+    def __init__(self, template_id: str) -> None:
+        super().__init__(
+            f"template {template_id!r} does not support client tools; "
+            "send the request without tools, or use a ReAct template (simple-test, conversation)",
+            metadata={"template_id": template_id},
+        )
+
+
 class RunNotFound(NotFound):
     """No run has this id."""
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from agent_executor.adapters.catalog_publisher import CatalogPublisher
+from agent_executor.adapters.catalog_publisher import CatalogPublisher, executor_entry
 from agent_executor.adapters.checkpointer import open_checkpointer
 from agent_executor.adapters.grpc_api import ExecutorServicer
 from agent_executor.adapters.models import ProviderModels
@@ -94,11 +94,17 @@ async def _templates(
     client: NatsClient,
     names: Names,
     run_blocking: BlockingRunner,
+    *,
+    services: ServicesConfig,
 ) -> TemplateCatalog:
     """Built-in and plugin templates, published to the catalogue and kept current."""
     catalog = TemplateCatalog(BUILTINS)
     publisher = CatalogPublisher(
-        client, names, catalog.templates, interval=settings.catalog_publish_interval_seconds
+        client,
+        names,
+        catalog.templates,
+        executor=executor_entry(settings.executor_id, services, settings.published_limits()),
+        interval=settings.catalog_publish_interval_seconds,
     )
 
     def changed(added: Sequence[LoadedTemplate], removed: Sequence[str]) -> None:
@@ -199,7 +205,12 @@ async def serve(
             run_blocking = BlockingRunner(settings.worker_threads, "executor")
             stack.callback(run_blocking.shutdown)
             catalog = await _templates(
-                stack, settings, client, Names(settings.nats_prefix), run_blocking
+                stack,
+                settings,
+                client,
+                Names(settings.nats_prefix),
+                run_blocking,
+                services=services,
             )
             models = _models(settings, services)
             runs = await _run_service(

@@ -24,6 +24,7 @@ from agentrt_kit.context import (
     new_request_id,
     request_id_var,
 )
+from agentrt_kit.grpc.server import MAX_MESSAGE_BYTES
 
 
 def retry_service_config(
@@ -109,6 +110,10 @@ def create_channel(
         ("grpc.enable_retries", 1),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.lb_policy_name", "round_robin"),
+        # As large as the servers send (gRPC's client default is 4 MiB): a page of big
+        # agents must not fail on the caller's side.
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
     if service_config:
         options.append(("grpc.service_config", service_config))

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
 from collections.abc import Collection, Sequence
 
 from agent_registry.application.ports import ListFilter, OutboundEvent
 from agent_registry.application.records import AgentRecord
+from agent_registry.domain.executors import ExecutorFleet, ExecutorReport, fleet_of
 from agent_registry.domain.templates import TemplateDescriptor
 from agent_registry.errors import CatalogUnavailable
 
@@ -19,9 +21,14 @@ from agent_registry.errors import CatalogUnavailable
 class InMemoryTemplateCatalog:
     """Descriptors held in a dict; `available=False` simulates an unreachable catalogue."""
 
-    def __init__(self, descriptors: Sequence[TemplateDescriptor] = ()) -> None:
+    def __init__(
+        self,
+        descriptors: Sequence[TemplateDescriptor] = (),
+        executors: Sequence[ExecutorReport] = (),
+    ) -> None:
         self._latest: dict[str, TemplateDescriptor] = {}
         self._versions: dict[tuple[str, str], TemplateDescriptor] = {}
+        self._executors = {r.executor_id: r for r in executors}
         self.available = True
         for d in descriptors:
             self.put(d)
@@ -30,6 +37,14 @@ class InMemoryTemplateCatalog:
         """Publish a descriptor (it becomes the latest of its template)."""
         self._latest[descriptor.id] = descriptor
         self._versions[(descriptor.id, descriptor.version)] = descriptor
+
+    def put_executor(self, report: ExecutorReport) -> None:
+        """Publish an executor's entry (replacing its earlier one)."""
+        self._executors[report.executor_id] = report
+
+    def executors(self) -> ExecutorFleet:
+        """What every executor can run, as of now."""
+        return fleet_of(self._executors.values(), time.time())
 
     def get(self, template_id: str, version: str | None) -> TemplateDescriptor | None:
         """The descriptor, latest when `version` is None."""

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from agent_registry.application.records import AgentRecord
 from agent_registry.domain.agent import HistoryEntry
+from agent_registry.domain.executors import ExecutorFleet
 from agent_registry.domain.templates import TemplateDescriptor
 
 
@@ -23,6 +24,13 @@ class TemplateCatalog(Protocol):
 
         Raises:
             CatalogUnavailable: when the catalogue cannot be read and nothing is cached.
+        """
+        ...
+
+    def executors(self) -> ExecutorFleet:
+        """What every executor can run now: provider ids and run-limit ceilings.
+
+        Never raises: when nothing was published (or cannot be read) the fleet is unknown.
         """
         ...
 

@@ -34,6 +34,7 @@ from agent_registry.domain.agent import (
     describe,
     name_uuid,
 )
+from agent_registry.domain.executors import ExecutorFleet, check_llm_config_id
 from agent_registry.domain.spec import (
     REQUIRED_FIELDS,
     SPEC_FIELDS,
@@ -43,7 +44,7 @@ from agent_registry.domain.spec import (
     validate_fields,
     validate_size,
 )
-from agent_registry.domain.status import INITIAL_STATUSES, Status
+from agent_registry.domain.status import Status
 from agent_registry.errors import (
     AgentNotFound,
     CatalogUnavailable,
@@ -119,7 +120,8 @@ class AgentRegistry(Application[uuid.UUID]):
         """Register an agent (or re-register a deleted id); returns it and warnings.
 
         Raises:
-            InvalidAgent: bad fields, unknown template or config breaking its schema.
+            InvalidAgent: bad fields, unknown template, config breaking its schema or
+                the executors' ceilings, or an `llm_config_id` no executor serves.
             AgentAlreadyExists: a live agent has this id.
             NameTaken: a live agent has this name.
         """
@@ -133,15 +135,15 @@ class AgentRegistry(Application[uuid.UUID]):
         violations += validate_fields(
             spec, [f for f in spec if f not in REQUIRED_FIELDS or spec[f]]
         )
-        if status is not None and status not in INITIAL_STATUSES:
-            violations.append(
-                FieldViolation("status", "an agent starts as created, active or inactive")
-            )
         full = complete(spec)
         if isinstance(full["name"], str):
             full["name"] = full["name"].strip()
-        violations += validate_size(full)
-        warnings = self._check_template(full, violations)
+        oversized = validate_size(full)
+        if oversized:  # nothing more is validated of a spec too large to keep
+            raise InvalidAgent([*violations, *oversized])
+        fleet = self.catalog.executors()
+        warnings = self._check_provider(full, violations, fleet)
+        warnings += self._check_template(full, violations, fleet)
         if violations:
             raise InvalidAgent(violations)
         initial = status or Status.CREATED
@@ -181,7 +183,8 @@ class AgentRegistry(Application[uuid.UUID]):
         """Set the given spec fields; returns the agent and warnings.
 
         Raises:
-            InvalidAgent: bad fields or a template config that breaks the schema.
+            InvalidAgent: bad fields, a template config that breaks the schema or the
+                executors' ceilings, or an `llm_config_id` no executor serves.
             AgentNotFound: no live agent with this id.
             VersionMismatch: `expected_version` is not the agent's version.
             NameTaken: the new name belongs to another live agent.
@@ -197,6 +200,9 @@ class AgentRegistry(Application[uuid.UUID]):
         values = dict(values)
         if isinstance(values.get("name"), str):
             values["name"] = values["name"].strip()
+        checked = "llm_config_id" in values or bool(TEMPLATE_FIELDS & values.keys())
+        # Read once, not on every retry; and only when a change is checked against it.
+        fleet = self.catalog.executors() if checked else None
 
         def once() -> tuple[AgentState, list[str]]:
             agent = self._live(agent_id)
@@ -204,8 +210,11 @@ class AgentRegistry(Application[uuid.UUID]):
             spec = {**agent.spec, **values}
             problems = validate_size(spec)
             warnings: list[str] = []
-            if TEMPLATE_FIELDS & values.keys():
-                warnings = self._check_template(spec, problems)
+            if fleet is not None and not problems:
+                if "llm_config_id" in values:
+                    warnings += self._check_provider(spec, problems, fleet)
+                if TEMPLATE_FIELDS & values.keys():
+                    warnings += self._check_template(spec, problems, fleet)
             if problems:
                 raise InvalidAgent(problems)
             old_name = agent.spec["name"]
@@ -357,11 +366,31 @@ class AgentRegistry(Application[uuid.UUID]):
         except CatalogUnavailable:
             return True
 
+    @staticmethod
+    def _check_provider(
+        spec: Mapping[str, Any], violations: list[FieldViolation], fleet: ExecutorFleet
+    ) -> list[str]:
+        """Check `llm_config_id` against the executors' providers; append violations.
+
+        Returns a warning when it cannot be checked because no executor has published.
+        """
+        value = spec["llm_config_id"]
+        if not isinstance(value, str) or any(v.field == "spec.llm_config_id" for v in violations):
+            return []
+        if value and not fleet.known:
+            return [
+                f"llm_config_id {value!r} was not checked: no executor has published "
+                "its model providers yet"
+            ]
+        violations.extend(check_llm_config_id(value, fleet))
+        return []
+
     def _check_template(
-        self, spec: Mapping[str, Any], violations: list[FieldViolation]
+        self, spec: Mapping[str, Any], violations: list[FieldViolation], fleet: ExecutorFleet
     ) -> list[str]:
         """Validate template id, version and config; append violations, return warnings.
 
+        The config is held to the template's schema and to the executors' ceilings.
         Skipped when the template fields themselves are already invalid; when the
         catalogue is unreachable, other violations are still reported first.
         """
@@ -387,8 +416,13 @@ class AgentRegistry(Application[uuid.UUID]):
                     FieldViolation("spec.template_id", f"unknown template {template_id!r}")
                 )
             return []
-        violations.extend(descriptor.validate_config(spec["template_config"]))
+        violations.extend(descriptor.validate_config(spec["template_config"], limits=fleet.limits))
         warnings = []
+        if not fleet.known and descriptor.uses_ceilings:
+            warnings.append(
+                "the limits in template_config were not checked against the executors' "
+                "ceilings: no executor has published them yet"
+            )
         if version is None:
             warnings.append(
                 f"no template_version_id: the agent follows the latest version of "

@@ -25,8 +25,6 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.ERROR: frozenset({Status.ACTIVE, Status.INACTIVE}),
 }
 
-INITIAL_STATUSES = frozenset({Status.CREATED, Status.ACTIVE, Status.INACTIVE})
-
 
 def can_transition(current: Status, requested: Status) -> bool:
     """True when the lifecycle allows moving from `current` to `requested`."""

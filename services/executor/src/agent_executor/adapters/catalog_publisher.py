@@ -7,6 +7,12 @@ start-up, whenever templates change (hot reload), again after every reconnect
 and every `interval` seconds, so a bucket that was lost or written by an older
 replica heals. A template this executor stops serving has its latest key
 deleted (its versioned entry stays for history).
+
+On the same occasions the executor writes its own entry (`_executors/<id>`): the
+provider ids an agent's `llm_config_id` may name and the run limits it enforces,
+valid for three intervals. Entries of executors that have been gone for an
+interval past their expiry are deleted, so the bucket does not collect one per
+replica that ever ran.
 """
 
 from __future__ import annotations
@@ -14,17 +20,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import nats.errors
 import nats.js.errors
 
 from agent_executor.application.templates import LoadedTemplate
-from agentrt_kit.catalog import entry_key, open_bucket, publish_descriptor
+from agent_executor.domain.services_config import ServicesConfig
+from agentrt_kit.catalog import (
+    entry_key,
+    open_bucket,
+    prune_executors,
+    publish_descriptor,
+    publish_executor,
+)
 from agentrt_kit.concurrency import cancel_and_wait, wait_event
 from agentrt_kit.nats import Names, NatsClient
 
 log = logging.getLogger(__name__)
+
+EXPIRY_INTERVALS = 3  # an entry outlives two missed publications
+
+
+def executor_entry(
+    executor_id: str, services: ServicesConfig, limits: Mapping[str, float]
+) -> dict[str, Any]:
+    """What this executor publishes about itself (expiry times are added per publication)."""
+    return {
+        "executor_id": executor_id,
+        "providers": sorted(services.providers),
+        "default_provider": services.default_provider,
+        "limits": dict(limits),
+    }
 
 
 class CatalogPublisher:
@@ -36,11 +65,13 @@ class CatalogPublisher:
         names: Names,
         templates: Callable[[], Sequence[LoadedTemplate]],
         *,
+        executor: Mapping[str, Any] | None = None,
         interval: float = 60.0,
     ) -> None:
         self._client = client
         self._names = names
         self._templates = templates
+        self._executor = executor
         self._interval = interval
         self._wake = asyncio.Event()
         self._removed: set[str] = set()
@@ -73,6 +104,18 @@ class CatalogPublisher:
         self._wake.clear()
         kv = await open_bucket(self._client.js, self._names)
         served = list(self._templates())
+        if self._executor is not None:
+            # Before the templates: a registry that can see a template can see this too.
+            now = time.time()
+            await publish_executor(
+                kv,
+                {
+                    **self._executor,
+                    "published_at": now,
+                    "expires_at": now + EXPIRY_INTERVALS * self._interval,
+                },
+            )
+            await prune_executors(kv, before=now - self._interval)
         for loaded in served:
             await publish_descriptor(kv, dict(loaded.descriptor))
         for template_id in sorted(self._removed - {t.id for t in served}):

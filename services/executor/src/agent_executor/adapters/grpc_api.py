@@ -19,6 +19,7 @@ from agent_executor.adapters.proto_mapping import (
     run_request,
     stream_event,
     template_pb,
+    tool_calls_pb,
     usage_pb,
 )
 from agent_executor.application.compose import ComposeService
@@ -44,13 +45,13 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
         """Run to completion; the final message, or how the run failed."""
         handle = await self.runs.start(run_request(request.input, stream=False))
         self._cancel_when_done(context, handle.run_id)
-        final = ""
+        final = MessageCompleted("")
         terminal: RunCompleted | RunFailed | None = None
         try:
             async for event in handle:
                 body = event.body
                 if isinstance(body, MessageCompleted):
-                    final = body.content
+                    final = body
                 elif isinstance(body, RunCompleted | RunFailed):
                     terminal = body
         finally:
@@ -65,7 +66,13 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
             context_id=record.context_id,
         )
         if isinstance(terminal, RunCompleted):
-            response.message.CopyFrom(pb.ChatMessage(role="assistant", content=final))
+            response.message.CopyFrom(
+                pb.ChatMessage(
+                    role="assistant",
+                    content=final.content,
+                    tool_calls=tool_calls_pb(final.tool_calls),
+                )
+            )
             response.finish_reason = terminal.finish_reason
         elif isinstance(terminal, RunFailed):
             response.finish_reason = "cancelled" if terminal.code == "CANCELLED" else "error"

@@ -57,9 +57,8 @@ class ProviderModels:
                 defaults["temperature"] = provider.temperature
             if provider.max_tokens is not None:
                 defaults["max_tokens"] = provider.max_tokens
-            self._routes[provider_id] = Route(
-                provider_id, model, CircuitBreaker(breaker_failures, breaker_cooldown), defaults
-            )
+            breaker = CircuitBreaker(breaker_failures, breaker_cooldown, name=provider_id)
+            self._routes[provider_id] = Route(provider_id, model, breaker, defaults)
 
     def for_agent(self, agent: AgentSnapshot) -> RoutedChatModel:
         """The agent's model: its provider, then the fallback."""

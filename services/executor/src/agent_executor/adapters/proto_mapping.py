@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from google.protobuf import timestamp_pb2
@@ -10,6 +11,7 @@ from agent_executor.application.compose import ComposeResult
 from agent_executor.application.context import Sampling
 from agent_executor.application.runs import InputMessage, RunRequest
 from agent_executor.application.templates import LoadedTemplate, TemplateProblem
+from agent_executor.domain.client_tools import ClientTool, ResponseFormat, ToolCall, ToolChoice
 from agent_executor.domain.compose import ComposeRequest
 from agent_executor.domain.runs import (
     MessageCompleted,
@@ -25,7 +27,7 @@ from agent_executor.domain.runs import (
     Usage,
 )
 from agentrt.executor.v1 import executor_pb2 as pb
-from agentrt_kit.grpc.structs import dict_to_struct
+from agentrt_kit.grpc.structs import dict_to_struct, struct_to_dict
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -56,10 +58,19 @@ def usage_pb(usage: Usage) -> pb.Usage:
 def run_request(message: pb.RunInput, *, stream: bool) -> RunRequest:
     """The run request a RunInput describes."""
     s = message.sampling
+    tools = message.client_tools
+    fmt = message.response_format
     return RunRequest(
         agent_id=message.agent_id,
         messages=[
-            InputMessage(m.role, m.content, m.name, m.tool_call_id) for m in message.messages
+            InputMessage(
+                m.role,
+                m.content,
+                m.name,
+                m.tool_call_id,
+                tuple(ToolCall(c.id, c.name, c.arguments_json) for c in m.tool_calls),
+            )
+            for m in message.messages
         ],
         sampling=Sampling(
             temperature=s.temperature if s.HasField("temperature") else None,
@@ -74,7 +85,30 @@ def run_request(message: pb.RunInput, *, stream: bool) -> RunRequest:
         user_id=message.user_id,
         run_id=message.run_id,
         stream=stream,
+        client_tools=[
+            ClientTool(
+                t.name,
+                t.description,
+                struct_to_dict(t.parameters) if t.HasField("parameters") else None,
+                t.strict,
+            )
+            for t in tools
+        ],
+        tool_choice=ToolChoice(
+            message.tool_choice.mode or "auto", message.tool_choice.function_name
+        ),
+        response_format=ResponseFormat(
+            fmt.type or "text",
+            fmt.name,
+            struct_to_dict(fmt.schema) if fmt.HasField("schema") else None,
+            fmt.strict,
+        ),
     )
+
+
+def tool_calls_pb(calls: Sequence[ToolCall]) -> list[pb.ToolCall]:
+    """The ToolCall messages of client tool calls."""
+    return [pb.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments_json) for c in calls]
 
 
 def stream_event(event: RunEvent) -> pb.ExecuteStreamResponse:
@@ -126,7 +160,9 @@ def stream_event(event: RunEvent) -> pb.ExecuteStreamResponse:
     elif isinstance(body, MessageCompleted):
         out.message_completed.CopyFrom(
             pb.MessageCompleted(
-                message=pb.ChatMessage(role=body.role, content=body.content),
+                message=pb.ChatMessage(
+                    role=body.role, content=body.content, tool_calls=tool_calls_pb(body.tool_calls)
+                ),
                 message_id=body.message_id,
             )
         )

@@ -16,6 +16,7 @@ from typing import Any
 
 from langgraph.config import get_stream_writer
 
+from agent_executor.domain.client_tools import ClientTool, ResponseFormat, ToolChoice
 from agent_executor.domain.limits import RunLimits
 from agent_executor.errors import LimitExceeded
 
@@ -61,6 +62,9 @@ class RunContext:
     limits: RunLimits
     sampling: Sampling = field(default_factory=Sampling)
     agent_sampling: Mapping[str, Any] = field(default_factory=dict)
+    # The format the client wants the answer in; sent with the run's model calls
+    # whose text the client sees (not with internal ones).
+    response_format: ResponseFormat = field(default_factory=ResponseFormat)
     tool_calls: int = 0
     reply_prefix: str = ""
     prompt_tokens: int = 0
@@ -82,6 +86,32 @@ class RunContext:
         if limit and self.tool_calls >= limit:
             raise LimitExceeded(f"max tool calls ({limit}) reached; {tool_name} not called")
         self.tool_calls += 1
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTools:
+    """The client's tools for one run, handed to graphs as their LangGraph runtime context.
+
+    Templates that support client tools (`AgentTemplate.client_tools`) read it from
+    `runtime.context`, offer `functions()` to the model next to the agent's own
+    tools with `model_choice()`, and end the run when the model calls one of `names`.
+    """
+
+    tools: tuple[ClientTool, ...] = ()
+    choice: ToolChoice = field(default_factory=ToolChoice)
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The names of the tools offered (none when the choice is `none`)."""
+        return frozenset(t.name for t in self.tools) if self.choice.offers_tools else frozenset()
+
+    def functions(self) -> list[dict[str, Any]]:
+        """The tools offered, in OpenAI's wire form (how a model binds them)."""
+        return [t.function() for t in self.tools] if self.choice.offers_tools else []
+
+    def model_choice(self) -> str | None:
+        """The tool choice the model gets when the client's tools are offered."""
+        return self.choice.model_choice()
 
 
 current_run: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(

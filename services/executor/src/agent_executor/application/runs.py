@@ -7,6 +7,16 @@ returned `RunHandle` yields the run's events in order until the last one
 A run stops at its timeout, its step and tool-call budgets, on `cancel` from any
 replica, or when the caller of a streamed run goes away; however it ends, its
 record says how before its last event is sent.
+
+Client tools: a request may bring functions the client runs itself. Templates
+that support them get them as the graph's runtime context (`ClientTools`); a run
+whose final message calls one ends with finish reason `tool_calls`, and the
+final `MessageCompleted` carries those calls. The client answers with tool
+messages; with a session the results answer the session's pending calls exactly
+once (the conversation module turns the request's messages into the graph's).
+A response format is checked against the final
+answer of every template; an answer that does not meet it fails the run with
+`OUTPUT_INVALID`.
 """
 
 from __future__ import annotations
@@ -21,13 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
-from langchain_core.messages import (
-    AIMessage,
-    AIMessageChunk,
-    BaseMessage,
-    HumanMessage,
-    SystemMessage,
-)
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.errors import GraphRecursionError
@@ -35,6 +39,7 @@ from langgraph.errors import GraphRecursionError
 from agent_executor.application.context import (
     EVENT_KEY,
     INTERNAL_TAG,
+    ClientTools,
     RunContext,
     Sampling,
     current_run,
@@ -57,7 +62,21 @@ from agent_executor.application.templates import (
     TemplateCatalog,
 )
 from agent_executor.application.tools import ToolsetProblem, remote_tools, select_tools
+from agent_executor.application.transcript import (
+    InputMessage,
+    check_tool_messages,
+    client_calls,
+    graph_messages,
+)
 from agent_executor.domain.agents import AgentSnapshot
+from agent_executor.domain.client_tools import (
+    ClientTool,
+    ResponseFormat,
+    ToolChoice,
+    check_client_tools,
+    check_collisions,
+    check_response_format,
+)
 from agent_executor.domain.limits import LimitProblem, RunLimits
 from agent_executor.domain.runs import (
     STATUS_OF_FAILURE,
@@ -80,7 +99,9 @@ from agent_executor.domain.services_config import ServicesConfig
 from agent_executor.errors import (
     AgentMisconfigured,
     AgentNotRunnable,
+    ClientToolsUnsupported,
     ExecutorClosing,
+    OutputInvalid,
     RunFailure,
     RunNotFound,
     TemplateUnavailable,
@@ -108,16 +129,6 @@ CUSTOM_EVENTS: dict[str, type[EventBody]] = {
 
 
 @dataclass(frozen=True, slots=True)
-class InputMessage:
-    """A message of the request's conversation."""
-
-    role: str
-    content: str
-    name: str = ""
-    tool_call_id: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class RunRequest:
     """What a caller asks to run."""
 
@@ -129,6 +140,9 @@ class RunRequest:
     user_id: str = ""
     run_id: str = ""
     stream: bool = True
+    client_tools: Sequence[ClientTool] = ()
+    tool_choice: ToolChoice = field(default_factory=ToolChoice)
+    response_format: ResponseFormat = field(default_factory=ResponseFormat)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +252,11 @@ class RunService:
                     f"is longer than {limits.max_message_chars} characters",
                 )
         loaded = self._template(agent)
-        graph = await self._graph(agent, loaded)
+        if request.client_tools and not loaded.template.client_tools:
+            raise ClientToolsUnsupported(loaded.id)
+        graph, own_tools = await self._graph(agent, loaded)
+        if collisions := check_collisions(request.client_tools, own_tools):
+            raise _invalid(collisions)
         if len(self.active) >= self.settings.max_concurrent_runs:
             raise TooManyRuns(
                 f"this executor runs {self.settings.max_concurrent_runs} runs at most; retry later",
@@ -282,9 +300,14 @@ class RunService:
             limits=limits,
             sampling=request.sampling,
             agent_sampling=agent_sampling(agent.conversation_config),
+            response_format=request.response_format,
         )
+        client = ClientTools(tuple(request.client_tools), request.tool_choice)
         handle.task = asyncio.create_task(
-            self._run(handle, graph, ctx, request), name=f"run-{record.run_id}"
+            self._run(
+                handle, graph, ctx, request, client if loaded.template.client_tools else None
+            ),
+            name=f"run-{record.run_id}",
         )
         return handle
 
@@ -304,13 +327,16 @@ class RunService:
             )
         return loaded
 
-    async def _graph(self, agent: AgentSnapshot, loaded: LoadedTemplate) -> Any:
+    async def _graph(
+        self, agent: AgentSnapshot, loaded: LoadedTemplate
+    ) -> tuple[Any, tuple[str, ...]]:
+        """The agent's compiled graph and the names of its own tools."""
         offered = await self.tools.list_tools() if agent.toolsets else ()
         key = (agent.id, agent.version, id(loaded), tuple(offered))
-        graph = self._graphs.get(key)
-        if graph is not None:
+        cached: tuple[Any, tuple[str, ...]] | None = self._graphs.get(key)
+        if cached is not None:
             self._graphs.move_to_end(key)
-            return graph
+            return cached
         problems: list[FieldViolation] = []
         try:
             view = loaded.template.view(agent)
@@ -337,10 +363,11 @@ class RunService:
             ) from None
         if agent.memory and self.checkpointer is not None:
             graph = graph.copy({"checkpointer": self.checkpointer})
-        self._graphs[key] = graph
+        entry = (graph, tuple(spec.name for spec in specs))
+        self._graphs[key] = entry
         while len(self._graphs) > self.settings.graph_cache_size:
             self._graphs.popitem(last=False)
-        return graph
+        return entry
 
     # ------------------------------------------------------------- running
 
@@ -354,26 +381,24 @@ class RunService:
         self, graph: Any, request: RunRequest, session: bool, config: RunnableConfig
     ) -> tuple[dict[str, Any], set[str]]:
         """The graph's input and the ids of the messages that were there before the run."""
-        messages = [_to_message(m) for m in request.messages]
-        known: set[str] = set()
+        stored: Sequence[BaseMessage] = []
         if session:
             state = await graph.aget_state(config)
             stored = (state.values or {}).get("messages", []) if state else []
-            known.update(m.id for m in stored if m.id)
-            if stored:
-                # The session holds the history: only the new turn is added (clients
-                # that resend the whole conversation do no harm).
-                last_ai = max(
-                    (i for i, m in enumerate(messages) if isinstance(m, AIMessage)), default=-1
-                )
-                messages = messages[last_ai + 1 :]
+        known = {m.id for m in stored if m.id}
+        messages = graph_messages(request.messages, stored)
         for message in messages:
             message.id = message.id or uuid.uuid4().hex
             known.add(message.id)
         return {"messages": messages}, known
 
     async def _run(
-        self, handle: RunHandle, graph: Any, ctx: RunContext, request: RunRequest
+        self,
+        handle: RunHandle,
+        graph: Any,
+        ctx: RunContext,
+        request: RunRequest,
+        client: ClientTools | None,
     ) -> None:
         token = current_run.set(ctx)
         record = handle.record
@@ -400,9 +425,20 @@ class RunService:
             async with asyncio.timeout(limits.timeout_seconds):
                 inputs, known = await self._inputs(graph, request, bool(record.session_key), config)
                 final = await self._drive(
-                    handle, graph, inputs, config, known=known, stream=request.stream
+                    handle, graph, inputs, config, known=known, stream=request.stream, client=client
                 )
-            terminal = RunCompleted(_finish_reason(final), _usage(ctx))
+            calls = client_calls(final, client)
+            if calls:
+                # No answer yet: the client runs its tools and continues the conversation.
+                self._emit(
+                    handle, MessageCompleted(text_of(final), final.id or "", tool_calls=calls)
+                )
+                terminal = RunCompleted("tool_calls", _usage(ctx))
+            else:
+                problem = request.response_format.problem_with(text_of(final))
+                if problem is not None:
+                    raise OutputInvalid(problem)
+                terminal = RunCompleted(_finish_reason(final), _usage(ctx))
         except TimeoutError:
             terminal = RunFailed(
                 FailureCode.TIMEOUT, f"the run exceeded its {limits.timeout_seconds:g} s timeout"
@@ -419,7 +455,8 @@ class RunService:
         except RunFailure as e:
             terminal = RunFailed(e.code, e.message)
         except Exception:
-            log.exception("run failed", extra={"run_id": record.run_id})
+            # The run's one log line, at ERROR with the traceback (the WARNING below skips it).
+            log.exception("run failed", extra=_failure_fields(record, FailureCode.INTERNAL))
             terminal = RunFailed(
                 FailureCode.INTERNAL,
                 f"the agent failed unexpectedly; see the executor log for run {record.run_id}",
@@ -428,6 +465,8 @@ class RunService:
             current_run.reset(token)
         if isinstance(terminal, RunFailed):
             status = STATUS_OF_FAILURE.get(terminal.code, RunStatus.FAILED)
+            if terminal.code not in (FailureCode.CANCELLED, FailureCode.INTERNAL):
+                log.warning("run failed", extra=_failure_fields(record, terminal.code))
         await self._finish(handle, status, terminal, usage=_usage(ctx), ctx=ctx)
 
     async def _drive(
@@ -439,13 +478,17 @@ class RunService:
         *,
         known: set[str],
         stream: bool,
+        client: ClientTools | None,
     ) -> AIMessage:
-        """Run the graph, turning its stream into run events; the final assistant message."""
+        """Run the graph, turning its stream into run events; the final assistant message.
+
+        A message calling client tools is completed by the caller, with the calls.
+        """
         ctx = current_run.get()
         modes = ["messages", "custom", "values"] if stream else ["custom", "values"]
         streamed: set[str] = set()
         last: AIMessage | None = None
-        async for mode, data in graph.astream(inputs, config, stream_mode=modes):
+        async for mode, data in graph.astream(inputs, config, stream_mode=modes, context=client):
             if mode == "messages":
                 chunk, meta = data
                 if not isinstance(chunk, AIMessageChunk) or INTERNAL_TAG in meta.get("tags", ()):
@@ -473,10 +516,11 @@ class RunService:
                     if content:
                         if stream and (message.id or "") not in streamed:
                             self._emit(handle, MessageDelta(content, message.id or ""))
-                        self._emit(handle, MessageCompleted(content, message.id or ""))
+                        if not client_calls(message, client):
+                            self._emit(handle, MessageCompleted(content, message.id or ""))
         if last is None:
             raise RunFailure("the agent produced no assistant message", FailureCode.TEMPLATE_FAILED)
-        if not text_of(last):
+        if not text_of(last) and not client_calls(last, client):
             self._emit(handle, MessageCompleted("", last.id or ""))
         return last
 
@@ -605,6 +649,9 @@ def _check_request(request: RunRequest) -> None:
             problems.append(
                 FieldViolation(f"input.messages[{i}].role", f"must be one of {', '.join(ROLES)}")
             )
+    problems.extend(check_tool_messages(request.messages[:MAX_MESSAGES]))
+    problems.extend(check_client_tools(request.client_tools, request.tool_choice))
+    problems.extend(check_response_format(request.response_format))
     if request.run_id and not RUN_ID.fullmatch(request.run_id):
         problems.append(
             FieldViolation("input.run_id", "must be 1-128 of [A-Za-z0-9._:-], alphanumeric first")
@@ -615,8 +662,12 @@ def _check_request(request: RunRequest) -> None:
         )
     problems.extend(_check_sampling(request.sampling))
     if problems:
-        text = "; ".join(f"{p.field}: {p.description}" for p in problems)
-        raise InvalidArgument(text, violations=problems)
+        raise _invalid(problems)
+
+
+def _invalid(problems: list[FieldViolation]) -> InvalidArgument:
+    text = "; ".join(f"{p.field}: {p.description}" for p in problems)
+    return InvalidArgument(text, violations=problems)
 
 
 def _check_sampling(s: Sampling) -> list[FieldViolation]:
@@ -635,20 +686,6 @@ def _check_sampling(s: Sampling) -> list[FieldViolation]:
     if len(s.stop) > 4:
         out.append(FieldViolation("input.sampling.stop", "must hold at most 4 sequences"))
     return out
-
-
-def _to_message(message: InputMessage) -> BaseMessage:
-    name = message.name or None
-    if message.role == "system":
-        return SystemMessage(message.content, name=name)
-    if message.role == "assistant":
-        return AIMessage(message.content, name=name)
-    if message.role == "tool":
-        # The proto cannot carry the assistant's tool calls, so a client's tool
-        # result reaches the model as text rather than as an orphan ToolMessage.
-        label = f"Tool result ({message.name or 'tool'})"
-        return HumanMessage(f"{label}: {message.content}")
-    return HumanMessage(message.content, name=name)
 
 
 def _custom_event(data: Any) -> EventBody | None:
@@ -673,6 +710,16 @@ def _finish_reason(message: AIMessage) -> str:
 
 def _usage(ctx: RunContext) -> Usage:
     return Usage(ctx.prompt_tokens, ctx.completion_tokens)
+
+
+def _failure_fields(record: RunRecord, code: str) -> dict[str, Any]:
+    """The structured fields of a failed run's log line."""
+    return {
+        "error_code": str(code),
+        "agent_id": record.agent_id,
+        "agent_version": record.agent_version,
+        "run_id": record.run_id,
+    }
 
 
 __all__ = [

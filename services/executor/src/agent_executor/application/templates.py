@@ -3,7 +3,10 @@
 A template declares who it is (id, name, description, version, framework), a
 pydantic model of its configuration (published as JSON Schema and as the COMPAT
 field list) and a graph factory `build(agent, model, tools)` returning a compiled
-LangGraph graph whose state has a `messages` list. Templates come from the
+LangGraph graph whose state has a `messages` list. A config model declares the
+rules the registry checks before any run, as JSON Schema keywords made by
+`acyclic` (steps must not depend on each other in a circle) and `ceiling` (a
+value bounded by a limit the executors publish). Templates come from the
 built-ins and from plugin folders (`__agents__`); the catalogue keeps which
 source each came from, so a plugin can be reloaded or removed on its own.
 """
@@ -27,6 +30,52 @@ from agentrt_kit.errors import FieldViolation
 TEMPLATE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 BUILTIN = "builtin"
+ACYCLIC = "x-agentrt-acyclic"
+CEILING = "x-agentrt-ceiling"
+
+
+def acyclic(
+    *,
+    key: Sequence[str],
+    depends_on: str = "depends_on",
+    default_key: str | None = None,
+    aliases: Sequence[str] = (),
+    reserved: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Schema keyword for a steps array whose items must not depend on each other in a cycle.
+
+    Pass it as a list field's `json_schema_extra`. The registry then refuses, before
+    any run, configs whose steps repeat a key, use a reserved key, depend on a step
+    that does not exist, on themselves, or in a cycle.
+
+    Args:
+        key: item fields giving a step's key, the first holding a non-empty string wins.
+        depends_on: the item field listing the keys (or aliases) a step depends on.
+        default_key: the key of a step with none of `key` set (or given as a bare
+            string); `{n}` is its 1-based position. None: such a step has no key.
+        aliases: item fields by which a reference that is no key may name exactly one step.
+        reserved: keys no step may take.
+    """
+    rule: dict[str, Any] = {"key": list(key), "depends_on": depends_on}
+    if default_key is not None:
+        rule["default_key"] = default_key
+    if aliases:
+        rule["aliases"] = list(aliases)
+    if reserved:
+        rule["reserved"] = list(reserved)
+    return {ACYCLIC: rule}
+
+
+def ceiling(limit: str, *, reserve: int = 0) -> dict[str, Any]:
+    """Schema keyword bounding a number (or an array's length) by an executor limit.
+
+    Pass it as a field's `json_schema_extra`. The value plus `reserve` must not exceed
+    the limit named (a key of the `limits` executors publish, e.g.
+    `run_timeout_seconds`, `max_steps`); an executor without that limit sets no bound.
+    """
+    if reserve:
+        return {CEILING: {"limit": limit, "reserve": reserve}}
+    return {CEILING: limit}
 
 
 class NoConfig(BaseModel):
@@ -68,6 +117,10 @@ class AgentTemplate:
     version: ClassVar[str] = "1.0.0"
     framework: ClassVar[str] = "langgraph"
     Config: ClassVar[type[BaseModel]] = NoConfig
+    # True when the graph offers a request's client tools (its runtime context,
+    # `ClientTools`) and ends when the model calls one; runs of other templates
+    # that bring client tools are refused.
+    client_tools: ClassVar[bool] = False
 
     def build(
         self, agent: AgentView, model: BaseChatModel, tools: Sequence[BaseTool]

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from agent_executor.domain.client_tools import ToolCall
+
 
 class RunStatus(StrEnum):
     """Where a run is in its lifecycle."""
@@ -145,17 +147,22 @@ class StepProgress:
 
 @dataclass(frozen=True, slots=True)
 class MessageCompleted:
-    """An assistant message is complete."""
+    """An assistant message is complete (the run's last one may call client tools)."""
 
     content: str
     message_id: str = ""
     role: str = "assistant"
+    tool_calls: tuple[ToolCall, ...] = ()
     type: str = "message_completed"
 
 
 @dataclass(frozen=True, slots=True)
 class RunCompleted:
-    """The run succeeded (the last event of a successful run)."""
+    """The run succeeded (the last event of a successful run).
+
+    `finish_reason` is stop, length, or tool_calls when the final message calls
+    client tools (the client runs them and continues the conversation).
+    """
 
     finish_reason: str
     usage: Usage

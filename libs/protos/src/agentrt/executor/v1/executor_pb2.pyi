@@ -8,7 +8,7 @@ Refusals before a run starts are statuses with google.rpc details
 AGENT_CONFIG_INVALID, TEMPLATE_NOT_AVAILABLE, TEMPLATE_VERSION_UNAVAILABLE,
 TEMPLATE_BUILD_FAILED, EXECUTOR_BUSY, AGENT_RUN_LIMIT, SESSION_BUSY,
 RUN_EXISTS, REGISTRY_UNAVAILABLE, TOOLS_UNAVAILABLE, PROVIDER_UNAVAILABLE,
-VALIDATION_ERROR).
+CLIENT_TOOLS_UNSUPPORTED, VALIDATION_ERROR).
 Once a run has started, how it ends is data: `ExecuteResponse.finish_reason`
 and `error`, the stream's last event, and the run record `GetRun` reads.
 """
@@ -38,11 +38,23 @@ class ChatMessage(_message.Message):
     CONTENT_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     """system | user | assistant | tool"""
     content: _builtins.str
     name: _builtins.str
     tool_call_id: _builtins.str
+    """A tool message: the client tool call it answers (a call of the preceding
+    assistant message, or of the session's pending one). Without it, or when
+    there is no call to answer, a tool message is the old runtime's text form.
+    """
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """An assistant message's calls of client tools (in a request: the history the
+        client resends; in a reply: the calls the client must run, finish_reason
+        tool_calls).
+        """
+
     def __init__(
         self,
         *,
@@ -50,14 +62,129 @@ class ChatMessage(_message.Message):
         content: _builtins.str = ...,
         name: _builtins.str = ...,
         tool_call_id: _builtins.str = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "name", b"name", "role", b"role", "tool_call_id", b"tool_call_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "name", b"name", "role", b"role", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
+
+@_typing.final
+class ClientTool(_message.Message):
+    """A function the client runs itself (OpenAI `tools[].function`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PARAMETERS_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    description: _builtins.str
+    strict: _builtins.bool
+    @_builtins.property
+    def parameters(self) -> _struct_pb2.Struct:
+        """JSON Schema of the arguments (unset: no arguments)."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        description: _builtins.str = ...,
+        parameters: _struct_pb2.Struct | None = ...,
+        strict: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters", b"parameters", "strict", b"strict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClientTool: _TypeAlias = ClientTool  # noqa: Y015
+
+@_typing.final
+class ToolChoice(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    FUNCTION_NAME_FIELD_NUMBER: _builtins.int
+    mode: _builtins.str
+    """auto (default when empty) | none | required | function"""
+    function_name: _builtins.str
+    """The client tool to call when mode is function."""
+    def __init__(
+        self,
+        *,
+        mode: _builtins.str = ...,
+        function_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["function_name", b"function_name", "mode", b"mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolChoice: _TypeAlias = ToolChoice  # noqa: Y015
+
+@_typing.final
+class ResponseFormat(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
+    STRICT_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """text (default when empty) | json_object | json_schema"""
+    name: _builtins.str
+    strict: _builtins.bool
+    @_builtins.property
+    def schema(self) -> _struct_pb2.Struct:
+        """The JSON Schema the final answer must validate against (json_schema)."""
+
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        name: _builtins.str = ...,
+        schema: _struct_pb2.Struct | None = ...,
+        strict: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schema", b"schema"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "schema", b"schema", "strict", b"strict", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResponseFormat: _TypeAlias = ResponseFormat  # noqa: Y015
+
+@_typing.final
+class ToolCall(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    name: _builtins.str
+    arguments_json: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
 
 @_typing.final
 class SamplingParams(_message.Message):
@@ -124,6 +251,9 @@ class RunInput(_message.Message):
     CONTEXT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     RUN_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_TOOLS_FIELD_NUMBER: _builtins.int
+    TOOL_CHOICE_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     task_id: _builtins.str
     """Continues a conversation (server-side memory when enabled)."""
@@ -135,6 +265,25 @@ class RunInput(_message.Message):
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]: ...
     @_builtins.property
     def sampling(self) -> Global___SamplingParams: ...
+    @_builtins.property
+    def client_tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientTool]:
+        """Functions the model may call that the client runs: a model message calling
+        one ends the run with finish_reason tool_calls. Offered next to the agent's
+        own tools (which keep running server-side) by templates that support them.
+        """
+
+    @_builtins.property
+    def tool_choice(self) -> Global___ToolChoice:
+        """Which client tools the model may or must call (none: client tools are not
+        offered; the agent's own tools still are).
+        """
+
+    @_builtins.property
+    def response_format(self) -> Global___ResponseFormat:
+        """The format the final answer must have; an answer that does not meet it
+        fails the run with OUTPUT_INVALID.
+        """
+
     def __init__(
         self,
         *,
@@ -145,10 +294,13 @@ class RunInput(_message.Message):
         context_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         run_id: _builtins.str = ...,
+        client_tools: _abc.Iterable[Global___ClientTool] | None = ...,
+        tool_choice: Global___ToolChoice | None = ...,
+        response_format: Global___ResponseFormat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["sampling", b"sampling"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response_format", b"response_format", "sampling", b"sampling", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "context_id", b"context_id", "messages", b"messages", "run_id", b"run_id", "sampling", b"sampling", "task_id", b"task_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "client_tools", b"client_tools", "context_id", b"context_id", "messages", b"messages", "response_format", b"response_format", "run_id", b"run_id", "sampling", b"sampling", "task_id", b"task_id", "tool_choice", b"tool_choice", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -216,12 +368,14 @@ class ExecuteResponse(_message.Message):
     agent_id: _builtins.str
     agent_version: _builtins.int
     finish_reason: _builtins.str
-    """stop | length | error | cancelled"""
+    """stop | length | tool_calls | error | cancelled"""
     task_id: _builtins.str
     context_id: _builtins.str
     @_builtins.property
     def message(self) -> Global___ChatMessage:
-        """The final assistant message (empty when the run failed)."""
+        """The final assistant message (empty when the run failed); with
+        finish_reason tool_calls it carries the client tool calls to run.
+        """
 
     @_builtins.property
     def usage(self) -> Global___Usage: ...
@@ -414,7 +568,11 @@ class MessageCompleted(_message.Message):
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     @_builtins.property
-    def message(self) -> Global___ChatMessage: ...
+    def message(self) -> Global___ChatMessage:
+        """The run's last one, before run_completed{tool_calls}, carries the client
+        tool calls in message.tool_calls.
+        """
+
     def __init__(
         self,
         *,
@@ -436,6 +594,7 @@ class RunCompleted(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     finish_reason: _builtins.str
+    """stop | length | tool_calls (the final message calls client tools)"""
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     def __init__(
@@ -614,7 +773,9 @@ class Run(_message.Message):
     agent_id: _builtins.str
     agent_version: _builtins.int
     status: _builtins.str
-    """queued | running | succeeded | failed | cancelled | timed_out"""
+    """queued | running | succeeded | failed | cancelled | timed_out (a run that
+    ended with finish_reason tool_calls succeeded)
+    """
     error_code: _builtins.str
     error_message: _builtins.str
     task_id: _builtins.str

@@ -8,7 +8,7 @@ Refusals before a run starts are statuses with google.rpc details
 AGENT_CONFIG_INVALID, TEMPLATE_NOT_AVAILABLE, TEMPLATE_VERSION_UNAVAILABLE,
 TEMPLATE_BUILD_FAILED, EXECUTOR_BUSY, AGENT_RUN_LIMIT, SESSION_BUSY,
 RUN_EXISTS, REGISTRY_UNAVAILABLE, TOOLS_UNAVAILABLE, PROVIDER_UNAVAILABLE,
-VALIDATION_ERROR).
+CLIENT_TOOLS_UNSUPPORTED, VALIDATION_ERROR).
 Once a run has started, how it ends is data: `ExecuteResponse.finish_reason`
 and `error`, the stream's last event, and the run record `GetRun` reads.
 """

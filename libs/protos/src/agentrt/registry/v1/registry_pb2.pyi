@@ -184,7 +184,7 @@ class CreateAgentRequest(_message.Message):
     Re-creating a deleted id starts a new lifecycle on the same event stream.
     """
     status: Global___AgentStatus.ValueType
-    """Initial status: CREATED (default), ACTIVE or INACTIVE."""
+    """Initial status: CREATED (default), ACTIVE, INACTIVE or ERROR."""
     @_builtins.property
     def spec(self) -> Global___AgentSpec: ...
     def __init__(

@@ -11,6 +11,23 @@ message) and `{message_count}` (how many messages the model got) are filled in. 
 parameters act as a real model's would where they are observable: `max_tokens`
 cuts the reply (finish reason `length`), `stop` ends it at a stop sequence.
 Tokens are whitespace-led words; usage counts them.
+
+Client tools — tools bound as OpenAI function dicts, which is how the runtime
+binds a request's client tools (the agent's own tools are bound as LangChain
+tools) — make function calling testable end to end, after the script:
+
+- After tool results (the last message is a tool message) it answers in text
+  naming each of those results: `<name> returned: <content>`, one per line.
+- With `tool_choice` `required` it calls the first client tool; with a tool
+  name it calls that tool. With `auto` (no tool choice) it calls the first
+  client tool whose name the latest user message contains. The arguments are
+  the minimal instance of the tool's parameters schema
+  (`domain.client_tools.minimal_instance`): strings are the latest user
+  message, numbers 1, booleans true, arrays empty, objects their required
+  properties (all of them when none is required).
+- A `response_format` shapes its own text answers (not scripted ones, so a
+  script can answer off-format): `json_object` gives `{"answer": <text>}`,
+  `json_schema` the minimal instance of the schema with strings as the text.
 """
 
 from __future__ import annotations
@@ -18,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
@@ -35,6 +52,8 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ConfigDict, Field
+
+from agent_executor.domain.client_tools import minimal_instance
 
 TOKEN = re.compile(r"\s*\S+|\s+$")
 MESSAGE_OVERHEAD = 4
@@ -91,14 +110,29 @@ class OfflineChatModel(BaseChatModel):
     def bind_tools(
         self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any
     ) -> Runnable[LanguageModelInput, AIMessage]:
-        """Bind tools (only their names matter to this model)."""
-        names = [convert_to_openai_tool(t)["function"]["name"] for t in tools]
-        return self.bind(tools=names, **kwargs)
+        """Bind tools: their names, and the parameters of the client tools (the dicts)."""
+        functions = [convert_to_openai_tool(t)["function"] for t in tools]
+        client = [
+            {"name": f["name"], "parameters": f.get("parameters") or {}}
+            for t, f in zip(tools, functions, strict=True)
+            if isinstance(t, Mapping)
+        ]
+        return self.bind(
+            tools=[f["name"] for f in functions],
+            client_tools=client,
+            tool_choice=_chosen(tool_choice),
+            **kwargs,
+        )
 
     # ------------------------------------------------------------- replies
 
     def _reply(
-        self, messages: list[BaseMessage], tools: Sequence[str]
+        self,
+        messages: list[BaseMessage],
+        tools: Sequence[str],
+        client_tools: Sequence[Mapping[str, Any]] = (),
+        tool_choice: str | None = None,
+        response_format: Mapping[str, Any] | None = None,
     ) -> tuple[str, list[dict[str, Any]]]:
         last_human = max(
             (i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=-1
@@ -125,9 +159,24 @@ class OfflineChatModel(BaseChatModel):
                 if tools
             ]
             return content, calls
+        trailing: list[ToolMessage] = []
+        for m in reversed(messages):
+            if not isinstance(m, ToolMessage):
+                break
+            trailing.insert(0, m)
+        if trailing:
+            lines = [f"{m.name or 'the tool'} returned: {_text(m)[:2000]}" for m in trailing]
+            return _formatted("\n".join(lines), response_format), []
         if tool_msgs:
             name = tool_msgs[-1].name or "the tool"
-            return f"{name} returned: {tool_result[:2000]}", []
+            return _formatted(f"{name} returned: {tool_result[:2000]}", response_format), []
+        call = _client_call(client_tools, tool_choice, user)
+        if call is not None:
+            name, parameters = call
+            args = minimal_instance(parameters, user)
+            if not isinstance(args, dict):
+                args = {}
+            return "", [{"name": name, "args": args, "id": f"call_{calls_so_far}_0"}]
         if turn == 0 and user.startswith("/"):
             name, _, rest = user[1:].partition(" ")
             if name in tools:
@@ -138,7 +187,7 @@ class OfflineChatModel(BaseChatModel):
                 if not isinstance(args, dict):
                     args = {"input": args}
                 return "", [{"name": name, "args": args, "id": f"call_{calls_so_far}_0"}]
-        return f"You said: {user}" if user else "Hello.", []
+        return _formatted(f"You said: {user}" if user else "Hello.", response_format), []
 
     def _shape(
         self,
@@ -146,8 +195,9 @@ class OfflineChatModel(BaseChatModel):
         stop: list[str] | None,
         tools: Sequence[str] | None,
         max_tokens: int | None,
+        client: Mapping[str, Any],
     ) -> tuple[list[str], list[dict[str, Any]], str, UsageMetadata]:
-        content, calls = self._reply(messages, tools or ())
+        content, calls = self._reply(messages, tools or (), **client)
         finish = "tool_calls" if calls else "stop"
         for sequence in stop or ():
             if sequence and sequence in content:
@@ -173,9 +223,18 @@ class OfflineChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         tools: Sequence[str] | None = None,
         max_tokens: int | None = None,
+        *,
+        client_tools: Sequence[Mapping[str, Any]] = (),
+        tool_choice: str | None = None,
+        response_format: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        pieces, calls, finish, usage = self._shape(messages, stop, tools, max_tokens)
+        client = {
+            "client_tools": client_tools,
+            "tool_choice": tool_choice,
+            "response_format": response_format,
+        }
+        pieces, calls, finish, usage = self._shape(messages, stop, tools, max_tokens, client)
         message = AIMessage(
             content="".join(pieces),
             tool_calls=calls,
@@ -204,11 +263,20 @@ class OfflineChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         tools: Sequence[str] | None = None,
         max_tokens: int | None = None,
+        *,
+        client_tools: Sequence[Mapping[str, Any]] = (),
+        tool_choice: str | None = None,
+        response_format: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         if self.latency_ms:
             await asyncio.sleep(self.latency_ms / 1000)
-        pieces, calls, finish, usage = self._shape(messages, stop, tools, max_tokens)
+        client = {
+            "client_tools": client_tools,
+            "tool_choice": tool_choice,
+            "response_format": response_format,
+        }
+        pieces, calls, finish, usage = self._shape(messages, stop, tools, max_tokens, client)
         for piece in pieces:
             if self.token_latency_ms:
                 await asyncio.sleep(self.token_latency_ms / 1000)
@@ -225,3 +293,41 @@ class OfflineChatModel(BaseChatModel):
                 chunk_position="last",
             )
         )
+
+
+def _chosen(tool_choice: Any) -> str | None:
+    """The tool choice as this model reads it: "required", a tool name, or None (auto)."""
+    if isinstance(tool_choice, Mapping):
+        function = tool_choice.get("function")
+        return str(function.get("name")) if isinstance(function, Mapping) else None
+    if tool_choice in ("required", "any"):
+        return "required"
+    if isinstance(tool_choice, str) and tool_choice not in ("auto", "none"):
+        return tool_choice
+    return None
+
+
+def _client_call(
+    client_tools: Sequence[Mapping[str, Any]], tool_choice: str | None, user: str
+) -> tuple[str, Mapping[str, Any]] | None:
+    """The client tool to call (name, parameters schema), if the rules say one."""
+    if not client_tools:
+        return None
+    if tool_choice == "required":
+        wanted: list[Mapping[str, Any]] = list(client_tools[:1])
+    elif tool_choice is not None:
+        wanted = [t for t in client_tools if t["name"] == tool_choice]
+    else:
+        wanted = [t for t in client_tools if t["name"] in user]
+    return (str(wanted[0]["name"]), wanted[0]["parameters"]) if wanted else None
+
+
+def _formatted(text: str, response_format: Mapping[str, Any] | None) -> str:
+    """`text` in the requested response format."""
+    kind = (response_format or {}).get("type")
+    if kind == "json_object":
+        return json.dumps({"answer": text}, ensure_ascii=False)
+    if kind == "json_schema":
+        schema = (response_format or {}).get("json_schema", {}).get("schema") or {}
+        return json.dumps(minimal_instance(schema, text), ensure_ascii=False)
+    return text

@@ -4,7 +4,9 @@ Built on langchain-openai's `ChatOpenAI` (streaming, tool calls, usage). The
 OpenAI SDK underneath retries connection errors, 408/409/429 and 5xx with
 exponential backoff (`provider_retries`). For servers other than OpenAI the
 token limit is sent as `max_tokens`, which they understand, rather than
-OpenAI's newer `max_completion_tokens`.
+OpenAI's newer `max_completion_tokens`. A `response_format` (OpenAI's wire form)
+is sent as is in the request body: langchain-openai would otherwise switch to the
+SDK's `parse` helpers, which refuse tools that are not strict.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ PASS_THROUGH_METADATA = ("organization", "default_headers", "default_query")
 
 
 class CompatibleChatOpenAI(ChatOpenAI):
-    """`ChatOpenAI` that can send `max_tokens` for servers predating `max_completion_tokens`."""
+    """`ChatOpenAI` sending `max_tokens` to older servers and `response_format` unparsed."""
 
     legacy_max_tokens: bool = False
 
@@ -33,6 +35,10 @@ class CompatibleChatOpenAI(ChatOpenAI):
         payload: dict[str, Any] = super()._get_request_payload(input_, stop=stop, **kwargs)
         if self.legacy_max_tokens and "max_completion_tokens" in payload:
             payload["max_tokens"] = payload.pop("max_completion_tokens")
+        if "response_format" in payload:
+            extra = dict(payload.get("extra_body") or {})
+            extra["response_format"] = payload.pop("response_format")
+            payload["extra_body"] = extra
         return payload
 
 

@@ -45,6 +45,7 @@ class Conversation(AgentTemplate):
     )
     version = "1.0.0"
     Config = ConversationConfig
+    client_tools = True
 
     def build(
         self, agent: AgentView, model: BaseChatModel, tools: Sequence[BaseTool]

@@ -33,6 +33,7 @@ class SimpleTest(AgentTemplate):
     description = "A ReAct agent with the agent's tools; every reply starts with response_prefix."
     version = "1.0.0"
     Config = SimpleTestConfig
+    client_tools = True
 
     def build(
         self, agent: AgentView, model: BaseChatModel, tools: Sequence[BaseTool]

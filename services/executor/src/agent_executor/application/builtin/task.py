@@ -71,7 +71,7 @@ from agent_executor.application.builtin.workflow import (
 )
 from agent_executor.application.context import progress
 from agent_executor.application.messages import text_of
-from agent_executor.application.templates import AgentTemplate, AgentView
+from agent_executor.application.templates import AgentTemplate, AgentView, acyclic, ceiling
 from agent_executor.errors import LimitExceeded, OutputInvalid, TemplateFailed
 
 log = logging.getLogger(__name__)
@@ -123,9 +123,16 @@ class TaskConfig(BaseModel):
         min_length=1,
         max_length=MAX_STEPS,
         description="The steps: instructions, or {id?, name?, instruction, depends_on?}.",
+        # The registry's view of `_check_dependencies` and `_plan`.
+        json_schema_extra=acyclic(key=["id"], default_key="step_{n}", reserved=[SYNTHESIS_ID]),
     )
     step_timeout: int = Field(
-        120, alias="stepTimeout", ge=10, le=3600, description="Seconds a step attempt may take."
+        120,
+        alias="stepTimeout",
+        ge=10,
+        le=3600,
+        description="Seconds a step attempt may take.",
+        json_schema_extra=ceiling("run_timeout_seconds"),
     )
     retry_count: int = Field(
         1, alias="retryCount", ge=0, le=5, description="Retries of a failed step."

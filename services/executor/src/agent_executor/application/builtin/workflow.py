@@ -71,7 +71,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from agent_executor.application.builtin.react import window
 from agent_executor.application.context import INTERNAL_TAG, current_run, progress
 from agent_executor.application.messages import text_of
-from agent_executor.application.templates import AgentTemplate, AgentView
+from agent_executor.application.templates import AgentTemplate, AgentView, acyclic, ceiling
 from agent_executor.errors import LimitExceeded, TemplateFailed
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_STEPS = 20
+# Graph steps a run takes besides one per configured step: LangGraph's entry step,
+# the routing node and the answer node. Steps + this must fit the run's max_steps.
+GRAPH_OVERHEAD = 3
 ROUTING_ID = "routing"
 ROUTING_NAME = "Routing"
 SUCCEEDED, FAILED, SKIPPED = "succeeded", "failed", "skipped"
@@ -267,7 +270,10 @@ class WorkflowStep(BaseModel):
         description="Ids or names of the steps whose results this step needs.",
     )
     timeout: int | None = Field(
-        None, ge=1, description="Seconds an attempt may take (default: step_timeout)."
+        None,
+        ge=1,
+        description="Seconds an attempt may take (default: step_timeout).",
+        json_schema_extra=ceiling("run_timeout_seconds"),
     )
     retry_count: int | None = Field(
         None, ge=0, le=10, description="Retries after a failed attempt (default: max_retries)."
@@ -292,7 +298,14 @@ class WorkflowConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steps: list[WorkflowStep] = Field(
-        min_length=1, max_length=MAX_STEPS, description="The steps, run in dependency order."
+        min_length=1,
+        max_length=MAX_STEPS,
+        description="The steps, run in dependency order.",
+        # The registry's view of `_check_dependencies` and of the graph's size.
+        json_schema_extra={
+            **acyclic(key=["id", "name"], aliases=["name"]),
+            **ceiling("max_steps", reserve=GRAPH_OVERHEAD),
+        },
     )
     workflow_responsibility: str = Field(
         "",
@@ -301,7 +314,12 @@ class WorkflowConfig(BaseModel):
     )
     history_size: int = Field(10, ge=0, description="Earlier conversation messages each step sees.")
     max_retries: int = Field(2, ge=0, le=10, description="Retries of a failed step.")
-    step_timeout: int = Field(120, ge=1, description="Seconds a step attempt may take.")
+    step_timeout: int = Field(
+        120,
+        ge=1,
+        description="Seconds a step attempt may take.",
+        json_schema_extra=ceiling("run_timeout_seconds"),
+    )
     fail_on_error: bool = Field(
         True, description="Fail the run when a step fails (else skip its dependants)."
     )

@@ -1,0 +1,84 @@
+"""The developer scripts: what `make demo` prints pastes into bash, and `make run` gives
+the executor a plugin folder it watches."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import secrets
+import subprocess
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from agent_executor.config import Settings as ExecutorSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(name: str) -> ModuleType:
+    """Import scripts/<name>.py (its `main()` does not run)."""
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def pasted(line: str, cwd: Path) -> list[str]:
+    """The arguments curl gets when `line` is pasted into bash in `cwd`."""
+    recorder = "curl() { printf '%s\\0' \"$@\"; }\n"  # stands in for curl, prints its argv
+    out = subprocess.run(
+        ["bash", "-c", recorder + line], cwd=cwd, capture_output=True, text=True, check=True
+    ).stdout
+    return out.split("\0")[:-1]
+
+
+def test_a_printed_demo_curl_line_reads_the_token_from_its_file_when_pasted(
+    tmp_path: Path,
+) -> None:
+    demo = script("demo")
+    token = secrets.token_urlsafe(32)
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "runtime-token").write_text(token + "\n")
+    body = json.dumps(
+        {"name": 'It\'s $HOME, `date` and "quotes"', "messages": [{"role": "user", "content": "!"}]}
+    )
+    args = [
+        "-H",
+        f"X-Runtime-Token: {token}",
+        "-H",
+        f"Authorization: Bearer {token}",
+        "-H",
+        "Content-Type: application/json",
+        "-X",
+        "POST",
+        "http://127.0.0.1:8080/v1/agents?a=1&b=2",
+        "-d",
+        body,
+    ]
+
+    line = demo.pasteable(["curl", *args], token)
+
+    assert token not in line
+    assert '"X-Runtime-Token: $(cat var/runtime-token)"' in line
+    assert pasted(line, tmp_path) == args
+
+
+def test_make_run_creates_the_plugin_folder_and_always_points_the_executor_at_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dev = script("dev")
+    plugins = tmp_path / "plugins"
+
+    def executor_reads(configured: str | None) -> list[str]:
+        monkeypatch.setenv("AGENTRT_EXECUTOR_PLUGIN_DIRS", dev.plugin_dirs(tmp_path, configured))
+        return ExecutorSettings().plugin_dirs
+
+    assert executor_reads(None) == [str(plugins)]
+    assert plugins.is_dir()
+    assert list(plugins.iterdir()) == []
+    assert executor_reads("/opt/a, /opt/b") == [str(plugins), "/opt/a", "/opt/b"]
+    assert executor_reads(json.dumps(["/opt/c", str(plugins)])) == [str(plugins), "/opt/c"]
