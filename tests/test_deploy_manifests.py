@@ -170,3 +170,21 @@ def test_grpc_clients_reach_every_replica_through_headless_services(overlay: Pat
     for target in targets:
         assert target.startswith("dns:///"), target
         assert target.removeprefix("dns:///").split(":")[0] in headless, target
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
+def test_the_gateway_believes_forwarded_addresses_from_cluster_proxies_only(
+    overlay: Path,
+) -> None:
+    import ipaddress
+
+    resources, _ = collect(overlay)
+    gateway = next(
+        r for r in resources if r["kind"] == "Deployment" and r["metadata"]["name"] == "gateway"
+    )
+    (container,) = gateway["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    name = env_name(GatewaySettings, "forwarded_allow_ips")
+    trusted = [ipaddress.ip_network(n.strip()) for n in env[name].split(",")]
+    assert trusted  # behind an ingress, the client's address comes from X-Forwarded-For
+    assert all(n.is_private for n in trusted)  # never `*`: only the cluster's own proxies

@@ -27,6 +27,7 @@ from gateway_support import (
     CONFIGURATION_KEYS,
     ERROR_KEYS,
     TEMPLATE_KEYS,
+    code_of,
     frames,
     keyring,
 )
@@ -131,7 +132,7 @@ def assert_error(reply: httpx.Response, status: int, code: str) -> dict[str, Any
     assert reply.headers["content-type"] == "application/json"
     body: dict[str, Any] = reply.json()
     assert set(body) == ERROR_KEYS, body
-    assert body["error"] == code, body
+    assert code_of(body) == code, body
     assert body["detail"] == body["message"]
     assert isinstance(body["details"], dict)
     return body
@@ -258,7 +259,8 @@ def test_every_route_needs_a_token_and_its_role(http: httpx.Client, route: Route
             assert reply.status_code == route.ok, (role, reply.text)
         else:
             body = assert_error(reply, 403, "FORBIDDEN")
-            assert body["details"] == {"required_role": route.role, "role": role}
+            details = {k: v for k, v in body["details"].items() if k != "code"}
+            assert details == {"required_role": route.role, "role": role}  # OpenAI's add `code`
     untouched = http.get(f"/v1/agents/{target}", headers=RT)
     assert untouched.headers["etag"] == '"1"'  # no refused call changed it
 
@@ -808,18 +810,18 @@ def test_the_openai_client_raises_its_error_classes(
     with pytest.raises(openai.BadRequestError) as bad:
         sdk.chat.completions.create(model=sdk_agent, messages=user, temperature=5)
     assert bad.value.status_code == 400
-    assert bad.value.response.json()["error"] == "VALIDATION_ERROR"
+    assert code_of(bad.value.response.json()) == "VALIDATION_ERROR"
     with pytest.raises(openai.BadRequestError):
         sdk.chat.completions.create(model=sdk_agent, messages=[])
     for stream in (False, True):
         with pytest.raises(openai.NotFoundError) as missing:
             sdk.chat.completions.create(model="no-such-agent", messages=user, stream=stream)
-        assert missing.value.response.json()["error"] == "AGENT_NOT_FOUND"
+        assert code_of(missing.value.response.json()) == "AGENT_NOT_FOUND"
     url = f"{gateways.main.url}/v1"
     with OpenAI(base_url=url, api_key="wrong-key", max_retries=0) as stranger:
         with pytest.raises(openai.AuthenticationError) as denied:
             stranger.chat.completions.create(model=sdk_agent, messages=user)
-        assert denied.value.response.json()["error"] == "INVALID_TOKEN"
+        assert code_of(denied.value.response.json()) == "INVALID_TOKEN"
     with (
         OpenAI(base_url=url, api_key=KEYS["viewer"], max_retries=0) as viewer,
         pytest.raises(openai.PermissionDeniedError),
@@ -838,7 +840,343 @@ def test_the_openai_client_raises_rate_limit_error(gateways: Gateways, http: htt
             client.chat.completions.create(model=agent_id, messages=user)
     assert limited.value.status_code == 429
     assert int(limited.value.response.headers["retry-after"]) >= 1
-    assert limited.value.response.json()["error"] == "RATE_LIMIT_EXCEEDED"
+    assert code_of(limited.value.response.json()) == "RATE_LIMIT_EXCEEDED"
+
+
+# --- OpenAI's newer surface: models, unknown keys, tools, formats, progress -----------------
+
+
+def test_the_openai_client_lists_the_runnable_agents_as_models(
+    sdk: OpenAI, http: httpx.Client, gateways: Gateways
+) -> None:
+    acme_agent = create(http, headers=token("acme"))
+    globex_agent = create(http, headers=token("globex"))
+    unowned = create(http)
+    active, resting = create(http), create(http)
+    for agent_id, statuses in ((active, ["active"]), (resting, ["active", "inactive"])):
+        for status in statuses:
+            moved = http.patch(f"/v1/agents/{agent_id}/status", json={"status": status}, headers=RT)
+            assert moved.status_code == 200, moved.text
+
+    models = {m.id: m for m in sdk.models.list()}
+    assert {acme_agent, globex_agent, unowned, active} <= set(models)
+    assert resting not in models  # not runnable
+    assert {m.object for m in models.values()} == {"model"}
+    assert models[acme_agent].owned_by == "acme"
+    assert models[acme_agent].created > 0
+    retrieved = sdk.models.retrieve(acme_agent)
+    assert (retrieved.id, retrieved.object, retrieved.owned_by) == (acme_agent, "model", "acme")
+    # A listed model is what chat completions take as `model`.
+    ran = sdk.chat.completions.create(
+        model=active, messages=[{"role": "user", "content": "are you there"}]
+    )
+    assert "are you there" in (ran.choices[0].message.content or "")
+    for hidden in (resting, "no-such-agent"):
+        with pytest.raises(openai.NotFoundError) as missing:
+            sdk.models.retrieve(hidden)
+        assert missing.value.code == "model_not_found"
+
+    url = f"{gateways.main.url}/v1"
+    with OpenAI(base_url=url, api_key=KEYS["acme"], max_retries=0) as acme:
+        mine = {m.id for m in acme.models.list()}
+        assert acme_agent in mine
+        assert mine.isdisjoint({globex_agent, unowned, active})
+        assert acme.models.retrieve(acme_agent).id == acme_agent
+        with pytest.raises(openai.NotFoundError) as theirs:
+            acme.models.retrieve(globex_agent)  # as absent as a missing one
+        assert theirs.value.code == "model_not_found"
+    with OpenAI(base_url=url, api_key=KEYS["globex"], max_retries=0) as globex:
+        assert globex_agent in {m.id for m in globex.models.list()}
+        assert acme_agent not in {m.id for m in globex.models.list()}
+
+
+def test_an_unknown_chat_key_is_a_bad_request_naming_it(sdk: OpenAI, sdk_agent: str) -> None:
+    user: Any = [{"role": "user", "content": "hi"}]
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.chat.completions.create(
+                model=sdk_agent, messages=user, stream=stream, extra_body={"colour": "red"}
+            )
+        error = refused.value
+        assert error.status_code == 400
+        assert (error.code, error.param, error.type) == (
+            "unknown_parameter",
+            "colour",
+            "invalid_request_error",
+        )
+        assert "colour" in error.message
+        body = error.response.json()
+        assert set(body) == ERROR_KEYS
+        assert body["details"]["reason"] == "UNKNOWN_FIELD"
+        assert "body.colour" in {f["field"] for f in body["details"]["fields"]}
+    # A bad value is another code, and names the parameter the OpenAI way.
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.chat.completions.create(model=sdk_agent, messages=user, temperature=5)
+    assert (bad.value.code, bad.value.param) == ("invalid_value", "temperature")
+
+
+def test_the_openai_error_classes_carry_openai_codes(
+    sdk: OpenAI, sdk_agent: str, gateways: Gateways
+) -> None:
+    user: Any = [{"role": "user", "content": "hi"}]
+    for stream in (False, True):
+        with pytest.raises(openai.NotFoundError) as missing:
+            sdk.chat.completions.create(model="no-such-agent", messages=user, stream=stream)
+        assert missing.value.code == "model_not_found"
+        assert missing.value.type == "invalid_request_error"
+    with (
+        OpenAI(base_url=f"{gateways.main.url}/v1", api_key="wrong-key", max_retries=0) as stranger,
+    ):
+        with pytest.raises(openai.AuthenticationError) as denied:
+            stranger.chat.completions.create(model=sdk_agent, messages=user)
+        assert denied.value.code == "invalid_api_key"
+        assert denied.value.type == "authentication_error"
+        with pytest.raises(openai.AuthenticationError) as listing:
+            stranger.models.list()
+        assert listing.value.code == "invalid_api_key"
+
+
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city now.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+}
+OTHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string"}},
+            "required": ["zone"],
+        },
+    },
+}
+
+
+def tool_result_turn(
+    sdk: OpenAI, agent_id: str, task_id: str, user: Any, call_id: str, arguments: str
+) -> str:
+    """The text the agent answers once the client ran `get_weather` and sent its result."""
+    follow_up = sdk.chat.completions.create(
+        model=agent_id,
+        messages=[
+            *user,
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": arguments},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": call_id, "content": "22 C and sunny"},
+        ],
+        tools=[WEATHER_TOOL, OTHER_TOOL],
+        metadata={"task_id": task_id},
+    )
+    (choice,) = follow_up.choices
+    assert choice.finish_reason == "stop"
+    assert not choice.message.tool_calls
+    assert response_metadata(follow_up)["task_id"] == task_id
+    return choice.message.content or ""
+
+
+def test_the_openai_client_runs_a_client_tool_round_trip(sdk: OpenAI, sdk_agent: str) -> None:
+    task_id = f"task-{uuid.uuid4().hex[:8]}"
+    user: Any = [{"role": "user", "content": "Paris"}]
+    completion = sdk.chat.completions.create(
+        model=sdk_agent,
+        messages=user,
+        tools=[WEATHER_TOOL, OTHER_TOOL],
+        tool_choice="required",
+        metadata={"task_id": task_id},
+    )
+    (choice,) = completion.choices
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.role == "assistant"
+    assert not choice.message.content
+    (call,) = choice.message.tool_calls or []
+    assert call.type == "function"
+    assert call.id
+    assert call.function.name == "get_weather"  # the first tool
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    answer = tool_result_turn(sdk, sdk_agent, task_id, user, call.id, call.function.arguments)
+    assert "get_weather returned: 22 C and sunny" in answer
+
+    # A named tool_choice calls that tool.
+    named = sdk.chat.completions.create(
+        model=sdk_agent,
+        messages=[{"role": "user", "content": "UTC"}],
+        tools=[WEATHER_TOOL, OTHER_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )
+    (timed,) = named.choices[0].message.tool_calls or []
+    assert timed.function.name == "get_time"
+    assert json.loads(timed.function.arguments) == {"zone": "UTC"}
+
+
+def test_the_openai_client_streams_a_client_tool_call(sdk: OpenAI, sdk_agent: str) -> None:
+    task_id = f"task-{uuid.uuid4().hex[:8]}"
+    user: Any = [{"role": "user", "content": "Lisbon"}]
+    stream = sdk.chat.completions.create(
+        model=sdk_agent,
+        messages=user,
+        tools=[WEATHER_TOOL, OTHER_TOOL],
+        tool_choice="required",
+        metadata={"task_id": task_id},
+        stream=True,
+    )
+    # OpenAI's accumulation: calls by `index`; the id, type and name come once, the
+    # arguments are the concatenation of every fragment.
+    calls: dict[int, dict[str, str]] = {}
+    finish_reasons = []
+    text = ""
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        text += delta.content or ""
+        for fragment in delta.tool_calls or []:
+            call = calls.setdefault(fragment.index, {"id": "", "name": "", "arguments": ""})
+            if fragment.id:
+                call["id"] = fragment.id
+            if fragment.type:
+                assert fragment.type == "function"
+            if fragment.function and fragment.function.name:
+                call["name"] = fragment.function.name
+            if fragment.function and fragment.function.arguments:
+                call["arguments"] += fragment.function.arguments
+        if chunk.choices[0].finish_reason:
+            finish_reasons.append(chunk.choices[0].finish_reason)
+    assert finish_reasons == ["tool_calls"]
+    assert text == ""
+    assert list(calls) == [0]
+    call = calls[0]
+    assert call["id"]
+    assert call["name"] == "get_weather"
+    assert json.loads(call["arguments"]) == {"city": "Lisbon"}
+    answer = tool_result_turn(sdk, sdk_agent, task_id, user, call["id"], call["arguments"])
+    assert "get_weather returned: 22 C and sunny" in answer
+
+    # The package's own stream helper assembles the same call.
+    with sdk.chat.completions.stream(
+        model=sdk_agent, messages=user, tools=[WEATHER_TOOL], tool_choice="required"
+    ) as helper:
+        final = helper.get_final_completion()
+    (assembled,) = final.choices[0].message.tool_calls or []
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert assembled.function.name == "get_weather"
+    assert json.loads(assembled.function.arguments) == {"city": "Lisbon"}
+
+
+def test_the_openai_client_gets_an_answer_in_its_json_schema(
+    sdk: OpenAI, http: httpx.Client
+) -> None:
+    agent_id = create(http)  # no response_prefix: that is put before every reply
+    schema = {
+        "type": "object",
+        "properties": {
+            "summary": {"type": "string"},
+            "score": {"type": "integer"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "urgent": {"type": "boolean"},
+        },
+        "required": ["summary", "score", "tags", "urgent"],
+        "additionalProperties": False,
+    }
+    response_format: Any = {
+        "type": "json_schema",
+        "json_schema": {"name": "triage", "schema": schema, "strict": True},
+    }
+    user: Any = [{"role": "user", "content": "my printer is on fire"}]
+    completion = sdk.chat.completions.create(
+        model=agent_id, messages=user, response_format=response_format
+    )
+    (choice,) = completion.choices
+    assert choice.finish_reason == "stop"
+    answer = json.loads(choice.message.content or "")
+    assert set(answer) == {"summary", "score", "tags", "urgent"}
+    assert isinstance(answer["summary"], str)
+    assert "my printer is on fire" in answer["summary"]
+    assert isinstance(answer["score"], int)
+    assert not isinstance(answer["score"], bool)
+    assert isinstance(answer["tags"], list)
+    assert all(isinstance(t, str) for t in answer["tags"])
+    assert isinstance(answer["urgent"], bool)
+    # Streamed, the chunks add up to the same document.
+    streamed = sdk.chat.completions.create(
+        model=agent_id, messages=user, response_format=response_format, stream=True
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert json.loads(text) == answer
+    # json_object: some JSON object.
+    loose = sdk.chat.completions.create(
+        model=agent_id, messages=user, response_format={"type": "json_object"}
+    )
+    assert isinstance(json.loads(loose.choices[0].message.content or ""), dict)
+
+
+def agentrt_event(chunk: Any) -> Any:
+    """The `agentrt` progress event of a choiceless chunk, or None."""
+    event = getattr(chunk, "agentrt", None)
+    if event is None and chunk.model_extra:
+        event = chunk.model_extra.get("agentrt")
+    return event
+
+
+def test_the_openai_client_streams_through_opt_in_progress_events(
+    sdk: OpenAI, http: httpx.Client
+) -> None:
+    agent_id = create(http, toolsets=["parse_url"])
+    url = "https://example.com/a?b=1"
+    ask: Any = [{"role": "user", "content": f'/parse_url {{"url": "{url}"}}'}]
+
+    def run(**options: Any) -> tuple[str, list[Any], list[Any]]:
+        """The text, the finish reasons and the progress events of one streamed request."""
+        chunks = list(
+            sdk.chat.completions.create(model=agent_id, messages=ask, stream=True, **options)
+        )
+        assert {c.object for c in chunks} == {"chat.completion.chunk"}
+        with_choices = [c for c in chunks if c.choices]
+        text = "".join(c.choices[0].delta.content or "" for c in with_choices)
+        reasons = [c.choices[0].finish_reason for c in with_choices if c.choices[0].finish_reason]
+        events = [agentrt_event(c) for c in chunks if not c.choices]
+        return text, reasons, events
+
+    plain_text, plain_reasons, plain_events = run()
+    assert plain_events == []  # opt-in only
+    assert "parse_url returned:" in plain_text
+    assert plain_reasons == ["stop"]
+    for options in (
+        {"extra_headers": {"X-Agentrt-Progress": "true"}},
+        {"extra_body": {"progress_events": True}},
+    ):
+        text, reasons, events = run(**options)
+        assert text == plain_text, options
+        assert reasons == plain_reasons, options
+        assert None not in events, options
+        kinds = [e["type"] for e in events]
+        assert set(kinds) <= {"tool_call_started", "tool_call_finished", "step_progress"}
+        started = next(e for e in events if e["type"] == "tool_call_started")
+        finished = next(e for e in events if e["type"] == "tool_call_finished")
+        assert kinds.index("tool_call_started") < kinds.index("tool_call_finished")
+        assert started["tool_name"] == finished["tool_name"] == "parse_url"
+        assert started["tool_call_id"] == finished["tool_call_id"]
+        assert json.loads(started["arguments_json"]) == {"url": url}
+        assert finished["ok"] is True
 
 
 # --- a client making the old SDK's calls ----------------------------------------------------
@@ -1003,6 +1341,71 @@ def test_the_old_sdks_calls_work_and_every_agent_body_passes_its_strict_check(
     assert gone.value.detail
 
 
+def test_the_old_sdks_default_create_body_creates_a_created_agent_with_a_warning(
+    http: httpx.Client,
+) -> None:
+    name = f"defaults-{uuid.uuid4().hex[:8]}"
+    # What the old SDK sends when only a name and a template are given: every key, and
+    # its defaults (nulls, and `status: "draft"`, which is not an agent status).
+    body: dict[str, Any] = dict.fromkeys(OldSdkClient.CREATE_KEYS)
+    body.update(name=name, template_id="simple-test", status="draft")
+    assert len(body) == 17
+    created = http.post("/v1/agents/", json=body, headers=RT)
+    assert created.status_code == 201, created.text
+    answer = created.json()
+    assert answer["success"] is True
+    warnings = answer["validation_results"]["warnings"]
+    assert any("draft" in w for w in warnings), warnings
+    agent_id = answer["agent_id"]
+    agent = http.get(f"/v1/agents/{agent_id}", headers=RT).json()
+    assert_agent_body(agent)
+    assert (agent["name"], agent["status"]) == (name, "created")
+    assert agent["template_id"] == "simple-test"
+    # And it runs.
+    ran = http.post("/v1/chat/completions", json=chat(agent_id, "default me"), headers=RT)
+    assert ran.status_code == 200, ran.text
+    assert "default me" in ran.json()["choices"][0]["message"]["content"]
+    # An agent status given by a create is taken, without a warning.
+    active = http.post(
+        "/v1/agents",
+        json={**body, "name": name + "-active", "status": "active"},
+        headers=RT,
+    )
+    assert active.status_code == 201, active.text
+    assert not any("status" in w for w in active.json()["validation_results"]["warnings"])
+    assert http.get(f"/v1/agents/{active.json()['agent_id']}", headers=RT).json()["status"] == (
+        "active"
+    )
+
+
+def test_create_refuses_unknown_keys_naming_each_and_updates_ignore_them(
+    http: httpx.Client,
+) -> None:
+    name = f"typo-{uuid.uuid4().hex[:8]}"
+    refused = http.post(
+        "/v1/agents",
+        json={"name": name, "template_id": "simple-test", "tools": ["parse_url"], "colour": "red"},
+        headers=RT,
+    )
+    body = assert_error(refused, 422, "VALIDATION_ERROR")
+    assert body["details"]["reason"] == "UNKNOWN_FIELD"
+    fields = {f["field"] for f in body["details"]["fields"]}
+    assert {"body.tools", "body.colour"} <= fields
+    names = {a["name"] for a in http.get("/v1/agents", params={"limit": 1000}, headers=RT).json()}
+    assert name not in names  # nothing was created
+    agent_id = create(http, name=name)
+    put = http.put(
+        f"/v1/agents/{agent_id}", json={"description": "new", "colour": "red"}, headers=RT
+    )
+    assert put.status_code == 200, put.text
+    assert "colour" not in put.json()
+    patched = http.patch(
+        f"/v1/agents/{agent_id}/status", json={"status": "active", "colour": "red"}, headers=RT
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["status"] == "active"
+
+
 # --- owners and rate limits -----------------------------------------------------------------
 
 
@@ -1086,15 +1489,19 @@ def test_reusing_a_deleted_agents_id_does_not_reveal_the_other_owners_history(
     assert "ACME SECRET PROMPT" not in history.text
 
 
-def test_a_put_with_a_status_changes_it_or_is_refused(http: httpx.Client) -> None:
+def test_a_put_may_repeat_the_status_but_a_change_is_a_conflict(http: httpx.Client) -> None:
     agent_id = create(http)
-    reply = http.put(f"/v1/agents/{agent_id}", json={"status": "active"}, headers=RT)
-    if reply.status_code < 300:
-        assert reply.json()["status"] == "active"
-        assert http.get(f"/v1/agents/{agent_id}", headers=RT).json()["status"] == "active"
-    else:
-        body = assert_error(reply, reply.status_code, "VALIDATION_ERROR")
-        assert "body.status" in {f["field"] for f in body["details"]["fields"]}
+    status = http.get(f"/v1/agents/{agent_id}", headers=RT).json()["status"]
+    same = http.put(f"/v1/agents/{agent_id}", json={"status": status}, headers=RT)
+    assert (same.status_code, same.json()["status"]) == (200, status)
+    other = "inactive" if status != "inactive" else "active"
+    reply = http.put(
+        f"/v1/agents/{agent_id}", json={"status": other, "description": "x"}, headers=RT
+    )
+    body = assert_error(reply, 409, "CONFLICT")
+    assert [f["field"] for f in body["details"]["fields"]] == ["body.status"]
+    after = http.get(f"/v1/agents/{agent_id}", headers=RT).json()
+    assert after["status"] == status  # nothing half-applied
 
 
 def test_a_key_over_its_rate_gets_429_with_retry_after(gateways: Gateways, backend: Any) -> None:

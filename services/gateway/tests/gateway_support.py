@@ -41,6 +41,12 @@ async def running_gateway(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
         await task
 
 
+def code_of(body: dict[str, Any]) -> str:
+    """A refusal's COMPAT code, in either dialect (OpenAI's routes keep it in `details`)."""
+    error = body["error"]
+    return error if isinstance(error, str) else str(body["details"]["code"])
+
+
 def auth(token: str = TOKEN) -> dict[str, str]:
     return {"X-Runtime-Token": token}
 

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from executor_support import offline, services_config
-from gateway_support import ERROR_KEYS, TOKEN, Stack, auth, keyring, running_gateway
+from gateway_support import ERROR_KEYS, TOKEN, Stack, auth, code_of, keyring, running_gateway
 
 from agentrt_kit.nats import Names
 from agentrt_testkit.audit import records_of, wait_for_records
@@ -102,7 +102,7 @@ async def test_each_route_needs_its_role(
         assert reply.status_code < 300, reply.text
     else:
         assert reply.status_code == 403, reply.text
-        assert reply.json()["error"] == "FORBIDDEN"
+        assert code_of(reply.json()) == "FORBIDDEN"
         assert set(reply.json()) == ERROR_KEYS
     no_token = await keyed.client.request(
         method, path.format(id=agent_id), json=bodies[body] if body else None
@@ -137,7 +137,7 @@ async def test_an_owner_sees_and_touches_only_its_own_agents(keyed: Stack) -> No
         ):
             reply = await keyed.client.request(method, path, json=body, headers=acme)
             assert reply.status_code == 404, (method, path, reply.text)
-            assert reply.json()["error"] == "AGENT_NOT_FOUND"
+            assert code_of(reply.json()) == "AGENT_NOT_FOUND"
     missing = await keyed.client.get("/v1/agents/no-such-agent", headers=acme)
     hidden = await keyed.client.get(f"/v1/agents/{theirs}", headers=acme)
     assert hidden.json()["message"].replace(theirs, "X") == missing.json()["message"].replace(
@@ -193,7 +193,7 @@ async def test_the_key_rate_limit_answers_429_with_retry_after(make_stack: MakeS
     assert [r.headers["X-RateLimit-Remaining"] for r in replies] == ["2", "1", "0", "0"]
     assert all(r.headers["X-RateLimit-Limit"] == "3" for r in replies)
     refused = replies[-1]
-    assert refused.json()["error"] == "RATE_LIMIT_EXCEEDED"
+    assert code_of(refused.json()) == "RATE_LIMIT_EXCEEDED"
     assert set(refused.json()) == ERROR_KEYS
     assert refused.headers["Retry-After"] == "2"
     other_key = await stack.client.get("/v1/whoami", headers=bearer(KEYS["admin"]))
@@ -208,6 +208,26 @@ async def test_the_address_rate_limit_counts_bad_tokens_too(make_stack: MakeStac
     assert [first.status_code, second.status_code, third.status_code] == [401, 401, 429]
     assert int(third.headers["Retry-After"]) >= 1
     assert (await stack.client.get("/ping")).status_code == 200  # open routes are not counted
+
+
+@pytest.mark.parametrize(("trusted", "statuses"), [("", [200, 429]), ("127.0.0.1", [200, 200])])
+async def test_the_client_address_comes_from_a_trusted_proxy_only(
+    make_stack: MakeStack, trusted: str, statuses: list[int]
+) -> None:
+    stack = await make_stack(
+        address_rate_limit_per_second=0.1,
+        address_rate_limit_burst=1,
+        forwarded_allow_ips=trusted,
+    )
+    found = [
+        (
+            await stack.client.get(
+                "/v1/whoami", headers={**auth(), "X-Forwarded-For": f"203.0.113.{n}"}
+            )
+        ).status_code
+        for n in (1, 2)
+    ]
+    assert found == statuses  # trusted: two clients, two buckets; else one peer, one bucket
 
 
 async def test_streams_per_key_are_bounded(make_stack: MakeStack) -> None:
@@ -279,7 +299,7 @@ async def test_compose_refuses_bad_input_naming_the_field(
     if field is not None:
         assert any(f["field"] == field for f in error["details"]["fields"]), error
     else:
-        assert error["error"] == "TEMPLATE_NOT_FOUND"
+        assert code_of(error) == "TEMPLATE_NOT_FOUND"
 
 
 async def test_schema_answers_and_refuses_another_major_version(stack: Stack) -> None:
@@ -306,7 +326,7 @@ async def test_schema_answers_and_refuses_another_major_version(stack: Stack) ->
             "/v1/schema", headers={**auth(), "X-Schema-Version": other}
         )
         assert refused.status_code == 409, other
-        assert refused.json()["error"] == "VERSION_MISMATCH"
+        assert code_of(refused.json()) == "VERSION_MISMATCH"
         assert set(refused.json()) == ERROR_KEYS
     garbage = await stack.client.get("/v1/schema", headers={**auth(), "X-Schema-Version": "latest"})
     assert garbage.status_code == 400
@@ -375,7 +395,11 @@ async def test_every_mutating_request_and_execution_is_audited_once(
     assert streamed.run_id
     assert streamed.run_id != ran.run_id
     assert by_request[request_ids[0]].agent_id  # the new agent's id
-    too_big = [r for r in records if r.detail == "HTTP 413"]
+    # A refused or failed request's record says why, not only the status.
+    assert by_request[request_ids[2]].detail.startswith("403 FORBIDDEN: this needs the admin")
+    assert by_request[request_ids[3]].detail.startswith("401 INVALID_TOKEN")
+    assert by_request[request_ids[4]].detail.startswith("404 AGENT_NOT_FOUND")
+    too_big = [r for r in records if r.detail.startswith("413 REQUEST_TOO_LARGE: ")]
     assert len(too_big) == 1
     assert too_big[0].outcome == "failed"
     for record in records:

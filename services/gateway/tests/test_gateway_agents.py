@@ -5,7 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from gateway_support import AGENT_KEYS, CONFIGURATION_KEYS, ERROR_KEYS, TOKEN, World, auth
+from gateway_support import (
+    AGENT_KEYS,
+    CONFIGURATION_KEYS,
+    ERROR_KEYS,
+    TOKEN,
+    Stack,
+    World,
+    auth,
+    code_of,
+)
 
 from agentrt.registry.v1 import registry_pb2 as rpb
 
@@ -93,14 +102,14 @@ async def test_bad_queries_are_refused_naming_the_field(
     reply = await world.client.get(path, headers=auth())
     assert reply.status_code == 422
     body = reply.json()
-    assert body["error"] == "VALIDATION_ERROR"
+    assert code_of(body) == "VALIDATION_ERROR"
     assert [f["field"] for f in body["details"]["fields"]] == [field]
 
 
 async def test_an_unknown_agent_is_a_404_and_reading_needs_a_token(world: World) -> None:
     missing = await world.client.get("/v1/agents/no-such-agent", headers=auth())
     assert missing.status_code == 404
-    assert missing.json()["error"] == "AGENT_NOT_FOUND"
+    assert code_of(missing.json()) == "AGENT_NOT_FOUND"
     assert set(missing.json()) == ERROR_KEYS
     assert (await world.client.get("/v1/agents")).status_code == 401
     assert (
@@ -112,7 +121,7 @@ async def test_a_registry_that_is_down_is_a_503_with_retry_after(world: World) -
     await world.registry.stop()
     reply = await world.client.get("/v1/agents", headers=auth())
     assert reply.status_code == 503
-    assert reply.json()["error"] == "SERVICE_UNAVAILABLE"
+    assert code_of(reply.json()) == "SERVICE_UNAVAILABLE"
     assert reply.headers["retry-after"] == "1"
 
 
@@ -133,7 +142,7 @@ OLD_SDK_CREATE = {
     "version_type": None,
     "version_number": None,
     "owner_id": None,
-    "status": "active",
+    "status": "draft",  # the old SDK's default
 }
 
 
@@ -141,18 +150,71 @@ async def test_the_old_sdks_create_body_with_every_key_and_nulls_creates_the_age
     world: World,
 ) -> None:
     for path in ("/v1/agents", "/v1/agents/"):
-        body = {**OLD_SDK_CREATE, "name": f"Old SDK agent {path}", "unknown_key": 1}
+        body = {**OLD_SDK_CREATE, "name": f"Old SDK agent {path}"}
         reply = await world.client.post(path, json=body, headers=auth())
         assert reply.status_code == 201, reply.text
         created = reply.json()
         assert set(created) == {"success", "agent_id", "message", "validation_results"}
         assert created["success"] is True
-        assert set(created["validation_results"]) == {"valid", "warnings"}
+        assert created["validation_results"]["valid"] is True
+        assert any("'draft'" in w for w in created["validation_results"]["warnings"])
         assert reply.headers["location"] == f"/v1/agents/{created['agent_id']}"
         agent = (await world.client.get(reply.headers["location"], headers=auth())).json()
-        assert (agent["name"], agent["status"]) == (body["name"], "active")
+        assert (agent["name"], agent["status"]) == (body["name"], "created")
         assert agent["configuration"]["system_prompt"] == "Be brief."
         assert reply.headers["etag"] == '"1"'
+
+
+async def test_an_agent_status_on_create_sets_the_initial_status(world: World) -> None:
+    for status in ("created", "active", "inactive", "error"):
+        body = {"name": f"Starts {status}", "template_id": "simple-test", "status": status}
+        reply = await world.client.post("/v1/agents", json=body, headers=auth())
+        assert reply.status_code == 201, reply.text
+        assert not any("status" in w for w in reply.json()["validation_results"]["warnings"])
+        agent = await world.client.get(reply.headers["location"], headers=auth())
+        assert agent.json()["status"] == status
+
+
+async def test_unknown_create_keys_are_refused_each_named(world: World) -> None:
+    body = {"name": "Typo", "template_id": "simple-test", "tools": ["custom"], "colour": "red"}
+    reply = await world.client.post("/v1/agents", json=body, headers=auth())
+    assert reply.status_code == 422
+    fields = [f["field"] for f in reply.json()["details"]["fields"]]
+    assert sorted(fields) == ["body.colour", "body.tools"]
+    assert reply.json()["details"]["reason"] == "UNKNOWN_FIELD"
+    assert (await world.client.get("/v1/agents", headers=auth())).json() == []
+
+
+async def test_update_and_status_change_ignore_unknown_keys(world: World) -> None:
+    agent = await world.create("Lenient")
+    path = f"/v1/agents/{agent.id}"
+    reply = await world.client.put(
+        path, json={"description": "new", "colour": "red"}, headers=auth()
+    )
+    assert reply.status_code == 200, reply.text
+    reply = await world.client.patch(
+        f"{path}/status", json={"status": "inactive", "reason": "paused"}, headers=auth()
+    )
+    assert (reply.status_code, reply.json()["status"]) == (200, "inactive")
+
+
+async def test_a_put_may_repeat_the_status_but_not_change_it(world: World) -> None:
+    agent = await world.create("Steady")
+    path = f"/v1/agents/{agent.id}"
+    same = await world.client.put(path, json={"status": "active"}, headers=auth())
+    assert (same.status_code, same.json()["status"]) == (200, "active")
+    changed = await world.client.put(
+        path, json={"status": "inactive", "description": "x"}, headers=auth()
+    )
+    assert (changed.status_code, code_of(changed.json())) == (409, "CONFLICT")
+    assert [f["field"] for f in changed.json()["details"]["fields"]] == ["body.status"]
+    after = (await world.client.get(path, headers=auth())).json()
+    assert after["status"] == "active"  # nothing half-applied
+    # Old clients PUT their create body: a status that is no agent status is ignored.
+    draft = await world.client.put(
+        path, json={"status": "draft", "description": "y"}, headers=auth()
+    )
+    assert (draft.status_code, draft.json()["status"]) == (200, "active")
 
 
 async def test_a_client_chosen_id_is_kept_and_a_taken_name_is_a_conflict(world: World) -> None:
@@ -161,7 +223,7 @@ async def test_a_client_chosen_id_is_kept_and_a_taken_name_is_a_conflict(world: 
     assert (reply.status_code, reply.json()["agent_id"]) == (201, "my-agent-1")
     again = await world.client.post("/v1/agents", json={**body, "id": "my-agent-2"}, headers=auth())
     assert again.status_code == 409
-    assert again.json()["error"] == "CONFLICT"
+    assert code_of(again.json()) == "CONFLICT"
 
 
 @pytest.mark.parametrize(
@@ -172,7 +234,9 @@ async def test_a_client_chosen_id_is_kept_and_a_taken_name_is_a_conflict(world: 
         ({"name": "x" * 101, "template_id": "simple-test"}, "body.name"),
         ({"name": "bell\x07", "template_id": "simple-test"}, "body.name"),
         ({"name": 5, "template_id": "simple-test"}, "body.name"),
-        ({"name": "ok", "status": "sleeping"}, "body.status"),
+        ({"name": "ok", "status": 5}, "body.status"),
+        ({"name": "ok", "status": "s" * 65}, "body.status"),
+        ({"name": "ok", "tools": ["custom"]}, "body.tools"),
         ({"name": "ok", "toolsets": "custom"}, "body.toolsets"),
         ({"name": "ok", "system_prompt": "x" * 32_001}, "body.system_prompt"),
     ],
@@ -182,7 +246,7 @@ async def test_a_bad_create_body_is_refused_naming_the_field_and_creates_nothing
 ) -> None:
     reply = await world.client.post("/v1/agents", json=body, headers=auth())
     assert reply.status_code == 422
-    assert reply.json()["error"] == "VALIDATION_ERROR"
+    assert code_of(reply.json()) == "VALIDATION_ERROR"
     assert field in [f["field"] for f in reply.json()["details"]["fields"]]
     assert (await world.client.get("/v1/agents", headers=auth())).json() == []
 
@@ -191,7 +255,7 @@ async def test_the_registrys_refusal_of_a_config_names_the_field(world: World) -
     body = {"name": "Nowhere", "template_id": "no-such-template"}
     reply = await world.client.post("/v1/agents", json=body, headers=auth())
     assert reply.status_code == 400
-    assert reply.json()["error"] == "VALIDATION_ERROR"
+    assert code_of(reply.json()) == "VALIDATION_ERROR"
     assert "spec.template_id" in [f["field"] for f in reply.json()["details"]["fields"]]
 
 
@@ -323,3 +387,60 @@ async def test_an_agents_history_lists_its_events_oldest_first_in_pages(world: W
         f"/v1/agents/{agent.id}/history?page_token=garbage", headers=auth()
     )
     assert (bad.status_code, bad.json()["error"]) == (400, "VALIDATION_ERROR")
+
+
+async def test_what_would_fail_at_run_time_is_refused_at_create(stack: Stack) -> None:
+    """Cycles, unknown providers and limits past the executor's ceiling: a 400 naming each."""
+    steps = [
+        {"name": "a", "prompt": "one", "depends_on": ["c"]},
+        {"name": "b", "prompt": "two", "depends_on": ["a"]},
+        {"name": "c", "prompt": "three", "depends_on": ["b"]},
+    ]
+    body = {
+        "name": "Looping",
+        "template_id": "langgraph-workflow",
+        "template_config": {"steps": steps},
+    }
+    cases = [
+        (body, "spec.template_config.steps[1].depends_on[0]", "a -> c -> b -> a"),
+        (
+            {"name": "Far", "template_id": "simple-test", "llm_config_id": "no-such-model"},
+            "spec.llm_config_id",
+            "offline",
+        ),
+        (
+            {
+                "name": "Slow",
+                "template_id": "langgraph-workflow",
+                "template_config": {"steps": [{"name": "a", "prompt": "x", "timeout": 10**6}]},
+            },
+            "spec.template_config.steps[0].timeout",
+            "ceiling",
+        ),
+    ]
+    for values, field, says in cases:
+        for _ in range(250):  # until the registry has seen the executor's report
+            reply = await stack.client.post("/v1/agents", json=values, headers=auth())
+            if reply.status_code != 201:
+                break
+            await stack.client.delete(reply.headers["location"], headers=auth())
+        assert reply.status_code == 400, reply.text
+        fields = {f["field"]: f["description"] for f in reply.json()["details"]["fields"]}
+        assert field in fields, fields
+        assert says in fields[field]
+    listed = (await stack.client.get("/v1/agents", headers=auth())).json()
+    assert [a["name"] for a in listed] == []
+
+
+async def test_versions_past_int64_are_bad_input_not_a_failure(world: World) -> None:
+    agent = await world.create("Huge")
+    path = f"/v1/agents/{agent.id}"
+    huge = "9" * 20
+    read = await world.client.get(f"{path}?version={huge}", headers=auth())
+    assert read.status_code == 422
+    for method, body in (("PUT", {"description": "x"}), ("DELETE", None)):
+        reply = await world.client.request(
+            method, path, json=body, headers={**auth(), "If-Match": f'"{huge}"'}
+        )
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["details"]["fields"][0]["field"] == "header.if-match"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from executor_support import eventually, offline, services_config
-from gateway_support import ERROR_KEYS, Stack, auth, frames
+from gateway_support import ERROR_KEYS, Stack, auth, code_of, frames
 
 from agentrt.executor.v1 import executor_pb2 as pb
 
@@ -126,7 +126,7 @@ async def test_an_unknown_agent_is_a_404_before_any_streaming(stack: Stack, stre
     assert reply.status_code == 404
     assert reply.headers["content-type"] == "application/json"
     assert set(reply.json()) == ERROR_KEYS
-    assert reply.json()["error"] == "AGENT_NOT_FOUND"
+    assert code_of(reply.json()) == "AGENT_NOT_FOUND"
 
 
 async def test_an_inactive_agent_is_refused_with_a_conflict(stack: Stack) -> None:
@@ -192,7 +192,7 @@ async def test_bad_chat_input_is_a_400_naming_the_field(
     assert reply.status_code == 400, reply.text
     error = reply.json()
     assert set(error) == ERROR_KEYS
-    assert error["error"] == "VALIDATION_ERROR"
+    assert code_of(error) == "VALIDATION_ERROR"
     assert any(f["field"].startswith(field) for f in error["details"]["fields"]), error
 
 
@@ -260,8 +260,26 @@ async def test_a_timed_out_completion_is_a_408(make_stack: MakeStack) -> None:
     )
     assert reply.status_code == 408, reply.text
     error = reply.json()
-    assert error["error"] == "TIMEOUT_ERROR"
+    assert code_of(error) == "TIMEOUT_ERROR"
     assert error["details"]["reason"] == "TIMEOUT"
+
+
+async def test_equal_timeouts_report_the_runs_own_timeout_with_its_ids(
+    make_stack: MakeStack,
+) -> None:
+    stack = await make_stack(
+        {"services_config": SLOW, "run_timeout_seconds": 0.3}, run_timeout_seconds=0.3
+    )
+    agent_id = await stack.agent(name="same deadline", llm_config_id="slow")
+    reply = await stack.client.post(
+        "/v1/chat/completions", json=chat(agent_id, " ".join(["word"] * 40)), headers=auth()
+    )
+    assert reply.status_code == 408, reply.text
+    details = reply.json()["details"]
+    assert details["reason"] == "TIMEOUT"
+    run = await stack.system.executor.GetRun(pb.GetRunRequest(run_id=details["run_id"]))
+    assert run.run.status == "timed_out"
+    assert reply.headers["x-should-retry"] == "false"  # a run may have had side effects
 
 
 async def test_a_client_that_goes_away_cancels_the_run(make_stack: MakeStack) -> None:
@@ -329,7 +347,7 @@ async def test_an_executor_that_is_down_is_a_503_not_a_500(stack: Stack) -> None
         "/v1/chat/completions", json=chat(agent_id, "hi"), headers=auth()
     )
     assert reply.status_code == 503, reply.text
-    assert reply.json()["error"] == "SERVICE_UNAVAILABLE"
+    assert code_of(reply.json()) == "SERVICE_UNAVAILABLE"
 
 
 async def test_concurrent_completions_each_get_their_own_answer(stack: Stack) -> None:

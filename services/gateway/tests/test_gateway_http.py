@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from gateway_support import ERROR_KEYS, TOKEN, auth, running_gateway
+from gateway_support import ERROR_KEYS, TOKEN, auth, code_of, running_gateway
 from nats.js.kv import KeyValue
 
 from agent_gateway.config import Settings
@@ -87,7 +87,7 @@ async def test_v1_routes_refuse_a_missing_or_wrong_token_with_the_compat_body(
     assert reply.status_code == 401
     body = reply.json()
     assert set(body) == ERROR_KEYS
-    assert body["error"] == "INVALID_TOKEN"
+    assert code_of(body) == "INVALID_TOKEN"
     assert body["detail"] == body["message"]
     assert body["details"] == {}
     assert reply.headers["www-authenticate"] == "Bearer"
@@ -110,11 +110,11 @@ async def test_the_runtime_token_is_accepted_as_header_or_bearer_key(
 async def test_unknown_routes_and_methods_get_the_compat_error_body(gateway: Gateway) -> None:
     missing = await gateway.client.get("/nope", headers=auth())
     assert missing.status_code == 404
-    assert missing.json()["error"] == "NOT_FOUND"
+    assert code_of(missing.json()) == "NOT_FOUND"
     assert set(missing.json()) == ERROR_KEYS
     wrong_method = await gateway.client.post("/ping", headers=auth())
     assert wrong_method.status_code == 405
-    assert wrong_method.json()["error"] == "METHOD_NOT_ALLOWED"
+    assert code_of(wrong_method.json()) == "METHOD_NOT_ALLOWED"
     assert "allow" in wrong_method.headers
 
 
@@ -131,7 +131,7 @@ async def test_a_wrong_method_is_told_every_method_the_path_is_served_with(
         reply = await gateway.client.request(method, path, headers=auth())
         assert reply.status_code == 405, (method, path)
         assert reply.headers["allow"] == allowed, (method, path)
-        assert reply.json()["error"] == "METHOD_NOT_ALLOWED"
+        assert code_of(reply.json()) == "METHOD_NOT_ALLOWED"
 
 
 async def test_which_v1_routes_exist_is_only_told_to_callers_with_a_token(
@@ -250,7 +250,7 @@ async def test_an_unknown_template_is_a_404_with_the_compat_body(gateway: Gatewa
     for template_id in ("missing", "bad%20id", "x" * 300):
         reply = await gateway.client.get(f"/v1/templates/{template_id}", headers=auth())
         assert reply.status_code == 404
-        assert reply.json()["error"] == "TEMPLATE_NOT_FOUND"
+        assert code_of(reply.json()) == "TEMPLATE_NOT_FOUND"
         assert set(reply.json()) == ERROR_KEYS
     assert (await gateway.client.get("/v1/templates/known")).status_code == 401
 
@@ -302,3 +302,45 @@ async def test_metrics_count_requests_by_route_template_and_status(gateway: Gate
     assert "some-secret-looking-id" not in text
     assert "abc123" not in text
     assert "agentrt_gateway_request_seconds_bucket" in text
+
+
+async def test_an_unexpected_error_is_a_500_with_the_request_id_and_no_detail(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import hashlib
+    from typing import cast
+
+    from agent_gateway.adapters.access import Access, Gate
+    from agent_gateway.adapters.http_api import Services, create_app
+    from agent_gateway.domain.auth import Authenticator
+    from agent_gateway.domain.limits import RateLimiter
+
+    class Broken:
+        async def runnable(self, caller: Any) -> Any:
+            raise RuntimeError("secret internals")
+
+    gate = Gate(
+        Authenticator(hashlib.sha256(TOKEN.encode()).digest(), []),
+        RateLimiter(0, 1),
+        RateLimiter(0, 1),
+    )
+    unused = cast(Any, None)
+    services = Services(unused, unused, cast(Any, Broken()), unused, unused)
+    app = create_app(Access(gate), services, version="test")
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+        reply = await client.get("/v1/models", headers={**auth(), "X-Request-ID": "req-500"})
+    assert reply.status_code == 500
+    assert reply.headers["x-request-id"] == "req-500"
+    assert reply.headers["x-should-retry"] == "false"
+    assert reply.json()["error"]["type"] == "server_error"
+    assert "secret" not in reply.text
+    logged = [r for r in caplog.records if r.getMessage() == "request failed"]
+    assert len(logged) == 1
+
+
+async def test_a_path_ending_in_a_newline_is_no_route(gateway: Gateway) -> None:
+    for path in ("/v1/agents/%0A", "/v1/templates/%0A", "/ping%0A"):
+        reply = await gateway.client.get(path, headers=auth())
+        assert reply.status_code == 404, (path, reply.text)
+        assert code_of(reply.json()) == "NOT_FOUND"

@@ -81,3 +81,16 @@ async def test_a_body_over_the_cap_is_a_413_whether_its_length_is_declared_or_no
         "/v1/agents", json={"name": "Small", "template_id": "simple-test"}, headers=auth()
     )
     assert small.status_code == 201
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"x": 1e999}', b'{"x": -1e999}', b'{"x": ' + b"9" * 400 + b"}", b"[" + b"1" * 309 + b"]"],
+)
+def test_numbers_no_double_can_hold_are_refused(raw: bytes) -> None:
+    with pytest.raises(BadJson, match="range of a double"):
+        check_json(raw)
+
+
+def test_large_numbers_a_double_holds_are_taken() -> None:
+    check_json(b'{"x": 1e308, "y": ' + b"9" * 308 + b', "z": -2.5e-300}')

@@ -6,6 +6,8 @@ synchronously. Every operation of the document is called with generated input, v
 and invalid, authenticated with the runtime token; each answer must be no 5xx and
 match the document: status, content type, body schema and headers. Invalid input must
 be refused, an undocumented method must be a 405, and a request without a token a 401.
+The document itself must be valid OpenAPI 3.1, with a stable `operationId` and a
+declared tag on every operation.
 
 Generated ids rarely name anything, so every other case is pointed at an agent (or
 template) that exists: success answers are checked too, not only 404s.
@@ -31,12 +33,13 @@ import schemathesis
 from executor_support import System
 from gateway_support import TOKEN, running_gateway
 from hypothesis import strategies as st
+from openapi_spec_validator import OpenAPIV31SpecValidator
 from schemathesis import Case
 
-from agent_gateway.adapters.access import Gate
-from agent_gateway.adapters.http_api import ApiOptions, Backends, create_app
+from agent_gateway.adapters.access import Access, Gate
+from agent_gateway.adapters.http_api import Services, create_app
 from agent_gateway.domain.auth import Authenticator
-from agent_gateway.domain.limits import RateLimiter, StreamSlots
+from agent_gateway.domain.limits import RateLimiter
 
 MAX_EXAMPLES = 12  # fuzzed cases per operation; the coverage phase adds its boundary cases
 SEED = 20_260_101
@@ -236,15 +239,107 @@ def document() -> dict[str, Any]:
     schemathesis parametrizes tests when the module is collected, before any fixture runs;
     `test_the_gateway_serves_the_document_tested` checks the served one is this one.
     """
-    gate = Gate(Authenticator(None, []), RateLimiter(0, 1), RateLimiter(0, 1), StreamSlots(0))
+    gate = Gate(Authenticator(None, []), RateLimiter(0, 1), RateLimiter(0, 1))
     unused = cast(Any, None)
-    backends = Backends({}, unused, unused, unused, unused)
-    app = create_app(gate, backends, options=ApiOptions(version=version("agentrt-gateway")))
+    services = Services(unused, unused, unused, unused, unused)
+    app = create_app(Access(gate), services, version=version("agentrt-gateway"))
     return app.openapi()
 
 
 DOCUMENT = document()
 schema = schemathesis.openapi.from_dict(DOCUMENT, config=config())
+
+
+# Clients generate method names from these: changing one breaks them.
+OPERATION_IDS = {
+    ("POST", "/v1/chat/completions"): "createChatCompletion",
+    ("POST", "/v1/agents/compose"): "composeAgent",
+    ("GET", "/v1/agents"): "listAgents",
+    ("POST", "/v1/agents"): "createAgent",
+    ("GET", "/v1/agents/{agent_id}"): "getAgent",
+    ("PUT", "/v1/agents/{agent_id}"): "updateAgent",
+    ("DELETE", "/v1/agents/{agent_id}"): "deleteAgent",
+    ("GET", "/v1/agents/{agent_id}/history"): "getAgentHistory",
+    ("PATCH", "/v1/agents/{agent_id}/status"): "setAgentStatus",
+    ("GET", "/v1/models"): "listModels",
+    ("GET", "/v1/models/{model}"): "getModel",
+    ("GET", "/v1/health"): "getHealth",
+    ("GET", "/v1/schema"): "getSchema",
+    ("GET", "/v1/whoami"): "whoami",
+    ("GET", "/v1/templates"): "listTemplates",
+    ("GET", "/v1/templates/{template_id}"): "getTemplate",
+    ("GET", "/"): "root",
+    ("GET", "/ping"): "ping",
+    ("GET", "/metrics"): "metrics",
+    ("GET", "/healthz"): "healthz",
+    ("GET", "/readyz"): "readyz",
+}
+
+
+def _operations() -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (method.upper(), path): operation
+        for path, item in DOCUMENT["paths"].items()
+        for method, operation in item.items()
+    }
+
+
+def test_the_document_is_valid_openapi_3_1() -> None:
+    errors = [
+        f"{'/'.join(str(p) for p in e.absolute_path)}: {e.message}"
+        for e in OpenAPIV31SpecValidator(DOCUMENT).iter_errors()
+    ]
+    assert DOCUMENT["openapi"].startswith("3.1.")
+    assert errors == []
+
+
+def test_every_operation_has_its_stable_operation_id() -> None:
+    found = {key: operation.get("operationId") for key, operation in _operations().items()}
+    assert found == OPERATION_IDS
+
+
+def test_every_operation_is_tagged_with_a_declared_tag() -> None:
+    declared = [tag["name"] for tag in DOCUMENT.get("tags", [])]
+    untagged = [key for key, operation in _operations().items() if not operation.get("tags")]
+    used = {tag for operation in _operations().values() for tag in operation.get("tags", [])}
+    assert untagged == []
+    assert used <= set(declared)
+    assert len(declared) == len(set(declared))
+
+
+def test_openai_routes_document_openai_error_bodies() -> None:
+    def error_schemas(path: str) -> set[str]:
+        return {
+            response["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+            for operation in DOCUMENT["paths"][path].values()
+            for status, response in operation["responses"].items()
+            if int(status) >= 400 and "application/json" in response.get("content", {})
+        }
+
+    for path in ("/v1/chat/completions", "/v1/models", "/v1/models/{model}"):
+        assert error_schemas(path) == {"OpenAIErrorBody"}, path
+    for path in ("/v1/agents", "/v1/agents/compose", "/v1/templates", "/v1/whoami"):
+        assert error_schemas(path) == {"ErrorBody"}, path
+
+
+def test_an_openai_refusal_matches_openai_error_body(running: Running) -> None:
+    reply = httpx.get(
+        f"{running.base_url}/v1/models/no-such-agent",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    assert reply.status_code == 404
+    body = reply.json()
+    assert body["error"]["code"] == "model_not_found"
+    assert set(body) == set(DOCUMENT["components"]["schemas"]["OpenAIErrorBody"]["required"])
+
+
+def test_docs_serve_swagger_ui_for_the_document_without_a_token(running: Running) -> None:
+    reply = httpx.get(f"{running.base_url}/docs", timeout=10)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/html")
+    assert "swagger-ui" in reply.text
+    assert "/openapi.json" in reply.text
 
 
 def test_the_gateway_serves_the_document_tested(running: Running) -> None:

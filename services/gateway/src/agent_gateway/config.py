@@ -65,12 +65,24 @@ class Settings(ServiceSettings):
     run_timeout_seconds: float = Field(
         300.0, gt=0, description="Deadline of one chat completion or compose request."
     )
+    stream_keepalive_seconds: float = Field(
+        15.0, gt=0, description="A quiet stream gets an SSE comment line this often."
+    )
     max_messages: int = Field(100, ge=1, description="Messages one chat completion may carry.")
     max_message_chars: int = Field(
         32_000, ge=1, description="Characters one chat message may have."
     )
     max_concurrent_runs: int = Field(
         64, ge=1, description="Concurrent runs advertised by /v1/schema (the executors' capacity)."
+    )
+    forwarded_allow_ips: str = Field(
+        "",
+        validation_alias=AliasChoices("AGENTRT_GATEWAY_FORWARDED_ALLOW_IPS", "FORWARDED_ALLOW_IPS"),
+        description=(
+            "Proxies (comma-separated addresses or CIDRs, `*` for any) whose "
+            "X-Forwarded-For/-Proto the gateway believes: the client address then "
+            "comes from the header (rate limits, audit). Empty: trust none."
+        ),
     )
     audit: bool = Field(
         True, description="Publish an audit record per mutating request and execution."

@@ -16,14 +16,21 @@ import sys
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from importlib.metadata import version
+from typing import Any
 
 import uvicorn
 
-from agent_gateway.adapters.access import Gate
+from agent_gateway.adapters.access import Access, Gate
+from agent_gateway.adapters.catalogue import TemplateCatalogue
 from agent_gateway.adapters.executor_client import ExecutorRuns
-from agent_gateway.adapters.http_api import ApiOptions, Backends, create_app
+from agent_gateway.adapters.http_api import Services, create_app
 from agent_gateway.adapters.probes import GrpcHealthProbe
 from agent_gateway.adapters.registry_client import RegistryAgents
+from agent_gateway.application.agents import Agents
+from agent_gateway.application.chat import Chat, ChatLimits
+from agent_gateway.application.models import Models
+from agent_gateway.application.ports import Probe
+from agent_gateway.application.system import Catalogue, Checks, System
 from agent_gateway.config import Settings
 from agent_gateway.domain.auth import (
     DIGEST_PREFIX,
@@ -34,6 +41,7 @@ from agent_gateway.domain.auth import (
     new_key,
 )
 from agent_gateway.domain.limits import RateLimiter, StreamSlots
+from agent_gateway.domain.stats import ExecutionStats
 from agent_gateway.domain.templates import template_view
 from agentrt_kit.audit import AuditPublisher
 from agentrt_kit.catalog import CatalogWatcher
@@ -69,7 +77,6 @@ async def serve(
         per_address=RateLimiter(
             settings.address_rate_limit_per_second, settings.address_rate_limit_burst
         ),
-        streams=StreamSlots(settings.max_streams_per_key),
     )
     telemetry = setup_telemetry("gateway", settings.otel_exporter, settings.otel_endpoint)
     try:
@@ -97,40 +104,35 @@ async def serve(
             await templates.start()
             stack.push_async_callback(templates.stop)
             token = settings.service_token.get_secret_value() if settings.service_token else None
-            agents = RegistryAgents(
+            registry = RegistryAgents(
                 settings.registry_target,
                 service_token=token,
                 timeout=settings.client_timeout_seconds,
             )
-            stack.push_async_callback(agents.close)
-            runs = ExecutorRuns(
+            stack.push_async_callback(registry.close)
+            runner = ExecutorRuns(
                 settings.executor_target,
                 service_token=token,
                 timeout=settings.client_timeout_seconds,
             )
-            stack.push_async_callback(runs.close)
+            stack.push_async_callback(runner.close)
 
             async def nats_connected() -> bool:
                 return client.connected
 
             app = create_app(
-                gate,
-                Backends(
-                    {name: probe.serving for name, probe in probes.items()},
-                    templates,
-                    agents,
-                    agents.writes,
-                    runs,
-                    health_only={"nats": nats_connected},
+                Access(gate),
+                _services(
+                    settings,
+                    registry=registry,
+                    runner=runner,
+                    templates=templates,
+                    probes=probes,
+                    nats_connected=nats_connected,
                 ),
-                options=ApiOptions(
-                    version=version("agentrt-gateway"),
-                    max_body_bytes=settings.max_body_bytes,
-                    run_timeout=settings.run_timeout_seconds,
-                    max_messages=settings.max_messages,
-                    max_message_chars=settings.max_message_chars,
-                    max_concurrent_runs=settings.max_concurrent_runs,
-                ),
+                version=version("agentrt-gateway"),
+                max_body_bytes=settings.max_body_bytes,
+                keepalive_seconds=settings.stream_keepalive_seconds,
                 audit=audit,
             )
             server = uvicorn.Server(
@@ -143,6 +145,10 @@ async def serve(
                     access_log=False,
                     server_header=False,
                     timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+                    # The client's address (rate limits, audit) comes from X-Forwarded-For
+                    # only when the peer is a proxy listed here; nobody by default.
+                    proxy_headers=bool(settings.forwarded_allow_ips),
+                    forwarded_allow_ips=settings.forwarded_allow_ips or None,
                 )
             )
             # Server.serve() would also take over SIGINT/SIGTERM; the kit's lifecycle owns
@@ -163,6 +169,46 @@ async def serve(
                 await server.shutdown()
     finally:
         telemetry.shutdown()
+
+
+def _services(
+    settings: Settings,
+    *,
+    registry: RegistryAgents,
+    runner: ExecutorRuns,
+    templates: CatalogWatcher[dict[str, Any]],
+    probes: dict[str, GrpcHealthProbe],
+    nats_connected: Probe,
+) -> Services:
+    """The application services, wired to their adapters."""
+    agents = Agents(registry)
+    stats = ExecutionStats()
+    limits = ChatLimits(
+        run_timeout=settings.run_timeout_seconds,
+        max_messages=settings.max_messages,
+        max_message_chars=settings.max_message_chars,
+    )
+    serving: dict[str, Probe] = {name: probe.serving for name, probe in probes.items()}
+    return Services(
+        agents=agents,
+        chat=Chat(
+            agents,
+            runner,
+            slots=StreamSlots(settings.max_streams_per_key),
+            stats=stats,
+            limits=limits,
+        ),
+        models=Models(agents),
+        system=System(
+            Catalogue(TemplateCatalogue(templates)),
+            Checks({**serving, "nats": nats_connected}),  # reported, not needed to serve
+            stats,
+            version=version("agentrt-gateway"),
+            limits=limits,
+            max_concurrent_runs=settings.max_concurrent_runs,
+        ),
+        readiness=Checks(serving),
+    )
 
 
 def keys_command(argv: list[str], read: Callable[[], str] = sys.stdin.readline) -> str:

@@ -7,10 +7,8 @@ handed on unchanged.
 
 from __future__ import annotations
 
-import json
-
-from agent_gateway.adapters.asgi import App, Message, Receive, Scope, Send
-from agent_gateway.domain.errors import ApiError
+from agent_gateway.adapters.asgi import App, Message, Receive, Scope, Send, header
+from agent_gateway.adapters.http_errors import ApiError, send_error
 from agent_gateway.domain.json_input import BadJson, check_json
 
 
@@ -28,7 +26,7 @@ class BodyGuard:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await _refuse(send, self._too_large())
+            await send_error(scope, send, self._too_large())
             return
         chunks: list[bytes] = []
         size = 0
@@ -39,7 +37,7 @@ class BodyGuard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await _refuse(send, self._too_large())
+                await send_error(scope, send, self._too_large())
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -49,7 +47,7 @@ class BodyGuard:
             try:
                 check_json(body)
             except BadJson as e:
-                await _refuse(send, ApiError(400, "VALIDATION_ERROR", str(e)))
+                await send_error(scope, send, ApiError(400, "VALIDATION_ERROR", str(e)))
                 return
         delivered = False
 
@@ -68,33 +66,11 @@ class BodyGuard:
         )
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return bytes(value)
-    return None
-
-
 def _content_length(scope: Scope) -> int | None:
-    value = _header(scope, b"content-length")
+    value = header(scope, b"content-length")
     return int(value) if value is not None and value.isdigit() else None
 
 
 def _is_json(scope: Scope) -> bool:
-    value = (_header(scope, b"content-type") or b"").split(b";")[0].strip().lower()
+    value = (header(scope, b"content-type") or b"").split(b";")[0].strip().lower()
     return value == b"application/json" or value.endswith(b"+json")
-
-
-async def _refuse(send: Send, error: ApiError) -> None:
-    body = json.dumps(error.body()).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

@@ -1,37 +1,39 @@
 """Adapter: the routes the model serves — chat completions and agent drafts.
 
 `POST /v1/chat/completions` is OpenAI-compatible; `POST /v1/agents/compose` drafts
-an agent with the model (the executor's Compose) and creates nothing.
+an agent with the model (the executor's Compose) and creates nothing. Each route
+parses, calls one `application.chat.Chat` method and renders.
 
-`model` names the agent. A non-streamed completion is one `Execute` call; a
-streamed one relays `ExecuteStream` chunk by chunk, never buffered: the stream
-opens only once the run has started (an unknown agent is a 404 before any byte),
-and a client that goes away cancels the run. Request-level sampling parameters
-reach the model. Bad input is a 400 naming the field, as OpenAI's API answers.
+A streamed completion relays the run event by event, never buffered: the stream
+opens only once the run has started (an unknown agent is a 404 before any byte), a
+comment line keeps it alive while the run is quiet, and a client that goes away
+cancels the run.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: the route signatures use dependencies
+# built when the routes are (FastAPI evaluates annotations against module globals).
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any
 
 from annotated_types import Len
-from fastapi import APIRouter, Request
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    model_validator,
-)
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, StringConstraints
 from starlette.responses import JSONResponse, StreamingResponse
 
-from agent_gateway.adapters.access import Operator
-from agent_gateway.adapters.agents_api import Agents, visible
+from agent_gateway.adapters.access import Access
 from agent_gateway.adapters.asgi import Receive, Scope, Send
+from agent_gateway.adapters.chat_request import ChatRequest
 from agent_gateway.adapters.edge import note
+from agent_gateway.adapters.openai_render import (
+    KEEPALIVE,
+    ChunkWriter,
+    completion_body,
+    usage_body,
+)
 from agent_gateway.adapters.openapi import (
     BODY,
     SERVICE,
@@ -40,146 +42,26 @@ from agent_gateway.adapters.openapi import (
     Composed,
     documented,
 )
+from agent_gateway.adapters.routing import both
+from agent_gateway.application.chat import Chat, ChatStream
 from agent_gateway.domain.auth import Principal
 from agent_gateway.domain.chat import (
-    ChunkWriter,
+    FINISHED_WELL,
     ComposeInput,
     Delta,
     Finished,
-    Message,
-    RunInput,
-    RunResult,
-    completion_body,
+    Progress,
+    ToolCalls,
+    Usage,
     failure_text,
-    new_task_id,
 )
-from agent_gateway.domain.errors import ApiError, field_error
-from agent_gateway.domain.stats import ExecutionStats
+from agent_gateway.errors import bad_fields
+from agentrt_kit.concurrency import cancel_and_wait
+from agentrt_kit.errors import FieldViolation
 
-Id = Annotated[str, StringConstraints(max_length=128, pattern=r"^[A-Za-z0-9._:@/+=-]*$")]
+log = logging.getLogger(__name__)
 
-
-def _integral(value: Any) -> Any:
-    """2.0 is an integer in JSON Schema (and in the document); strict mode alone refuses it."""
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-# Bodies are checked strictly (no "1" for 1, no 0 for false), as the document types them.
-Integral = BeforeValidator(_integral)
-
-
-class TextPart(BaseModel):
-    """A content part: only text is accepted."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    type: Literal["text"]
-    text: Annotated[str, StringConstraints(max_length=32_000)]
-
-
-class ChatMessageIn(BaseModel):
-    """One message (`developer` is taken as `system`, as OpenAI's newer clients send it)."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Annotated[str, StringConstraints(max_length=32_000)] | list[TextPart] | None = None
-    name: Annotated[str, StringConstraints(max_length=64)] | None = None
-    tool_call_id: Annotated[str, StringConstraints(max_length=128)] | None = None
-
-    def text(self) -> str:
-        """The message's text."""
-        if isinstance(self.content, list):
-            return "".join(part.text for part in self.content)
-        return self.content or ""
-
-
-class StreamOptions(BaseModel):
-    """`stream_options`: only `include_usage` means something here."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    include_usage: bool = False
-
-
-class ChatMetadata(BaseModel):
-    """`metadata`: the conversation (`task_id`), the caller's context and user."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    task_id: Id | None = None
-    context_id: Id | None = None
-    user_id: Id | None = None
-
-
-class ChatRequest(BaseModel):
-    """The request body; parameters OpenAI clients send that do not apply are ignored."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    model: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    messages: Annotated[
-        list[ChatMessageIn],
-        Len(1, 1000),
-        Field(
-            description="At least one `user` message; at most the gateway's `max_messages` "
-            "(100 by default, 400 beyond) of at most `max_message_chars` characters each.",
-            json_schema_extra={"contains": {"properties": {"role": {"const": "user"}}}},
-        ),
-    ]
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    max_tokens: Annotated[int, Field(ge=1, le=1_000_000), Integral] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1, le=1_000_000), Integral] | None = None
-    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    stop: (
-        Annotated[str, StringConstraints(max_length=256)]
-        | Annotated[list[Annotated[str, StringConstraints(max_length=256)]], Len(0, 4)]
-        | None
-    ) = None
-    n: Annotated[int, Field(ge=1, le=1), Integral] | None = None
-    user: Id | None = None
-    metadata: ChatMetadata | None = None
-
-    @model_validator(mode="after")
-    def _has_user_text(self) -> ChatRequest:
-        if not any(m.role == "user" for m in self.messages):
-            raise ValueError("messages must include a user message")
-        return self
-
-    def sampling(self) -> dict[str, Any]:
-        """The sampling parameters given (max_tokens, or else max_completion_tokens)."""
-        values: dict[str, Any] = {
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens or self.max_completion_tokens,
-            "top_p": self.top_p,
-            "frequency_penalty": self.frequency_penalty,
-            "presence_penalty": self.presence_penalty,
-        }
-        if self.stop is not None:
-            values["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop)
-        return {k: v for k, v in values.items() if v is not None}
-
-
-class Runs(Protocol):
-    """Where agents run (the executor)."""
-
-    async def execute(self, run: RunInput, *, timeout: float) -> RunResult:
-        """Run to the end (raises ApiError)."""
-        ...
-
-    async def stream(self, run: RunInput, *, timeout: float) -> Any:
-        """An open streamed run: `.started`, `.events()`, `.close()` (raises ApiError)."""
-        ...
-
-    async def compose(self, request: ComposeInput, *, timeout: float) -> dict[str, Any]:
-        """An agent draft and its validation (raises ApiError)."""
-        ...
-
-
+PROGRESS_HEADER = "X-Agentrt-Progress"
 ToolName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
@@ -214,62 +96,21 @@ class RelayResponse(StreamingResponse):
             self._on_close()
 
 
-def chat_routes(
-    v1: APIRouter,
-    runs: Runs,
-    agents: Agents,
-    stats: ExecutionStats,
-    *,
-    run_timeout: float,
-    max_messages: int,
-    max_message_chars: int,
-    both: Callable[..., Callable[[Any], Any]],
-) -> None:
+# Read from the request in the route (a declared header parameter costs every request a
+# resolution step); documented as a parameter of the operation.
+PROGRESS_PARAMETER = {
+    "name": PROGRESS_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "`true`: stream the agent's tool calls and workflow steps as "
+    "`agentrt.*` events (as the body's `progress_events`).",
+    "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
+}
+
+
+def chat_routes(v1: APIRouter, access: Access, chat: Chat, *, keepalive: float) -> None:
     """Add the chat completion and compose routes to `v1`."""
-
-    def run_of(body: ChatRequest, caller: Principal) -> RunInput:
-        if len(body.messages) > max_messages:
-            raise _bad("messages", f"at most {max_messages} messages are accepted")
-        for index, message in enumerate(body.messages):
-            if len(message.text()) > max_message_chars:
-                raise _bad(f"messages.{index}.content", f"at most {max_message_chars} characters")
-        meta = body.metadata or ChatMetadata()
-        return RunInput(
-            agent_id=body.model,
-            messages=tuple(
-                Message(
-                    role="system" if m.role == "developer" else m.role,
-                    content=m.text(),
-                    name=m.name or "",
-                    tool_call_id=m.tool_call_id or "",
-                )
-                for m in body.messages
-            ),
-            sampling=body.sampling(),
-            task_id=meta.task_id or new_task_id(),
-            context_id=meta.context_id or "",
-            user_id=meta.user_id or body.user or "",
-        )
-
-    @both(
-        v1,
-        "/agents/compose",
-        "POST",
-        **documented(Composed, *BODY, 403, 404, 409, *SERVICE),
-    )
-    async def compose(request: Request, body: ComposeRequest, caller: Operator) -> dict[str, Any]:
-        """Draft an agent with the model from instructions; validates it, creates nothing."""
-        note(request.state, target=body.template_id)
-        return await runs.compose(
-            ComposeInput(
-                template_id=body.template_id,
-                instructions=body.instructions,
-                suggested_name=body.suggested_name or "",
-                suggested_tools=tuple(body.suggested_tools or ()),
-                llm_config_id=body.llm_config_id or "",
-            ),
-            timeout=run_timeout,
-        )
+    Operator = Annotated[Principal, Depends(access.operator)]
 
     @both(
         v1,
@@ -287,115 +128,104 @@ def chat_routes(
             *SERVICE,
             description="The completion; with `stream: true`, its chunks as server-sent events.",
             content=STREAM,
+            op="createChatCompletion",
+            tag="openai",
         ),
+        openapi_extra={"parameters": [PROGRESS_PARAMETER]},
     )
     async def chat_completions(request: Request, body: ChatRequest, caller: Operator) -> Any:
         """Run the agent named by `model` on the messages; JSON, or SSE when `stream`."""
         note(request.state, target=body.model, agent_id=body.model)
-        run = run_of(body, caller)
+        refused = body.refusals()
+        if refused:
+            raise bad_fields([FieldViolation(f"body.{f}", why) for f, why in refused])
+        run = body.to_run()
         note(request.state, task_id=run.task_id)
-        await visible(agents, caller, body.model)
         created = int(time.time())
         if body.stream:
+            progress = request.headers.get(PROGRESS_HEADER, "").lower()
+            wanted = body.progress_events or progress in ("true", "1")
+            stream = await chat.stream(caller, run, progress=wanted)
+            started = stream.started
+            note(request.state, run_id=started.run_id, task_id=started.task_id)
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await _streamed(
-                request=request,
-                runs=runs,
-                stats=stats,
-                run=run,
-                caller=caller,
-                run_timeout=run_timeout,
-                created=created,
-                model=body.model,
-                include_usage=include_usage,
-            )
-        with stats.measure() as measured:
-            result = await runs.execute(run, timeout=run_timeout)
-            note(request.state, run_id=result.run_id, task_id=result.task_id)
-            if result.finish_reason not in ("stop", "length"):
-                measured.failed = True
-                raise _run_failed(result)
+            writer = ChunkWriter(started, body.model, created, include_usage=include_usage)
+            return RelayResponse(_relay(request, stream, writer, keepalive), stream.close)
+        result = await chat.complete(caller, run)
+        note(request.state, run_id=result.run_id, task_id=result.task_id)
         # A ready response: FastAPI's generic encoder would cost more than the rest of the route.
         return JSONResponse(completion_body(result, body.model, created))
 
-
-async def _streamed(
-    *,
-    request: Request,
-    runs: Runs,
-    stats: ExecutionStats,
-    run: RunInput,
-    caller: Principal,
-    run_timeout: float,
-    created: int,
-    model: str,
-    include_usage: bool,
-) -> RelayResponse:
-    slots = request.app.state.gate.streams
-    if not slots.acquire(caller.id):
-        raise ApiError(
-            429,
-            "RATE_LIMIT_EXCEEDED",
-            f"at most {slots.limit} streams may be open per key",
-            details={"scope": "streams", "limit": slots.limit},
-            headers={"Retry-After": "1"},
+    @both(
+        v1,
+        "/agents/compose",
+        "POST",
+        **documented(Composed, *BODY, 403, 404, 409, *SERVICE, op="composeAgent", tag="agents"),
+    )
+    async def compose(request: Request, body: ComposeRequest, caller: Operator) -> Any:
+        """Draft an agent with the model from instructions; validates it, creates nothing."""
+        note(request.state, target=body.template_id)
+        composed = await chat.compose(
+            ComposeInput(
+                template_id=body.template_id,
+                instructions=body.instructions,
+                suggested_name=body.suggested_name or "",
+                suggested_tools=tuple(body.suggested_tools or ()),
+                llm_config_id=body.llm_config_id or "",
+            ),
         )
-    measured = stats.begin()
-    try:
-        stream = await runs.stream(run, timeout=run_timeout)
-    except BaseException:
-        slots.release(caller.id)
-        measured.end(failed=True)
-        raise
-    note(request.state, run_id=stream.started.run_id, task_id=stream.started.task_id)
-    writer = ChunkWriter(stream.started, model, created, include_usage=include_usage)
-    closed = False
+        return {
+            "success": True,
+            "draft": dict(composed.draft),
+            "validation_results": {"valid": composed.valid, "warnings": list(composed.warnings)},
+            "usage": usage_body(composed.usage),
+        }
 
-    def close() -> None:
-        nonlocal closed
-        if not closed:
-            closed = True
-            stream.close()
-            slots.release(caller.id)
-            measured.end(failed=measured.failed or not measured.finished)
 
-    async def relay() -> AsyncIterator[bytes]:
-        yield writer.opening()
+async def _relay(
+    request: Request, stream: ChatStream, writer: ChunkWriter, keepalive: float
+) -> AsyncIterator[bytes]:
+    """The SSE frames of a run; a comment line every `keepalive` seconds while it is quiet.
+
+    The run's events are read by a task of their own into a queue, so waiting for the
+    next one can time out without cancelling the read of the gRPC stream.
+    """
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def pump() -> None:
         try:
             async for event in stream.events():
-                if isinstance(event, Delta):
-                    yield writer.delta(event.content)
-                elif isinstance(event, Finished):
-                    measured.finished = True
-                    if event.finish_reason not in ("stop", "length"):
-                        measured.failed = True
-                        note(request.state, failed="yes", detail=failure_text(event))
-                    yield writer.closing(event)
-        except ApiError as e:
-            measured.finished = True
-            measured.failed = True
-            note(request.state, failed="yes", detail=e.message)
-            yield writer.failure(e.message)
+                queue.put_nowait(event)
+        except Exception:  # a gateway bug: end the stream as OpenAI's clients expect
+            log.exception("relaying a run failed", extra={"run_id": stream.started.run_id})
+            queue.put_nowait(Finished("error", Usage(), "INTERNAL", "the gateway failed"))
+        finally:
+            queue.put_nowait(None)
 
-    return RelayResponse(relay(), close)
-
-
-def _bad(field: str, description: str) -> ApiError:
-    return field_error(f"body.{field}", description, f"{field}: {description}")
-
-
-def _run_failed(result: RunResult) -> ApiError:
-    """A run that ended without a message, as an HTTP error (408 on its timeout)."""
-    status = {"TIMEOUT": 408, "PROVIDER_ERROR": 502}.get(result.error_code, 500)
-    code = "TIMEOUT_ERROR" if status == 408 else "EXECUTION_ERROR"
-    return ApiError(
-        status,
-        code,
-        failure_text(result),
-        details={
-            "reason": result.error_code or "EXECUTION_ERROR",
-            "run_id": result.run_id,
-            "task_id": result.task_id,
-            "finish_reason": result.finish_reason,
-        },
-    )
+    reader = asyncio.create_task(pump(), name="chat-stream-reader")
+    try:
+        yield writer.opening()
+        while True:
+            if queue.empty():
+                try:
+                    async with asyncio.timeout(keepalive):
+                        event = await queue.get()
+                except TimeoutError:
+                    yield KEEPALIVE
+                    continue
+            else:
+                event = queue.get_nowait()
+            if event is None:
+                return
+            if isinstance(event, Delta):
+                yield writer.delta(event.content)
+            elif isinstance(event, ToolCalls):
+                yield writer.tool_calls(event.calls)
+            elif isinstance(event, Progress):
+                yield writer.progress(event)
+            elif isinstance(event, Finished):
+                if event.finish_reason not in FINISHED_WELL:
+                    note(request.state, failed="yes", detail=stream.failure or failure_text(event))
+                yield writer.closing(event)
+    finally:
+        await cancel_and_wait(reader)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from agent_gateway.adapters.asgi import App, Message, Receive, Scope, Send
+from agent_gateway.adapters.asgi import App, Message, Receive, Scope, Send, header
 from agent_gateway.domain.audit import action_of, audited, outcome_of
 from agentrt_kit.audit import AuditEvent
 from agentrt_kit.context import (
@@ -46,13 +46,6 @@ def note(state: Any, **fields: str) -> None:
     state.audit = noted
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
 class EdgeMiddleware:
     """Request id, extra response headers and the audit entry of each request."""
 
@@ -65,7 +58,8 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = clean_header_value(_header(scope, REQUEST_ID_HEADER.encode())) or (
+        given = header(scope, REQUEST_ID_HEADER.encode())
+        request_id = clean_header_value(given.decode("latin-1") if given else None) or (
             new_request_id()
         )
         state: dict[str, Any] = scope.setdefault("state", {})

@@ -1,33 +1,43 @@
-"""Adapter: agent runs on the executor over gRPC.
+"""Adapter: agent runs on the executor over gRPC (the `Runner` port).
 
 A streamed run is opened by reading its first event, so a refusal (unknown agent,
-inactive agent, busy executor) is an HTTP error before any byte of the stream is
-sent. Closing a stream cancels the call, and the executor cancels the run.
+inactive agent, busy executor) is raised before any byte of the HTTP stream is sent.
+Closing a stream cancels the call, and the executor cancels the run. Refusals are
+the kit errors the executor sent.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
 
 from agent_gateway.domain.chat import (
+    Composed,
     ComposeInput,
     Delta,
     Finished,
+    Progress,
     RunEvent,
     RunInput,
     RunResult,
     Started,
+    ToolCall,
+    ToolCalls,
     Usage,
 )
-from agent_gateway.domain.errors import ApiError, from_service
+from agent_gateway.errors import RunFailed
 from agentrt.executor.v1 import executor_pb2 as pb
 from agentrt.executor.v1 import executor_pb2_grpc as pb_grpc
+from agentrt_kit.errors import NotFound
 from agentrt_kit.grpc.client import create_channel
 from agentrt_kit.grpc.status import error_from_rpc
-from agentrt_kit.grpc.structs import struct_to_dict
+from agentrt_kit.grpc.structs import dict_to_struct, struct_to_dict
+
+# The call's deadline is the run's timeout plus this: when the executor's own run timeout
+# (the same 300 s by default) ends the run, it is reported as TIMEOUT with the run's ids.
+DEADLINE_GRACE_SECONDS = 5.0
 
 
 def run_input(run: RunInput) -> pb.RunInput:
@@ -35,7 +45,16 @@ def run_input(run: RunInput) -> pb.RunInput:
     message = pb.RunInput(
         agent_id=run.agent_id,
         messages=[
-            pb.ChatMessage(role=m.role, content=m.content, name=m.name, tool_call_id=m.tool_call_id)
+            pb.ChatMessage(
+                role=m.role,
+                content=m.content,
+                name=m.name,
+                tool_call_id=m.tool_call_id,
+                tool_calls=[
+                    pb.ToolCall(id=c.id, name=c.name, arguments_json=c.arguments)
+                    for c in m.tool_calls
+                ],
+            )
             for m in run.messages
         ],
         task_id=run.task_id,
@@ -48,6 +67,22 @@ def run_input(run: RunInput) -> pb.RunInput:
             sampling.stop.extend(value)
         else:
             setattr(sampling, key, value)
+    for tool in run.client_tools:
+        added = message.client_tools.add(
+            name=tool.name, description=tool.description, strict=tool.strict
+        )
+        if tool.parameters is not None:
+            added.parameters.CopyFrom(dict_to_struct(dict(tool.parameters)))
+    if run.tool_choice is not None:
+        message.tool_choice.mode = run.tool_choice.mode
+        message.tool_choice.function_name = run.tool_choice.function_name
+    if run.response_format is not None:
+        wanted = run.response_format
+        message.response_format.type = wanted.type
+        message.response_format.name = wanted.name
+        message.response_format.strict = wanted.strict
+        if wanted.schema is not None:
+            message.response_format.schema.CopyFrom(dict_to_struct(dict(wanted.schema)))
     return message
 
 
@@ -55,7 +90,16 @@ def _usage(usage: pb.Usage) -> Usage:
     return Usage(usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
 
 
-def _event(message: pb.ExecuteStreamResponse) -> RunEvent | None:
+def _calls(message: pb.ChatMessage) -> tuple[ToolCall, ...]:
+    return tuple(ToolCall(c.id, c.name, c.arguments_json) for c in message.tool_calls)
+
+
+def _progress(kind: str, event: Any) -> Progress:
+    """A tool call or step event as plain data: every field the proto has, `false` and 0 too."""
+    return Progress(kind, {f.name: getattr(event, f.name) for f in event.DESCRIPTOR.fields})
+
+
+def _event(message: pb.ExecuteStreamResponse, progress: bool) -> RunEvent | None:
     kind = message.WhichOneof("event")
     if kind == "message_delta":
         return Delta(message.message_delta.content)
@@ -66,51 +110,54 @@ def _event(message: pb.ExecuteStreamResponse) -> RunEvent | None:
         failed = message.run_failed
         reason = "cancelled" if failed.code == "CANCELLED" else "error"
         return Finished(reason, Usage(), failed.code, failed.message)
+    if kind == "message_completed":
+        calls = _calls(message.message_completed.message)
+        return ToolCalls(calls) if calls else None
     if kind == "run_started":
         started = message.run_started
         return Started(started.run_id, started.task_id, started.context_id)
-    return None  # tool calls and step progress are not part of a chat completion
+    if progress and kind in ("tool_call_started", "tool_call_finished", "step_progress"):
+        return _progress(kind, getattr(message, kind))
+    return None
 
 
-def refusal(error: grpc.aio.AioRpcError) -> ApiError:
-    """An executor refusal as the HTTP API reports it."""
-    found = error_from_rpc(error)
-    not_found = "AGENT_NOT_FOUND" if found.reason in ("AGENT_NOT_FOUND", "") else "NOT_FOUND"
-    return from_service(found, not_found=not_found)
-
-
-async def _next(call: Any) -> RunEvent | None:
+async def _next(call: Any, progress: bool) -> RunEvent | None:
     """The call's next event of interest; None at the end of the stream."""
     try:
         while True:
             message = await call.read()
             if message is grpc.aio.EOF:
                 return None
-            event = _event(message)
+            event = _event(message, progress)
             if event is not None:
                 return event
     except grpc.aio.AioRpcError as e:
-        raise refusal(e) from None
+        raise error_from_rpc(e) from None
 
 
-class RunStream:
+def _lost() -> RunFailed:
+    return RunFailed("the executor ended the stream early", reason="EXECUTOR_LOST")
+
+
+class ExecutorStream:
     """An open streamed run: its start, then its events until the end."""
 
-    def __init__(self, call: Any, started: Started) -> None:
+    def __init__(self, call: Any, started: Started, progress: bool) -> None:
         self._call = call
+        self._progress = progress
         self.started = started
 
-    async def events(self) -> AsyncIterator[Delta | Finished]:
-        """The run's text deltas and its end.
+    async def events(self) -> AsyncIterator[Delta | ToolCalls | Progress | Finished]:
+        """The run's events up to its end.
 
         Raises:
-            ApiError: the stream broke off (the executor went away) before the end.
+            RunFailed: EXECUTOR_LOST, the stream broke off before the end.
         """
         while True:
-            event = await _next(self._call)
+            event = await _next(self._call, self._progress)
             if event is None:
-                raise ApiError(502, "EXECUTION_ERROR", "the executor ended the stream early")
-            if isinstance(event, Delta | Finished):
+                raise _lost()
+            if not isinstance(event, Started):
                 yield event
                 if isinstance(event, Finished):
                     return
@@ -121,7 +168,7 @@ class RunStream:
 
 
 class ExecutorRuns:
-    """Runs agents; refusals come back as the HTTP API's errors."""
+    """Runs agents on the executor."""
 
     def __init__(self, target: str, *, service_token: str | None, timeout: float) -> None:
         self._channel = create_channel(target, service_token=service_token, default_timeout=timeout)
@@ -135,14 +182,14 @@ class ExecutorRuns:
         """Run to the end (within `timeout` seconds).
 
         Raises:
-            ApiError: the executor refused the run, or the deadline passed (408).
+            AgentrtError: the executor refused the run, or the deadline passed.
         """
         try:
             reply = await self._stub.Execute(
-                pb.ExecuteRequest(input=run_input(run)), timeout=timeout
+                pb.ExecuteRequest(input=run_input(run)), timeout=timeout + DEADLINE_GRACE_SECONDS
             )
         except grpc.aio.AioRpcError as e:
-            raise refusal(e) from None
+            raise error_from_rpc(e) from None
         return RunResult(
             run_id=reply.run_id,
             content=reply.message.content,
@@ -152,34 +199,36 @@ class ExecutorRuns:
             context_id=reply.context_id,
             error_code=reply.error.code,
             error_message=reply.error.message,
+            tool_calls=_calls(reply.message),
+            agent_version=reply.agent_version,
         )
 
-    async def stream(self, run: RunInput, *, timeout: float) -> RunStream:
+    async def stream(self, run: RunInput, *, timeout: float, progress: bool) -> ExecutorStream:
         """Open a streamed run: returns once it started.
 
         Raises:
-            ApiError: the executor refused the run (nothing was streamed yet).
+            AgentrtError: the executor refused the run (nothing was streamed yet).
         """
         call = self._stub.ExecuteStream(
-            pb.ExecuteStreamRequest(input=run_input(run)), timeout=timeout
+            pb.ExecuteStreamRequest(input=run_input(run)), timeout=timeout + DEADLINE_GRACE_SECONDS
         )
         try:
             while True:
-                event = await _next(call)
+                event = await _next(call, False)
                 if event is None:
-                    raise ApiError(502, "EXECUTION_ERROR", "the executor ended the stream early")
+                    raise _lost()
                 if isinstance(event, Started):
-                    return RunStream(call, event)
+                    return ExecutorStream(call, event, progress)
         except BaseException:
             call.cancel()
             raise
 
-    async def compose(self, request: ComposeInput, *, timeout: float) -> dict[str, Any]:
+    async def compose(self, request: ComposeInput, *, timeout: float) -> Composed:
         """A drafted agent (create-shaped), its validation and the model's usage.
 
         Raises:
-            ApiError: the executor refused (bad field 400, unknown template 409, provider
-                down 503) or the deadline passed (408).
+            AgentrtError: the executor refused (bad field, unknown template as
+                TEMPLATE_NOT_FOUND, provider down) or the deadline passed.
         """
         try:
             reply = await self._stub.Compose(
@@ -193,22 +242,26 @@ class ExecutorRuns:
                 timeout=timeout,
             )
         except grpc.aio.AioRpcError as e:
-            found = refusal(e)
-            if found.details.get("reason") == "TEMPLATE_NOT_AVAILABLE":
-                found.status, found.code = 404, "TEMPLATE_NOT_FOUND"
+            found = error_from_rpc(e)
+            if found.reason == "TEMPLATE_NOT_AVAILABLE":
+                raise NotFound(found.message, reason="TEMPLATE_NOT_FOUND") from None
             raise found from None
         draft = reply.draft
-        return {
-            "success": True,
-            "draft": {
-                "name": draft.name,
-                "description": draft.description or None,
-                "template_id": draft.template_id,
-                "system_prompt": draft.system_prompt or None,
-                "toolsets": list(draft.toolsets),
-                "template_config": struct_to_dict(draft.template_config),
-                "llm_config_id": draft.llm_config_id or None,
-            },
-            "validation_results": {"valid": reply.valid, "warnings": list(reply.warnings)},
-            "usage": _usage(reply.usage).body(),
-        }
+        return Composed(
+            draft=_draft(draft),
+            valid=reply.valid,
+            warnings=list(reply.warnings),
+            usage=_usage(reply.usage),
+        )
+
+
+def _draft(draft: pb.AgentDraft) -> Mapping[str, Any]:
+    return {
+        "name": draft.name,
+        "description": draft.description or None,
+        "template_id": draft.template_id,
+        "system_prompt": draft.system_prompt or None,
+        "toolsets": list(draft.toolsets),
+        "template_config": struct_to_dict(draft.template_config),
+        "llm_config_id": draft.llm_config_id or None,
+    }

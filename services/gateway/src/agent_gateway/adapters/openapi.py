@@ -4,7 +4,7 @@ The routes build their bodies as plain dicts (`domain`); the models here only de
 those bodies, their headers and the COMPAT error body to `GET /openapi.json`. They are
 never used to serialise an answer. `documented(...)` gives a route's `add_api_route`
 keywords; `tests/test_gateway_openapi.py` runs schemathesis against the document to keep
-the two in step.
+the two in step, and checks the document is valid OpenAPI 3.1.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from typing import Any, Literal
 
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic.json_schema import SkipJsonSchema
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, SkipJsonSchema
+from pydantic_core import core_schema
+
+from agent_gateway.adapters.http_errors import dialect_of
 
 Status = Literal["created", "active", "inactive", "error"]
 
@@ -44,6 +47,34 @@ class ErrorBody(Strict):
         description="More about it; `fields: [{field, description}]` names each bad input."
     )
     detail: str = Field(description="`message` again, for old clients.")
+
+
+class OpenAIError(Strict):
+    """A refusal as OpenAI's API words it."""
+
+    message: str = Field(description="What went wrong, for people.")
+    type: str = Field(
+        description="OpenAI's kind: invalid_request_error, authentication_error, "
+        "permission_error, rate_limit_error, timeout_error, server_error.",
+        examples=["invalid_request_error"],
+    )
+    param: str | None = Field(description="The first bad input, e.g. `messages[0].content`.")
+    code: str | None = Field(
+        description="OpenAI's code, e.g. invalid_api_key, model_not_found, invalid_value.",
+        examples=["model_not_found"],
+    )
+
+
+class OpenAIErrorBody(Strict):
+    """Every refusal of the OpenAI routes: OpenAI's `error` object, plus COMPAT's keys."""
+
+    error: OpenAIError
+    message: str = Field(description="`error.message` again (COMPAT).")
+    detail: str = Field(description="`error.message` again, for old clients.")
+    details: dict[str, Any] = Field(
+        description="More about it, with the COMPAT code as `code`; `fields: [{field, "
+        "description}]` names each bad input."
+    )
 
 
 ERRORS: dict[int, str] = {
@@ -105,18 +136,23 @@ def documented(
     content: Mapping[str, Any] | None = None,
     open_route: bool = False,
     unavailable: str | None = None,
+    op: str | None = None,
+    tag: str | None = None,
 ) -> dict[str, Any]:
     """The `add_api_route` keywords that document a route's answers.
 
     Args:
         model: the success body's model (or `None` for content given in `content`).
-        errors: the error statuses the route can answer (with `ErrorBody`).
+        errors: the error statuses the route can answer (with `ErrorBody`, which `install`
+            makes `OpenAIErrorBody` on the OpenAI routes).
         status: the success status.
         description: what the success answer is.
         headers: headers of the success answer, besides `X-Request-ID` (and rate limits).
         content: more media types of the success answer.
         open_route: an open route (no rate-limit headers, no 401 or 429).
         unavailable: the route answers 503 with the success body; what that means.
+        op: the stable `operationId`.
+        tag: the group the operation is listed under.
     """
     common = dict(REQUEST_ID) if open_route else {**REQUEST_ID, **RATE}
     ok: dict[str, Any] = {"description": description, "headers": {**common, **(headers or {})}}
@@ -133,7 +169,12 @@ def documented(
         }
     if unavailable is not None:
         responses[503] = {"model": model, "description": unavailable, "headers": common}
-    return {"response_model": None, "responses": responses}
+    found: dict[str, Any] = {"response_model": None, "responses": responses}
+    if op is not None:
+        found["operation_id"] = op
+    if tag is not None:
+        found["tags"] = [tag]
+    return found
 
 
 # ---- open routes ----------------------------------------------------------------------
@@ -390,11 +431,43 @@ class RunMetadata(Strict):
     run_id: str
 
 
+class CalledFunction(Strict):
+    """The client function a tool call names, with its arguments as JSON text."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(Strict):
+    """A call of a client tool: the client runs it and sends back a `tool` message."""
+
+    id: str
+    type: Literal["function"]
+    function: CalledFunction
+
+
+class ChunkFunction(Strict):
+    """A streamed call's function: its name in the first chunk, its arguments after."""
+
+    name: str | SkipJsonSchema[None] = None
+    arguments: str
+
+
+class ChunkToolCall(Strict):
+    """A tool call in a chunk: the first names it (id, type, name), the next add arguments."""
+
+    index: int
+    id: str | SkipJsonSchema[None] = None
+    type: Literal["function"] | SkipJsonSchema[None] = None
+    function: ChunkFunction
+
+
 class AssistantMessage(Strict):
-    """The agent's reply."""
+    """The agent's reply: text, or (with `finish_reason: tool_calls`) client tool calls."""
 
     role: Literal["assistant"]
-    content: str
+    content: str | None
+    tool_calls: list[ToolCall] | SkipJsonSchema[None] = None
 
 
 class Choice(Strict):
@@ -402,7 +475,7 @@ class Choice(Strict):
 
     index: int
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: Literal["stop", "length", "tool_calls"]
 
 
 class ChatCompletion(Strict):
@@ -422,6 +495,7 @@ class ChunkDelta(Strict):
 
     role: Literal["assistant"] | SkipJsonSchema[None] = None
     content: str | SkipJsonSchema[None] = None
+    tool_calls: list[ChunkToolCall] | SkipJsonSchema[None] = None
 
 
 class ChunkChoice(Strict):
@@ -429,7 +503,7 @@ class ChunkChoice(Strict):
 
     index: int
     delta: ChunkDelta
-    finish_reason: Literal["stop", "length", "error"] | None
+    finish_reason: Literal["stop", "length", "tool_calls", "error"] | None
 
 
 class ChatCompletionChunk(Strict):
@@ -444,9 +518,33 @@ class ChatCompletionChunk(Strict):
     metadata: RunMetadata
 
 
+class Model(Strict):
+    """An agent the caller may run, as OpenAI's `model` object (`id`: the agent id)."""
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(Strict):
+    """The agents the caller may run."""
+
+    object: Literal["list"]
+    data: list[Model]
+
+
+# OpenAPI 3.1 cannot describe the events of a stream (3.2's `itemSchema` can): the media
+# type's schema is the body as text, and `x-itemSchema` keeps 3.2's description of each
+# event for people and for tools that read it.
 STREAM = {
     "text/event-stream": {
-        "itemSchema": {
+        "schema": {
+            "type": "string",
+            "description": "Server-sent events: `data: <ChatCompletionChunk as JSON>` for each "
+            "chunk, then `data: [DONE]`.",
+        },
+        "x-itemSchema": {
             "type": "object",
             "description": "`data: <chat.completion.chunk>` events, then `data: [DONE]`.",
             "required": ["data"],
@@ -468,7 +566,6 @@ STREAM = {
 
 
 # The two ways to present a token, as the OpenAPI document declares them (either will do).
-# The two ways to present a token, as the OpenAPI document declares them (either will do).
 SECURITY_SCHEMES: dict[str, dict[str, str]] = {
     "RuntimeToken": {
         "type": "apiKey",
@@ -485,12 +582,13 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
 
 
 def install(app: FastAPI) -> None:
-    """Serve the document built from the routes' declarations, with two corrections.
+    """Serve the document built from the routes' declarations, with these corrections.
 
     FastAPI documents its own 422 body for routes that take input; this app always
     answers with `ErrorBody` (and chat input errors are 400), so that is dropped. The
-    stream chunk's schema, which no route returns as JSON, is added to the components,
-    and every `/v1` operation declares the two ways to present a token.
+    OpenAI routes refuse with `OpenAIErrorBody` (`http_errors.dialect_of` says which
+    they are). The stream chunk's schema, which no route returns as JSON, is added to
+    the components, and every `/v1` operation declares the two ways to present a token.
     """
     generate = app.openapi
 
@@ -504,8 +602,13 @@ def install(app: FastAPI) -> None:
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
             for name in ("HTTPValidationError", "ValidationError"):
                 schemas.pop(name, None)
-            for name, schema in _components(ChatCompletionChunk).items():
-                schemas.setdefault(name, schema)
+            for model in (ChatCompletionChunk, OpenAIErrorBody):
+                for name, schema in _components(model).items():
+                    schemas.setdefault(name, schema)
+            for path, item in document.get("paths", {}).items():
+                if dialect_of(path) == "openai":
+                    for operation in item.values():
+                        _speak_openai(operation.get("responses", {}))
             document["components"]["securitySchemes"] = dict(SECURITY_SCHEMES)
             for path, item in document.get("paths", {}).items():
                 if path.startswith("/v1/"):
@@ -521,6 +624,14 @@ def _operations(document: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [op for item in document.get("paths", {}).values() for op in item.values()]
 
 
+def _speak_openai(responses: Mapping[str, Any]) -> None:
+    """Make the refusals among `responses` `OpenAIErrorBody`."""
+    for response in responses.values():
+        if _ref(response).endswith("/ErrorBody"):
+            schema = response["content"]["application/json"]["schema"]
+            schema["$ref"] = "#/components/schemas/OpenAIErrorBody"
+
+
 def _ref(response: Mapping[str, Any]) -> str:
     schema = response.get("content", {}).get("application/json", {}).get("schema", {})
     return str(schema.get("$ref", ""))
@@ -529,8 +640,25 @@ def _ref(response: Mapping[str, Any]) -> str:
 def _components(model: type[BaseModel]) -> dict[str, Any]:
     """`model`'s JSON schema and those it refers to, as component schemas."""
     schema = model.model_json_schema(
-        ref_template="#/components/schemas/{model}", mode="serialization"
+        ref_template="#/components/schemas/{model}",
+        schema_generator=_OmittedNotNull,
+        mode="serialization",
     )
     found: dict[str, Any] = dict(schema.pop("$defs", {}))
     found[model.__name__] = schema
     return found
+
+
+class _OmittedNotNull(GenerateJsonSchema):
+    """Leaves out `default: null` where null is not allowed (`SkipJsonSchema[None]`).
+
+    Such a key is left out of the body rather than sent as null, so it has no default
+    to state, and a default the schema forbids makes the document invalid. FastAPI's
+    own schemas leave it out too.
+    """
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        found = super().default_schema(schema)
+        if found.get("default", ...) is None and found.get("type", "null") != "null":
+            del found["default"]
+        return found

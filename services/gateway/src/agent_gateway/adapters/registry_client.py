@@ -10,7 +10,6 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from agent_gateway.domain.agents import AgentChange, AgentRecord
-from agent_gateway.domain.errors import ApiError, from_service
 from agentrt.registry.v1 import registry_pb2, registry_pb2_grpc
 from agentrt_kit.grpc.client import create_channel, retry_service_config
 from agentrt_kit.grpc.status import error_from_rpc
@@ -71,8 +70,16 @@ def _time(value: timestamp_pb2.Timestamp) -> datetime:
     return value.ToDatetime(tzinfo=UTC)
 
 
+STATUS_OF = {
+    "created": registry_pb2.AGENT_STATUS_CREATED,
+    "active": registry_pb2.AGENT_STATUS_ACTIVE,
+    "inactive": registry_pb2.AGENT_STATUS_INACTIVE,
+    "error": registry_pb2.AGENT_STATUS_ERROR,
+}
+
+
 class RegistryAgents:
-    """Reads agents; refusals come back as the HTTP API's errors."""
+    """Agents in the registry (the `AgentStore` port); refusals are kit errors."""
 
     def __init__(self, target: str, *, service_token: str | None, timeout: float) -> None:
         self._channel = create_channel(
@@ -82,7 +89,6 @@ class RegistryAgents:
             service_config=retry_service_config(REGISTRY_SERVICE, ["GetAgent", "ListAgents"]),
         )
         self._stub = registry_pb2_grpc.AgentRegistryStub(self._channel)
-        self.writes = RegistryWrites(self._stub)
 
     async def close(self) -> None:
         """Close the channel."""
@@ -92,7 +98,7 @@ class RegistryAgents:
         """One agent, latest or as of `version`.
 
         Raises:
-            ApiError: 404 AGENT_NOT_FOUND, or the registry's refusal.
+            AgentrtError: NotFound (AGENT_NOT_FOUND), or the registry's refusal.
         """
         reply = await _call(
             self._stub.GetAgent(registry_pb2.GetAgentRequest(agent_id=agent_id, version=version))
@@ -105,7 +111,7 @@ class RegistryAgents:
         """One page of the agent's recorded events, oldest first, and the next page's token.
 
         Raises:
-            ApiError: 404 AGENT_NOT_FOUND, or the registry's refusal (a bad page token: 400).
+            AgentrtError: NotFound (AGENT_NOT_FOUND), or the registry's refusal.
         """
         reply = await _call(
             self._stub.ListAgentEvents(
@@ -116,13 +122,13 @@ class RegistryAgents:
         )
         return [_change(e) for e in reply.events], reply.next_page_token
 
-    async def list(
+    async def list_agents(
         self, *, template_id: str, active_only: bool, limit: int, offset: int, owner_id: str = ""
     ) -> list[AgentRecord]:
         """Agents in the registry's order, `offset` skipped, at most `limit`.
 
         Raises:
-            ApiError: the registry's refusal.
+            AgentrtError: the registry's refusal.
         """
         request = registry_pb2.ListAgentsRequest(
             template_id=template_id,
@@ -132,7 +138,7 @@ class RegistryAgents:
                 if active_only
                 else registry_pb2.AGENT_STATUS_UNSPECIFIED
             ),
-            page_size=PAGE,
+            page_size=min(PAGE, offset + limit),  # no more than the answer needs
         )
         found: list[AgentRecord] = []
         skip = offset
@@ -145,21 +151,6 @@ class RegistryAgents:
             if len(found) >= limit or not reply.next_page_token:
                 return found
             request.page_token = reply.next_page_token
-
-
-STATUS_OF = {
-    "created": registry_pb2.AGENT_STATUS_CREATED,
-    "active": registry_pb2.AGENT_STATUS_ACTIVE,
-    "inactive": registry_pb2.AGENT_STATUS_INACTIVE,
-    "error": registry_pb2.AGENT_STATUS_ERROR,
-}
-
-
-class RegistryWrites:
-    """Creates, changes and deletes agents; refusals come back as the HTTP API's errors."""
-
-    def __init__(self, stub: registry_pb2_grpc.AgentRegistryStub) -> None:
-        self._stub = stub
 
     async def create(
         self, agent_id: str, spec: Mapping[str, Any], status: str | None
@@ -205,12 +196,8 @@ def _spec(values: Mapping[str, Any]) -> registry_pb2.AgentSpec:
 
 
 async def _call(call: Awaitable[T]) -> T:
-    """Await a registry call; its refusal comes back as the HTTP API's error."""
+    """Await a registry call; its refusal comes back as the kit error the registry sent."""
     try:
         return await call
     except grpc.aio.AioRpcError as e:
-        raise _refusal(e) from None
-
-
-def _refusal(error: grpc.aio.AioRpcError) -> ApiError:
-    return from_service(error_from_rpc(error), not_found="AGENT_NOT_FOUND")
+        raise error_from_rpc(e) from None

@@ -57,6 +57,8 @@ def agent_body(agent: AgentRecord) -> dict[str, Any]:
 
 
 STATUSES = ("created", "active", "inactive", "error")
+RUNNABLE = frozenset({"created", "active"})  # the statuses the executor runs
+MAX_VERSION = 2**63 - 1  # versions are int64 in the registry's messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +104,10 @@ def expected_version(if_match: str | None) -> int | None:
     text = if_match.strip().removeprefix("W/")
     if len(text) < 3 or text[0] != '"' or text[-1] != '"' or not text[1:-1].isdigit():
         raise ValueError(if_match)
-    return int(text[1:-1])
+    version = int(text[1:-1])
+    if version > MAX_VERSION:
+        raise ValueError(if_match)
+    return version
 
 
 def etag(agent: AgentRecord) -> str:

@@ -1,21 +1,28 @@
-"""Domain: OpenAI-compatible chat completions over agent runs.
+"""Domain: agent runs as chat completions see them — the input, the result, the events.
 
-A request names the agent in `model`; its reply and chunks carry `task_id` and
-`context_id` in `metadata` (COMPAT.md). The stream starts with a chunk whose delta
-has `role: "assistant"`, relays each message delta as it comes, and ends with a
-chunk carrying `finish_reason` (`stop`, `length` or `error` with the error text),
-the usage chunk when the client asked for it, and `[DONE]`.
+A request names the agent in `model`. Besides its messages a run may carry the
+client's own function tools (`ClientTool`, run by the client: a call to one ends the
+run with `finish_reason: "tool_calls"`), a `ToolChoice` and a `ResponseFormat` the
+final answer must meet. A streamed run yields `Started`, then `Delta`s, `Progress`
+(tool calls and workflow steps, for clients that opt in), the client `ToolCalls`,
+and `Finished`.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-DONE = b"data: [DONE]\n\n"
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A call of a client tool the model made: the client runs it and sends the result."""
+
+    id: str
+    name: str
+    arguments: str  # JSON text, as OpenAI carries it
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +33,35 @@ class Message:
     content: str
     name: str = ""
     tool_call_id: str = ""
+    tool_calls: Sequence[ToolCall] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTool:
+    """A function the client offers the model and runs itself (OpenAI `tools[]`)."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] | None = None  # JSON Schema of the arguments
+    strict: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """`auto`, `none`, `required`, or `function` with the client tool to call."""
+
+    mode: str = "auto"
+    function_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    """`text`, `json_object`, or `json_schema` with the schema the answer must meet."""
+
+    type: str = "text"
+    name: str = ""
+    schema: Mapping[str, Any] | None = None
+    strict: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +74,9 @@ class RunInput:
     task_id: str = ""
     context_id: str = ""
     user_id: str = ""
+    client_tools: Sequence[ClientTool] = ()
+    tool_choice: ToolChoice | None = None
+    response_format: ResponseFormat | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,14 +98,6 @@ class Usage:
     completion_tokens: int = 0
     total_tokens: int = 0
 
-    def body(self) -> dict[str, int]:
-        """The `usage` object."""
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.total_tokens,
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
@@ -80,6 +111,18 @@ class RunResult:
     context_id: str
     error_code: str = ""
     error_message: str = ""
+    tool_calls: Sequence[ToolCall] = ()
+    agent_version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Composed:
+    """An agent draft (create-shaped), whether its config validates, and why not."""
+
+    draft: Mapping[str, Any]
+    valid: bool
+    warnings: Sequence[str]
+    usage: Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,92 +151,28 @@ class Finished:
     error_message: str = ""
 
 
-RunEvent = Started | Delta | Finished
+@dataclass(frozen=True, slots=True)
+class ToolCalls:
+    """The model called client tools: the run ends with `tool_calls` after this."""
+
+    calls: Sequence[ToolCall]
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A tool call of the agent's own, or a workflow/task step (`type` says which)."""
+
+    type: str  # tool_call_started | tool_call_finished | step_progress
+    data: Mapping[str, Any]
+
+
+RunEvent = Started | Delta | ToolCalls | Progress | Finished
+FINISHED_WELL = ("stop", "length", "tool_calls")
 
 
 def new_task_id() -> str:
     """A task id for a conversation the client did not name."""
     return uuid.uuid4().hex
-
-
-def completion_id(run_id: str) -> str:
-    """The `id` of a completion and of its chunks."""
-    return f"chatcmpl-{run_id}"
-
-
-def _metadata(task_id: str, context_id: str, run_id: str) -> dict[str, Any]:
-    return {"task_id": task_id, "context_id": context_id or None, "run_id": run_id}
-
-
-def completion_body(result: RunResult, model: str, created: int) -> dict[str, Any]:
-    """The `chat.completion` object of a run that ended with a message."""
-    return {
-        "id": completion_id(result.run_id),
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": result.content},
-                "finish_reason": result.finish_reason,
-            }
-        ],
-        "usage": result.usage.body(),
-        "metadata": _metadata(result.task_id, result.context_id, result.run_id),
-    }
-
-
-class ChunkWriter:
-    """Turns run events into `text/event-stream` frames of `chat.completion.chunk`s."""
-
-    def __init__(self, started: Started, model: str, created: int, *, include_usage: bool) -> None:
-        self._base = {
-            "id": completion_id(started.run_id),
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-        }
-        self._metadata = _metadata(started.task_id, started.context_id, started.run_id)
-        self._include_usage = include_usage
-
-    def _frame(
-        self,
-        delta: Mapping[str, Any] | None,
-        finish_reason: str | None = None,
-        usage: Usage | None = None,
-    ) -> bytes:
-        chunk: dict[str, Any] = dict(self._base)
-        chunk["choices"] = (
-            [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
-        )
-        if self._include_usage:
-            # OpenAI's form: `usage` is null on every chunk but the last, which has no choices.
-            chunk["usage"] = usage.body() if usage is not None else None
-        chunk["metadata"] = self._metadata
-        return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
-
-    def opening(self) -> bytes:
-        """The first chunk: the assistant's role, no content yet."""
-        return self._frame({"role": "assistant", "content": ""})
-
-    def delta(self, content: str) -> bytes:
-        """A chunk of assistant text."""
-        return self._frame({"content": content})
-
-    def closing(self, finished: Finished) -> bytes:
-        """The last frames: finish reason (with the error text on failure), usage, [DONE]."""
-        if finished.finish_reason in ("stop", "length"):
-            frames = self._frame({}, finished.finish_reason)
-        else:
-            frames = self._frame({"content": failure_text(finished)}, "error")
-        if self._include_usage:
-            frames += self._frame(None, usage=finished.usage)
-        return frames + DONE
-
-    def failure(self, message: str) -> bytes:
-        """The last frames when the stream broke off (the executor went away)."""
-        return self.closing(Finished("error", Usage(), "EXECUTOR_LOST", message))
 
 
 def failure_text(finished: Finished | RunResult) -> str:

@@ -109,7 +109,3 @@ class StreamSlots:
             self._open[key] = count
         else:
             self._open.pop(key, None)
-
-    def in_use(self, key: str) -> int:
-        """Slots `key` holds now."""
-        return self._open.get(key, 0)

@@ -1,0 +1,1 @@
+"""Application: the gateway's use cases — agents, chat, models, the catalogue and health."""
