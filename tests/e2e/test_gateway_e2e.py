@@ -1776,3 +1776,37 @@ def test_sigterm_stops_an_idle_gateway_promptly_with_exit_code_0(backend: Any) -
     # The audit record of the last request was published before the process ended.
     records = asyncio.run(audit_records(backend, {request_id}, timeout=2))
     assert [r.action for r in records if r.request_id == request_id] == ["agent.create"]
+
+
+def test_runs_are_read_listed_joined_and_cancelled_with_owners_and_roles(
+    http: httpx.Client,
+) -> None:
+    acme_agent = create(http, headers=token("acme"))
+    globex_agent = create(http, headers=token("globex"))
+    runs = {}
+    for name, agent_id in (("acme", acme_agent), ("globex", globex_agent)):
+        reply = http.post("/v1/chat/completions", json=chat(agent_id), headers=token(name))
+        assert reply.status_code == 200, reply.text
+        runs[name] = reply.json()["metadata"]["run_id"]
+    run = http.get(f"/v1/runs/{runs['acme']}", headers=RT).json()
+    assert (run["agent_id"], run["status"], run["attempts"]) == (acme_agent, "succeeded", 1)
+    assert run["usage"]["total_tokens"] > 0
+    listed = http.get(f"/v1/runs?agent_id={acme_agent}", headers=token("viewer")).json()
+    assert [r["run_id"] for r in listed["runs"]] == [runs["acme"]]
+    joined = http.get(f"/v1/runs/{runs['acme']}/wait?timeout=5", headers=token("viewer"))
+    assert joined.json()["status"] == "succeeded"
+    # Owners see their own runs only; another owner's run does not exist for them.
+    mine = {
+        r["run_id"] for r in http.get("/v1/runs?limit=1000", headers=token("acme")).json()["runs"]
+    }
+    assert runs["acme"] in mine
+    assert runs["globex"] not in mine
+    assert_error(
+        http.get(f"/v1/runs/{runs['globex']}", headers=token("acme")), 404, "RUN_NOT_FOUND"
+    )
+    # Cancelling needs the operator role; a finished run says it was not running.
+    assert_error(
+        http.post(f"/v1/runs/{runs['acme']}/cancel", headers=token("viewer")), 403, "FORBIDDEN"
+    )
+    late = http.post(f"/v1/runs/{runs['acme']}/cancel", headers=token("operator"))
+    assert (late.status_code, late.json()["cancelled"]) == (202, False)

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from agent_executor.adapters.memory import InMemoryRunStore
-from agent_executor.adapters.run_store import SqlRunStore
+from agent_executor.adapters.run_store import MIGRATIONS, SqlRunStore
 from agent_executor.application.ports import Admission, RunStore
-from agent_executor.domain.runs import RunRecord, RunStatus, Usage
+from agent_executor.domain.runs import RunCursor, RunFilter, RunRecord, RunStatus, Usage
 from agent_executor.errors import RunExists, SessionBusy, TooManyRuns
 from agentrt_kit.sql import SqlDatabase
 from agentrt_testkit.postgres import PostgresDatabase
@@ -39,6 +39,7 @@ def record(
     when: datetime = T0,
     session: str = "",
     task: str = "task-1",
+    owner: str = "owner-1",
 ) -> RunRecord:
     return RunRecord(
         run_id=run_id,
@@ -51,6 +52,7 @@ def record(
         context_id="ctx-9",
         session_key=session,
         executor_id="executor-1",
+        owner_id=owner,
     )
 
 
@@ -108,6 +110,63 @@ def is_utc(value: datetime | None) -> bool:
     return value is not None and value.utcoffset() == timedelta(0)
 
 
+# ------------------------------------------------------------------ listing
+
+
+def ids(records: list[RunRecord]) -> list[str]:
+    return [r.run_id for r in records]
+
+
+def test_selected_runs_come_newest_first_with_run_id_breaking_ties(store: RunStore) -> None:
+    for run_id, seconds in (("run-a", 1), ("run-c", 2), ("run-b", 2), ("run-d", 3)):
+        store.admit(record(run_id, when=at(seconds)), Admission())
+
+    assert ids(store.select(RunFilter(), None, 10)) == ["run-d", "run-c", "run-b", "run-a"]
+    assert ids(store.select(RunFilter(), None, 2)) == ["run-d", "run-c"]
+    after_c = RunCursor(at(2), "run-c")
+    assert ids(store.select(RunFilter(), after_c, 10)) == ["run-b", "run-a"]
+
+
+def test_select_filters_combine(store: RunStore) -> None:
+    store.admit(record("a1", "agent-a", when=at(1), task="t1", owner="alice"), Admission())
+    store.admit(record("a2", "agent-a", when=at(2), task="t2", owner="alice"), Admission())
+    store.admit(record("b1", "agent-b", when=at(3), task="t1", owner="bob"), Admission())
+    finish(store, "a2", RunStatus.FAILED, error_code="INTERNAL")
+
+    def select(**where: object) -> list[str]:
+        return ids(store.select(RunFilter(**where), None, 10))  # type: ignore[arg-type]
+
+    assert select(agent_id="agent-a") == ["a2", "a1"]
+    assert select(task_id="t1") == ["b1", "a1"]
+    assert select(owner_id="bob") == ["b1"]
+    assert select(status=RunStatus.RUNNING) == ["b1", "a1"]
+    assert select(agent_id="agent-a", status=RunStatus.FAILED) == ["a2"]
+    assert select(agent_id="agent-a", task_id="t1", owner_id="alice") == ["a1"]
+    assert select(agent_id="agent-a", owner_id="bob") == []
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_database_from_before_owners_keeps_its_runs(
+    kind: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    for db in _sql(request, kind, tmp_path_factory):
+        db.migrate("executor_runs", MIGRATIONS[:1])  # the schema as it was
+        with db.transaction() as cur:
+            cur.execute(
+                f"INSERT INTO {db.table('executor_runs')} (run_id, agent_id, agent_version,"
+                " task_id, context_id, session_key, executor_id, status, created_at,"
+                f" heartbeat_at) VALUES ({', '.join([db.ph] * 10)})",
+                ("old-run", "agent-a", 1, "t", "", "", "e", "succeeded", 1.0, 1.0),
+            )
+        store = SqlRunStore(db, lease_seconds=LEASE)
+        old = store.get("old-run")
+        assert old is not None
+        assert (old.owner_id, old.attempts, old.status) == ("", 1, RunStatus.SUCCEEDED)
+        store.admit(record("new-run", when=at(0), owner="alice"), Admission())
+        assert ids(store.select(RunFilter(), None, 10)) == ["new-run", "old-run"]
+        assert ids(store.select(RunFilter(owner_id="alice"), None, 10)) == ["new-run"]
+
+
 # ------------------------------------------------------------------ admission
 
 
@@ -125,6 +184,7 @@ def test_an_admitted_run_reads_back_with_every_field(store: RunStore) -> None:
     assert is_utc(got.created_at)
     assert is_utc(got.started_at)
     assert store.get("no-such-run") is None
+    assert (got.owner_id, got.attempts) == ("owner-1", 1)
 
 
 def test_a_finished_run_reads_back_how_it_ended(store: RunStore) -> None:

@@ -325,7 +325,7 @@ async def test_an_unexpected_error_is_a_500_with_the_request_id_and_no_detail(
         RateLimiter(0, 1),
     )
     unused = cast(Any, None)
-    services = Services(unused, unused, cast(Any, Broken()), unused, unused)
+    services = Services(unused, unused, cast(Any, Broken()), unused, unused, unused)
     app = create_app(Access(gate), services, version="test")
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:

@@ -123,6 +123,7 @@ class Running:
     base_url: str
     reader: str  # an active agent only read and chatted with
     writer: str  # an agent updated and set to any status
+    run: str  # a finished run of the reader
     loop: asyncio.AbstractEventLoop
     stop: asyncio.Event
     _turn: itertools.count[int] = field(default_factory=itertools.count)
@@ -144,6 +145,8 @@ class Running:
                 path["agent_id"] = self.reader
         if _valid_id(path.get("template_id")):
             path["template_id"] = "simple-test"
+        if _valid_id(path.get("run_id")):
+            path["run_id"] = self.run
         body = case.body
         if not isinstance(body, dict) or case.meta is None or case.meta.generation.mode.is_negative:
             return
@@ -203,10 +206,17 @@ def running(nats_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
             ) as client:
                 reader = await system.create_agent(name="reader", template_id="simple-test")
                 writer = await system.create_agent(name="writer", template_id="simple-test")
+                chat = await client.post(
+                    "/v1/chat/completions",
+                    json={"model": reader.id, "messages": [{"role": "user", "content": "hi"}]},
+                    headers={"X-Runtime-Token": TOKEN},
+                )
+                assert chat.status_code == 200, chat.text
                 started["running"] = Running(
                     base_url=str(client.base_url).rstrip("/"),
                     reader=reader.id,
                     writer=writer.id,
+                    run=chat.json()["metadata"]["run_id"],
                     loop=asyncio.get_running_loop(),
                     stop=stop,
                 )
@@ -241,7 +251,7 @@ def document() -> dict[str, Any]:
     """
     gate = Gate(Authenticator(None, []), RateLimiter(0, 1), RateLimiter(0, 1))
     unused = cast(Any, None)
-    services = Services(unused, unused, unused, unused, unused)
+    services = Services(unused, unused, unused, unused, unused, unused)
     app = create_app(Access(gate), services, version=version("agentrt-gateway"))
     return app.openapi()
 
@@ -263,6 +273,10 @@ OPERATION_IDS = {
     ("PATCH", "/v1/agents/{agent_id}/status"): "setAgentStatus",
     ("GET", "/v1/models"): "listModels",
     ("GET", "/v1/models/{model}"): "getModel",
+    ("GET", "/v1/runs"): "listRuns",
+    ("GET", "/v1/runs/{run_id}"): "getRun",
+    ("GET", "/v1/runs/{run_id}/wait"): "waitRun",
+    ("POST", "/v1/runs/{run_id}/cancel"): "cancelRun",
     ("GET", "/v1/health"): "getHealth",
     ("GET", "/v1/schema"): "getSchema",
     ("GET", "/v1/whoami"): "whoami",

@@ -89,6 +89,11 @@ class Settings(ServiceSettings):
         60.0, gt=0, description="A run whose executor is silent this long is ended as lost."
     )
     heartbeat_seconds: float = Field(10.0, gt=0, description="How often leases are renewed.")
+    wait_poll_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="How often WaitRun re-reads a run record (its end event usually comes first).",
+    )
 
     provider_timeout_seconds: float = Field(60.0, gt=0, description="Model request timeout.")
     provider_retries: int = Field(2, ge=0, le=10, description="Retries of transient errors.")

@@ -3,7 +3,8 @@
 Start-up: telemetry → NATS (background) → blocking-call threads → templates
 (built-ins, plugins, their watcher and the catalogue publisher) → run records
 database → sessions checkpointer → registry and tools clients → run events,
-cancel bus → run service and its maintenance → compose service → gRPC server.
+cancel bus → run service and its maintenance, run queries → compose service →
+gRPC server.
 Shutdown: NOT_SERVING and a graceful stop first (streams get `grace` seconds),
 runs still going are cancelled and recorded, event acknowledgements awaited,
 then everything else in reverse, telemetry flushed last.
@@ -26,7 +27,7 @@ from agent_executor.adapters.catalog_publisher import CatalogPublisher, executor
 from agent_executor.adapters.checkpointer import open_checkpointer
 from agent_executor.adapters.grpc_api import ExecutorServicer
 from agent_executor.adapters.models import ProviderModels
-from agent_executor.adapters.nats_runs import JetStreamRunEvents, NatsCancelBus
+from agent_executor.adapters.nats_runs import JetStreamRunEvents, NatsCancelBus, NatsRunEndings
 from agent_executor.adapters.plugins import TemplatePlugins
 from agent_executor.adapters.registry_client import RegistryAgents
 from agent_executor.adapters.run_store import SqlRunStore
@@ -36,6 +37,7 @@ from agent_executor.application.builtin.simple_test import SimpleTest
 from agent_executor.application.builtin.task import Task
 from agent_executor.application.builtin.workflow import Workflow
 from agent_executor.application.compose import ComposeService
+from agent_executor.application.run_queries import RunQueries
 from agent_executor.application.runs import RunService, RunSettings
 from agent_executor.application.templates import LoadedTemplate, TemplateCatalog
 from agent_executor.config import Settings, load_services_config
@@ -133,8 +135,8 @@ async def _run_service(
     catalog: TemplateCatalog,
     client: NatsClient,
     run_blocking: BlockingRunner,
-) -> RunService:
-    """The run service and everything it talks to."""
+) -> tuple[RunService, RunQueries]:
+    """The run service, the run queries and everything they talk to."""
     token = settings.service_token.get_secret_value() if settings.service_token else None
     names = Names(settings.nats_prefix)
     db = SqlDatabase(settings.database_url.get_secret_value(), schema=settings.postgres_schema)
@@ -183,7 +185,13 @@ async def _run_service(
     await cancel_bus.start(runs.cancel_local)
     stack.push_async_callback(cancel_bus.close)
     await _background(stack, "run-maintenance", runs.maintain)
-    return runs
+    queries = RunQueries(
+        store=store,
+        endings=NatsRunEndings(client, names),
+        call_store=db.calls(run_blocking),
+        poll_seconds=settings.wait_poll_seconds,
+    )
+    return runs, queries
 
 
 async def serve(
@@ -213,7 +221,7 @@ async def serve(
                 services=services,
             )
             models = _models(settings, services)
-            runs = await _run_service(
+            runs, queries = await _run_service(
                 stack,
                 settings,
                 services=services,
@@ -226,7 +234,7 @@ async def serve(
             composer = ComposeService(
                 catalog=catalog, models=models, tools=runs.tools, services=services
             )
-            servicer = ExecutorServicer(runs, catalog, composer)
+            servicer = ExecutorServicer(runs, queries, catalog, composer)
 
             def register(server: grpc.aio.Server) -> None:
                 executor_pb2_grpc.add_ExecutorServicer_to_server(servicer, server)

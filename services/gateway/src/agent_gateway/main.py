@@ -30,6 +30,7 @@ from agent_gateway.application.agents import Agents
 from agent_gateway.application.chat import Chat, ChatLimits
 from agent_gateway.application.models import Models
 from agent_gateway.application.ports import Probe
+from agent_gateway.application.runs import Runs
 from agent_gateway.application.system import Catalogue, Checks, System
 from agent_gateway.config import Settings
 from agent_gateway.domain.auth import (
@@ -208,6 +209,7 @@ def _services(
             max_concurrent_runs=settings.max_concurrent_runs,
         ),
         readiness=Checks(serving),
+        runs=Runs(runner),
     )
 
 

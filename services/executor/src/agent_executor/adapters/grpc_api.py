@@ -23,6 +23,7 @@ from agent_executor.adapters.proto_mapping import (
     usage_pb,
 )
 from agent_executor.application.compose import ComposeService
+from agent_executor.application.run_queries import RunQueries
 from agent_executor.application.runs import RunService
 from agent_executor.application.templates import TemplateCatalog
 from agent_executor.domain.runs import MessageCompleted, RunCompleted, RunFailed
@@ -32,12 +33,17 @@ from agentrt_kit.errors import invalid
 
 
 class ExecutorServicer(pb_grpc.ExecutorServicer):
-    """Executor RPCs over the run service, the template catalogue and the compose service."""
+    """Executor RPCs over the run service and queries, the templates and the compose service."""
 
     def __init__(
-        self, runs: RunService, catalog: TemplateCatalog, composer: ComposeService
+        self,
+        runs: RunService,
+        queries: RunQueries,
+        catalog: TemplateCatalog,
+        composer: ComposeService,
     ) -> None:
         self.runs = runs
+        self.queries = queries
         self.catalog = catalog
         self.composer = composer
 
@@ -109,7 +115,26 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
         """A run's durable record."""
         if not request.run_id:
             raise invalid("run_id", "is required")
-        return pb.GetRunResponse(run=run_pb(await self.runs.get(request.run_id)))
+        return pb.GetRunResponse(run=run_pb(await self.queries.get(request.run_id)))
+
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Any) -> pb.ListRunsResponse:
+        """Runs matching the filters, newest first, one page."""
+        records, token = await self.queries.list(
+            agent_id=request.agent_id,
+            task_id=request.task_id,
+            status=request.status,
+            owner_id=request.owner_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListRunsResponse(runs=[run_pb(r) for r in records], next_page_token=token)
+
+    async def WaitRun(self, request: pb.WaitRunRequest, context: Any) -> pb.WaitRunResponse:
+        """A run's record once it has ended or the timeout passed."""
+        if not request.run_id:
+            raise invalid("run_id", "is required")
+        record, done = await self.queries.wait(request.run_id, request.timeout_seconds)
+        return pb.WaitRunResponse(run=run_pb(record), done=done)
 
     async def ListTemplates(
         self, request: pb.ListTemplatesRequest, context: Any

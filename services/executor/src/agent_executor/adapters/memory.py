@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,7 +17,7 @@ from agent_executor.application.ports import (
     ToolSpec,
 )
 from agent_executor.domain.agents import AgentSnapshot
-from agent_executor.domain.runs import RunEvent, RunRecord, RunStatus, Usage
+from agent_executor.domain.runs import RunCursor, RunEvent, RunFilter, RunRecord, RunStatus, Usage
 from agent_executor.errors import AgentNotFound, RunExists, SessionBusy, TooManyRuns
 
 ToolFunction = Callable[[Mapping[str, Any]], Awaitable[ToolOutcome]]
@@ -128,6 +129,20 @@ class InMemoryRunStore:
         record = self.records.get(run_id)
         return copy.copy(record) if record else None
 
+    def select(self, where: RunFilter, after: RunCursor | None, limit: int) -> list[RunRecord]:
+        """Matching runs, newest first, older than `after`."""
+        found = [
+            copy.copy(r)
+            for r in self.records.values()
+            if (not where.agent_id or r.agent_id == where.agent_id)
+            and (not where.task_id or r.task_id == where.task_id)
+            and (where.status is None or r.status is where.status)
+            and (not where.owner_id or r.owner_id == where.owner_id)
+            and (after is None or (r.created_at, r.run_id) < (after.created_at, after.run_id))
+        ]
+        found.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
+        return found[:limit]
+
     def request_cancel(self, run_id: str, now: datetime) -> tuple[RunRecord, bool] | None:
         """Flag a live run."""
         record = self.records.get(run_id)
@@ -202,3 +217,25 @@ class LocalCancelBus:
         for target in self.targets:
             target(run_id)
         await asyncio.sleep(0)
+
+
+class LocalRunEndings:
+    """Run ends announced in-process (`ended(run_id)` stands for the run's last event)."""
+
+    def __init__(self) -> None:
+        self.watchers: dict[str, list[asyncio.Event]] = {}
+
+    @asynccontextmanager
+    async def watch(self, run_id: str) -> AsyncIterator[asyncio.Event]:
+        """An event set by `ended(run_id)` while the context is open."""
+        event = asyncio.Event()
+        self.watchers.setdefault(run_id, []).append(event)
+        try:
+            yield event
+        finally:
+            self.watchers[run_id].remove(event)
+
+    def ended(self, run_id: str) -> None:
+        """Announce that the run has ended."""
+        for event in self.watchers.get(run_id, []):
+            event.set()

@@ -12,6 +12,10 @@ in the log — the run record in the database stays the source of truth.
 
 Cancel requests are core NATS messages on `<prefix>.runs.cancel` (payload: the
 run id) that every replica hears; the one running the run cancels it.
+
+A waiting WaitRun hears a run end by subscribing (core NATS, no consumer) to
+that run's event subject for as long as it waits: the last event, published by
+whichever replica runs the run, is the hint to re-read the record.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import nats.errors
@@ -228,3 +233,42 @@ class NatsCancelBus:
     async def close(self) -> None:
         """Stop listening."""
         await self._listening.close()
+
+
+TERMINAL_EVENTS = frozenset({"run_completed", "run_failed"})
+
+
+class NatsRunEndings:
+    """The `RunEndings` port: a run's last event on its JetStream subject, heard live."""
+
+    def __init__(self, client: NatsClient, names: Names) -> None:
+        self._client = client
+        self._names = names
+
+    @asynccontextmanager
+    async def watch(self, run_id: str) -> AsyncIterator[asyncio.Event]:
+        """Set the event when the run's `run_completed` or `run_failed` is published."""
+        ended = asyncio.Event()
+
+        async def heard(msg: Msg) -> None:
+            event = run_events_pb2.RunEvent()
+            with contextlib.suppress(ValueError):
+                event.ParseFromString(msg.data)
+                if event.event.WhichOneof("event") in TERMINAL_EVENTS:
+                    ended.set()
+
+        subscription = None
+        if self._client.connected:
+            try:
+                subscription = await self._client.nc.subscribe(
+                    self._names.subject("runs", "events", run_id), cb=heard
+                )
+            except (nats.errors.Error, OSError) as e:
+                # The waiter re-reads the record periodically: slower, still correct.
+                log.debug("run end not watched", extra={"run_id": run_id, "error": str(e)})
+        try:
+            yield ended
+        finally:
+            if subscription is not None:
+                with contextlib.suppress(nats.errors.Error):
+                    await subscription.unsubscribe()

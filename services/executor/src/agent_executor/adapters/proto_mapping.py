@@ -192,6 +192,8 @@ def run_pb(record: RunRecord) -> pb.Run:
         context_id=record.context_id,
         tool_calls=record.tool_calls,
         executor_id=record.executor_id,
+        owner_id=record.owner_id,
+        attempts=record.attempts,
     )
 
 

@@ -48,6 +48,7 @@ def snapshot(agent: registry_pb2.Agent) -> AgentSnapshot:
         conversation_config=struct_to_dict(spec.conversation_config),
         toolsets=tuple(spec.toolsets),
         llm_config_id=spec.llm_config_id,
+        owner_id=spec.owner_id,
     )
 
 

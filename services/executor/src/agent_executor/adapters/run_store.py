@@ -5,7 +5,8 @@ turn in the same transaction as the insert — SQLite's `BEGIN IMMEDIATE` and a
 PostgreSQL advisory lock on the agent serialise admissions of one agent across
 replicas — so no limit is a racy pre-check. A run is live while its executor
 renews `heartbeat_at`; runs whose lease lapsed (their executor died) no longer
-count and are ended as `EXECUTOR_LOST` by any replica's maintenance.
+count and are ended as `EXECUTOR_LOST` by any replica's maintenance. Listings
+read newest first by `(created_at, run_id)`, with an index per filter column.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent_executor.application.ports import Admission
-from agent_executor.domain.runs import RunRecord, RunStatus, Usage
+from agent_executor.domain.runs import RunCursor, RunFilter, RunRecord, RunStatus, Usage
 from agent_executor.errors import RunExists, SessionBusy, TooManyRuns
 from agentrt_kit.sql import SqlDatabase
 
@@ -45,12 +46,24 @@ MIGRATIONS = [
         "CREATE INDEX IF NOT EXISTS executor_runs_live_by_session ON {executor_runs}"
         " (session_key) WHERE status = 'running'",
     ],
+    [
+        # Rows from before keep working: no owner known, started once.
+        "ALTER TABLE {executor_runs} ADD COLUMN owner_id TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE {executor_runs} ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1",
+        "CREATE INDEX IF NOT EXISTS executor_runs_newest ON {executor_runs} (created_at, run_id)",
+        "CREATE INDEX IF NOT EXISTS executor_runs_by_agent ON {executor_runs}"
+        " (agent_id, created_at, run_id)",
+        "CREATE INDEX IF NOT EXISTS executor_runs_by_task ON {executor_runs}"
+        " (task_id, created_at, run_id)",
+        "CREATE INDEX IF NOT EXISTS executor_runs_by_owner ON {executor_runs}"
+        " (owner_id, created_at, run_id)",
+    ],
 ]
 
 COLUMNS = (
     "run_id, agent_id, agent_version, task_id, context_id, session_key, executor_id, status,"
     " created_at, started_at, finished_at, prompt_tokens, completion_tokens, tool_calls,"
-    " error_code, error_message"
+    " error_code, error_message, owner_id, attempts"
 )
 LIVE = "running"
 
@@ -89,6 +102,8 @@ class SqlRunStore:
             tool_calls=int(row[13]),
             error_code=row[14],
             error_message=row[15],
+            owner_id=row[16],
+            attempts=int(row[17]),
         )
 
     def admit(self, record: RunRecord, admission: Admission) -> None:
@@ -124,7 +139,7 @@ class SqlRunStore:
                     )
             cur.execute(
                 f"INSERT INTO {t} ({COLUMNS}, heartbeat_at) VALUES "  # noqa: S608
-                f"({', '.join([ph] * 17)}) ON CONFLICT (run_id) DO NOTHING",
+                f"({', '.join([ph] * 19)}) ON CONFLICT (run_id) DO NOTHING",
                 (
                     record.run_id,
                     record.agent_id,
@@ -142,6 +157,8 @@ class SqlRunStore:
                     0,
                     "",
                     "",
+                    record.owner_id,
+                    record.attempts,
                     now,
                 ),
             )
@@ -190,6 +207,34 @@ class SqlRunStore:
             row = cur.fetchone()
         return self._record(row) if row is not None else None
 
+    def select(self, where: RunFilter, after: RunCursor | None, limit: int) -> list[RunRecord]:
+        """Up to `limit` runs matching `where`, newest first, older than `after`."""
+        ph = self.db.ph
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("agent_id", where.agent_id),
+            ("task_id", where.task_id),
+            ("status", where.status.value if where.status else ""),
+            ("owner_id", where.owner_id),
+        ):
+            if value:
+                clauses.append(f"{column} = {ph}")
+                params.append(value)
+        if after is not None:
+            at = after.created_at.timestamp()
+            clauses.append(f"(created_at < {ph} OR (created_at = {ph} AND run_id < {ph}))")
+            params += [at, at, after.run_id]
+        condition = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self.db.transaction() as cur:
+            cur.execute(
+                f"SELECT {COLUMNS} FROM {self.table}{condition}"  # noqa: S608 - placeholders only
+                f" ORDER BY created_at DESC, run_id DESC LIMIT {ph}",
+                (*params, limit),
+            )
+            rows = cur.fetchall()
+        return [self._record(row) for row in rows]
+
     def request_cancel(self, run_id: str, now: datetime) -> tuple[RunRecord, bool] | None:
         """Flag a live run for cancellation; end it at once when its executor is gone."""
         ph, t = self.db.ph, self.table
@@ -204,7 +249,7 @@ class SqlRunStore:
             record = self._record(row)
             if record.status.terminal:
                 return record, False
-            if float(row[16]) < now.timestamp() - self.lease_seconds:
+            if float(row[18]) < now.timestamp() - self.lease_seconds:
                 cur.execute(
                     f"UPDATE {t} SET status = '{RunStatus.CANCELLED.value}', finished_at = {ph},"  # noqa: S608
                     f" error_code = 'CANCELLED',"

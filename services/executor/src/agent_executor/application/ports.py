@@ -7,14 +7,16 @@ events on JetStream, sessions in a LangGraph checkpointer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from agent_executor.domain.agents import AgentSnapshot
-from agent_executor.domain.runs import RunEvent, RunRecord, RunStatus, Usage
+from agent_executor.domain.runs import RunCursor, RunEvent, RunFilter, RunRecord, RunStatus, Usage
 
 
 class AgentSource(Protocol):
@@ -143,6 +145,13 @@ class RunStore(Protocol):
         """The run's record."""
         ...
 
+    def select(self, where: RunFilter, after: RunCursor | None, limit: int) -> list[RunRecord]:
+        """Up to `limit` runs matching `where`, newest first, each older than `after`.
+
+        Newest first means by `created_at`, then `run_id`, both descending.
+        """
+        ...
+
     def request_cancel(self, run_id: str, now: datetime) -> tuple[RunRecord, bool] | None:
         """Flag a live run for cancellation (None when unknown).
 
@@ -193,4 +202,17 @@ class CancelBus(Protocol):
 
     async def broadcast(self, run_id: str) -> None:
         """Ask the replicas to cancel `run_id` (best effort; the store flag is the backstop)."""
+        ...
+
+
+class RunEndings(Protocol):
+    """Hears runs end on whichever replica runs them (a hint: the record decides)."""
+
+    def watch(self, run_id: str) -> AbstractAsyncContextManager[asyncio.Event]:
+        """Listen for the end of `run_id` while the context is open.
+
+        The event is set once the run's last event is heard. Open it before reading
+        the record, so an end between the read and the wait is not missed. Never
+        fails: when nothing can be heard, the event is simply never set.
+        """
         ...

@@ -188,7 +188,7 @@ class RunHandle:
 
 
 class RunService:
-    """Starts, streams, cancels and reads runs."""
+    """Starts, streams and cancels runs (`RunQueries` reads them)."""
 
     def __init__(
         self,
@@ -275,6 +275,7 @@ class RunService:
             context_id=request.context_id,
             session_key=f"{agent.id}:{task_id}" if agent.memory else "",
             executor_id=self.settings.executor_id,
+            owner_id=agent.owner_id,
         )
         handle = RunHandle(record, agent)
         self.active[record.run_id] = handle  # holds the slot while admitting
@@ -560,7 +561,7 @@ class RunService:
         self._flushes.add(flush)
         flush.add_done_callback(self._flushes.discard)
 
-    # ------------------------------------------------------- cancel and read
+    # ------------------------------------------------------------- cancel
 
     def cancel_local(self, run_id: str, reason: str = "cancel requested") -> bool:
         """Cancel `run_id` if this executor runs it; True when it did."""
@@ -587,17 +588,6 @@ class RunService:
         if live and not record.status.terminal:
             await self.cancel_bus.broadcast(run_id)
         return live
-
-    async def get(self, run_id: str) -> RunRecord:
-        """The run's durable record.
-
-        Raises:
-            RunNotFound: no run has this id.
-        """
-        record: RunRecord | None = await self.call_store(self.store.get, run_id)
-        if record is None:
-            raise RunNotFound(run_id)
-        return record
 
     async def maintain(self, stop: asyncio.Event) -> None:
         """Renew the leases of this executor's runs, act on cancel flags, expire lost runs."""

@@ -24,6 +24,7 @@ class AgentSnapshot:
     conversation_config: Mapping[str, Any] = field(default_factory=dict)
     toolsets: tuple[str, ...] = ()
     llm_config_id: str = ""
+    owner_id: str = ""
 
     @property
     def runnable(self) -> bool:

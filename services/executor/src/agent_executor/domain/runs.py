@@ -87,6 +87,26 @@ class RunRecord:
     tool_calls: int = 0
     error_code: str = ""
     error_message: str = ""
+    owner_id: str = ""  # the agent's owner when the run was admitted
+    attempts: int = 1  # times the run was started
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilter:
+    """Which runs a listing shows (empty fields match any run)."""
+
+    agent_id: str = ""
+    task_id: str = ""
+    status: RunStatus | None = None
+    owner_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunCursor:
+    """Where a newest-first listing continues: after this run."""
+
+    created_at: datetime
+    run_id: str
 
 
 # ------------------------------------------------------------------------ events

@@ -8,8 +8,9 @@ the kit errors the executor sent.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
 
 import grpc
 
@@ -27,6 +28,7 @@ from agent_gateway.domain.chat import (
     ToolCalls,
     Usage,
 )
+from agent_gateway.domain.runs import RunQuery, RunRecord
 from agent_gateway.errors import RunFailed
 from agentrt.executor.v1 import executor_pb2 as pb
 from agentrt.executor.v1 import executor_pb2_grpc as pb_grpc
@@ -34,6 +36,8 @@ from agentrt_kit.errors import NotFound
 from agentrt_kit.grpc.client import create_channel
 from agentrt_kit.grpc.status import error_from_rpc
 from agentrt_kit.grpc.structs import dict_to_struct, struct_to_dict
+
+T = TypeVar("T")
 
 # The call's deadline is the run's timeout plus this: when the executor's own run timeout
 # (the same 300 s by default) ends the run, it is reported as TIMEOUT with the run's ids.
@@ -135,6 +139,42 @@ async def _next(call: Any, progress: bool) -> RunEvent | None:
         raise error_from_rpc(e) from None
 
 
+def run_record(run: pb.Run) -> RunRecord:
+    """The gateway's view of a run record."""
+    return RunRecord(
+        run_id=run.run_id,
+        agent_id=run.agent_id,
+        agent_version=run.agent_version,
+        status=run.status,
+        task_id=run.task_id,
+        context_id=run.context_id,
+        owner_id=run.owner_id,
+        usage=_usage(run.usage),
+        tool_calls=run.tool_calls,
+        executor_id=run.executor_id,
+        attempts=run.attempts or 1,
+        error_code=run.error_code,
+        error_message=run.error_message,
+        created_at=_time(run, "created_at"),
+        started_at=_time(run, "started_at"),
+        finished_at=_time(run, "finished_at"),
+    )
+
+
+def _time(
+    run: pb.Run, field: Literal["created_at", "started_at", "finished_at"]
+) -> datetime | None:
+    return getattr(run, field).ToDatetime(tzinfo=UTC) if run.HasField(field) else None
+
+
+async def _call(call: Awaitable[T]) -> T:
+    """Await a call; its refusal comes back as the kit error the executor sent."""
+    try:
+        return await call
+    except grpc.aio.AioRpcError as e:
+        raise error_from_rpc(e) from None
+
+
 def _lost() -> RunFailed:
     return RunFailed("the executor ended the stream early", reason="EXECUTOR_LOST")
 
@@ -184,12 +224,11 @@ class ExecutorRuns:
         Raises:
             AgentrtError: the executor refused the run, or the deadline passed.
         """
-        try:
-            reply = await self._stub.Execute(
+        reply = await _call(
+            self._stub.Execute(
                 pb.ExecuteRequest(input=run_input(run)), timeout=timeout + DEADLINE_GRACE_SECONDS
             )
-        except grpc.aio.AioRpcError as e:
-            raise error_from_rpc(e) from None
+        )
         return RunResult(
             run_id=reply.run_id,
             content=reply.message.content,
@@ -222,6 +261,46 @@ class ExecutorRuns:
         except BaseException:
             call.cancel()
             raise
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        """One run's record.
+
+        Raises:
+            AgentrtError: NotFound (RUN_NOT_FOUND), or the executor's refusal.
+        """
+        reply = await _call(self._stub.GetRun(pb.GetRunRequest(run_id=run_id)))
+        return run_record(reply.run)
+
+    async def list_runs(self, query: RunQuery) -> tuple[list[RunRecord], str]:
+        """A page of runs, newest first, and the next page's token."""
+        reply = await _call(
+            self._stub.ListRuns(
+                pb.ListRunsRequest(
+                    agent_id=query.agent_id,
+                    task_id=query.task_id,
+                    status=query.status,
+                    owner_id=query.owner_id,
+                    page_size=query.limit,
+                    page_token=query.page_token,
+                )
+            )
+        )
+        return [run_record(r) for r in reply.runs], reply.next_page_token
+
+    async def wait_run(self, run_id: str, timeout: float) -> RunRecord:
+        """The run once ended, or as it is after `timeout` seconds."""
+        reply = await _call(
+            self._stub.WaitRun(
+                pb.WaitRunRequest(run_id=run_id, timeout_seconds=timeout),
+                timeout=timeout + DEADLINE_GRACE_SECONDS,
+            )
+        )
+        return run_record(reply.run)
+
+    async def cancel_run(self, run_id: str) -> bool:
+        """Ask the run to stop; False when it had ended already."""
+        reply = await _call(self._stub.CancelRun(pb.CancelRunRequest(run_id=run_id)))
+        return bool(reply.cancelled)
 
     async def compose(self, request: ComposeInput, *, timeout: float) -> Composed:
         """A drafted agent (create-shaped), its validation and the model's usage.

@@ -25,10 +25,12 @@ from agent_gateway.adapters.metrics import MetricsMiddleware, RequestMetrics
 from agent_gateway.adapters.models_api import model_routes
 from agent_gateway.adapters.openapi import install
 from agent_gateway.adapters.routing import Methods
+from agent_gateway.adapters.runs_api import run_routes
 from agent_gateway.adapters.system_api import open_routes, system_routes
 from agent_gateway.application.agents import Agents
 from agent_gateway.application.chat import Chat
 from agent_gateway.application.models import Models
+from agent_gateway.application.runs import Runs
 from agent_gateway.application.system import Checks, System
 
 
@@ -40,6 +42,7 @@ class Services:
     chat: Chat
     models: Models
     system: System
+    runs: Runs
     readiness: Checks
 
 
@@ -73,6 +76,7 @@ def create_app(
     chat_routes(v1, access, services.chat, keepalive=keepalive_seconds)
     agent_routes(v1, access, services.agents)
     model_routes(v1, access, services.models)
+    run_routes(v1, access, services.runs)
     system_routes(v1, access, services.system)
     app.include_router(v1)
     app.include_router(unauthenticated)
@@ -91,6 +95,7 @@ def create_app(
 TAGS = [
     {"name": "agents", "description": "Agents: create, read, change, delete (COMPAT)."},
     {"name": "openai", "description": "OpenAI-compatible chat completions and models."},
+    {"name": "runs", "description": "Runs (every chat completion is one): read, join, cancel."},
     {"name": "templates", "description": "The templates agents are made from."},
     {"name": "system", "description": "Health, schema, identity, probes and metrics."},
 ]

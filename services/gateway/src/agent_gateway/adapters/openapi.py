@@ -518,6 +518,46 @@ class ChatCompletionChunk(Strict):
     metadata: RunMetadata
 
 
+class RunError(Strict):
+    """How a run failed: its error code (TIMEOUT, PROVIDER_ERROR, ...) and text."""
+
+    code: str
+    message: str
+
+
+class Run(Strict):
+    """A run: every chat completion is one."""
+
+    run_id: str
+    agent_id: str
+    agent_version: int
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
+    task_id: str
+    context_id: str | None
+    created_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    usage: Usage
+    tool_calls: int = Field(description="Tool calls the run made.")
+    error: RunError | None
+    executor_id: str | None = Field(description="The executor replica that ran it.")
+    attempts: int = Field(description="How many times the run was started.")
+
+
+class RunList(Strict):
+    """A page of runs, newest first."""
+
+    runs: list[Run]
+    next_page_token: str | None = Field(description="Pass as `page_token`; null on the last.")
+
+
+class RunCancel(Strict):
+    """A cancel request: whether the run was still running, and its record."""
+
+    cancelled: bool
+    run: Run
+
+
 class Model(Strict):
     """An agent the caller may run, as OpenAI's `model` object (`id`: the agent id)."""
 

@@ -23,6 +23,7 @@ from agent_gateway.domain.chat import (
     Started,
     ToolCalls,
 )
+from agent_gateway.domain.runs import RunQuery, RunRecord
 
 Probe = Callable[[], Awaitable[bool]]
 TemplateView = dict[str, Any]
@@ -95,6 +96,26 @@ class Runner(Protocol):
 
     async def compose(self, request: ComposeInput, *, timeout: float) -> Composed:
         """An agent draft and its validation."""
+        ...
+
+
+class RunRecords(Protocol):
+    """The executors' durable run records."""
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        """One run's record (NotFound with RUN_NOT_FOUND when unknown)."""
+        ...
+
+    async def list_runs(self, query: RunQuery) -> tuple[list[RunRecord], str]:
+        """A page of runs, newest first, and the next page's token."""
+        ...
+
+    async def wait_run(self, run_id: str, timeout: float) -> RunRecord:
+        """The run once ended, or as it is after `timeout` seconds."""
+        ...
+
+    async def cancel_run(self, run_id: str) -> bool:
+        """Ask the run to stop; False when it had ended already."""
         ...
 
 

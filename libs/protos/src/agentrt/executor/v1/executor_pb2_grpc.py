@@ -54,6 +54,16 @@ class ExecutorStub:
                 request_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunRequest.SerializeToString,
                 response_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunResponse.FromString,
                 _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/agentrt.executor.v1.Executor/ListRuns',
+                request_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
+        self.WaitRun = channel.unary_unary(
+                '/agentrt.executor.v1.Executor/WaitRun',
+                request_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.WaitRunRequest.SerializeToString,
+                response_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.WaitRunResponse.FromString,
+                _registered_method=True)
         self.ListTemplates = channel.unary_unary(
                 '/agentrt.executor.v1.Executor/ListTemplates',
                 request_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ListTemplatesRequest.SerializeToString,
@@ -97,6 +107,20 @@ class ExecutorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRuns(self, request, context):
+        """Runs, newest first, filtered; paged with an opaque token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WaitRun(self, request, context):
+        """Waits until the run has ended or `timeout_seconds` passed; answers its record either way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListTemplates(self, request, context):
         """The templates this executor serves.
         """
@@ -134,6 +158,16 @@ def add_ExecutorServicer_to_server(servicer, server):
                     servicer.GetRun,
                     request_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunRequest.FromString,
                     response_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunResponse.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ListRunsRequest.FromString,
+                    response_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'WaitRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.WaitRun,
+                    request_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.WaitRunRequest.FromString,
+                    response_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.WaitRunResponse.SerializeToString,
             ),
             'ListTemplates': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTemplates,
@@ -254,6 +288,60 @@ class Executor:
             '/agentrt.executor.v1.Executor/GetRun',
             agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunRequest.SerializeToString,
             agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.executor.v1.Executor/ListRuns',
+            agentrt_dot_executor_dot_v1_dot_executor__pb2.ListRunsRequest.SerializeToString,
+            agentrt_dot_executor_dot_v1_dot_executor__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WaitRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.executor.v1.Executor/WaitRun',
+            agentrt_dot_executor_dot_v1_dot_executor__pb2.WaitRunRequest.SerializeToString,
+            agentrt_dot_executor_dot_v1_dot_executor__pb2.WaitRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,10 @@ class ExecutorStub:
     """Stops a run promptly; it is recorded as cancelled."""
     GetRun: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetRunRequest, _executor_pb2.GetRunResponse]
     """Reads a run's durable record."""
+    ListRuns: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ListRunsRequest, _executor_pb2.ListRunsResponse]
+    """Runs, newest first, filtered; paged with an opaque token."""
+    WaitRun: _grpc.UnaryUnaryMultiCallable[_executor_pb2.WaitRunRequest, _executor_pb2.WaitRunResponse]
+    """Waits until the run has ended or `timeout_seconds` passed; answers its record either way."""
     ListTemplates: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ListTemplatesRequest, _executor_pb2.ListTemplatesResponse]
     """The templates this executor serves."""
     Compose: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ComposeRequest, _executor_pb2.ComposeResponse]
@@ -67,6 +71,10 @@ class ExecutorAsyncStub(ExecutorStub):
     """Stops a run promptly; it is recorded as cancelled."""
     GetRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetRunRequest, _executor_pb2.GetRunResponse]  # type: ignore[assignment]
     """Reads a run's durable record."""
+    ListRuns: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListRunsRequest, _executor_pb2.ListRunsResponse]  # type: ignore[assignment]
+    """Runs, newest first, filtered; paged with an opaque token."""
+    WaitRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.WaitRunRequest, _executor_pb2.WaitRunResponse]  # type: ignore[assignment]
+    """Waits until the run has ended or `timeout_seconds` passed; answers its record either way."""
     ListTemplates: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListTemplatesRequest, _executor_pb2.ListTemplatesResponse]  # type: ignore[assignment]
     """The templates this executor serves."""
     Compose: _aio.UnaryUnaryMultiCallable[_executor_pb2.ComposeRequest, _executor_pb2.ComposeResponse]  # type: ignore[assignment]
@@ -106,6 +114,22 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_executor_pb2.GetRunResponse, _abc.Awaitable[_executor_pb2.GetRunResponse]]:
         """Reads a run's durable record."""
+
+    @_abc_1.abstractmethod
+    def ListRuns(
+        self,
+        request: _executor_pb2.ListRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.ListRunsResponse, _abc.Awaitable[_executor_pb2.ListRunsResponse]]:
+        """Runs, newest first, filtered; paged with an opaque token."""
+
+    @_abc_1.abstractmethod
+    def WaitRun(
+        self,
+        request: _executor_pb2.WaitRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.WaitRunResponse, _abc.Awaitable[_executor_pb2.WaitRunResponse]]:
+        """Waits until the run has ended or `timeout_seconds` passed; answers its record either way."""
 
     @_abc_1.abstractmethod
     def ListTemplates(

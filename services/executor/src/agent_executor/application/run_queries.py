@@ -1,0 +1,142 @@
+"""Application: reading runs — one record, a filtered page, or one once it has ended.
+
+The read side of runs, apart from `RunService` (which admits and drives them):
+every answer comes from the run store, so any replica answers for a run running
+anywhere. A listing is newest first and paged with an opaque token that carries
+where the page ended and which filters it was issued for. A wait re-reads the
+record when the run-end hint arrives (its last event, heard from whichever
+replica runs it) and every `poll_seconds` in case a hint is lost; it holds no
+run slot.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from agent_executor.application.ports import RunEndings, RunStore
+from agent_executor.application.runs import BlockingCall
+from agent_executor.domain.runs import RunCursor, RunFilter, RunRecord, RunStatus
+from agent_executor.errors import RunNotFound
+from agentrt_kit.concurrency import wait_event
+from agentrt_kit.errors import invalid
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 1000
+MAX_WAIT_SECONDS = 300.0
+
+
+class RunQueries:
+    """Reads run records for GetRun, ListRuns and WaitRun."""
+
+    def __init__(
+        self,
+        *,
+        store: RunStore,
+        endings: RunEndings,
+        call_store: BlockingCall,
+        poll_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.endings = endings
+        self.call_store = call_store
+        self.poll_seconds = poll_seconds
+        self.clock = clock
+
+    async def get(self, run_id: str) -> RunRecord:
+        """The run's durable record.
+
+        Raises:
+            RunNotFound: no run has this id.
+        """
+        record: RunRecord | None = await self.call_store(self.store.get, run_id)
+        if record is None:
+            raise RunNotFound(run_id)
+        return record
+
+    async def list(
+        self,
+        *,
+        agent_id: str = "",
+        task_id: str = "",
+        status: str = "",
+        owner_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[RunRecord], str]:
+        """One page of runs matching every given filter, newest first, and the next token.
+
+        Raises:
+            InvalidArgument: a bad `status`, `page_size` or `page_token` (named).
+        """
+        if page_size < 0 or page_size > MAX_PAGE:
+            raise invalid("page_size", f"must be between 1 and {MAX_PAGE} (0 means {DEFAULT_PAGE})")
+        limit = page_size or DEFAULT_PAGE
+        try:
+            where = RunFilter(agent_id, task_id, RunStatus(status) if status else None, owner_id)
+        except ValueError:
+            names = ", ".join(s.value for s in RunStatus)
+            raise invalid("status", f"must be one of {names} (or empty)") from None
+        fingerprint = _fingerprint(where)
+        after = _decode_token(page_token, fingerprint) if page_token else None
+        records: list[RunRecord] = await self.call_store(self.store.select, where, after, limit + 1)
+        page = records[:limit]
+        token = ""
+        if len(records) > limit:
+            token = _encode_token(RunCursor(page[-1].created_at, page[-1].run_id), fingerprint)
+        return page, token
+
+    async def wait(self, run_id: str, timeout: float) -> tuple[RunRecord, bool]:
+        """The run's record once it has ended or `timeout` seconds passed, and whether it ended.
+
+        Raises:
+            InvalidArgument: `timeout` is not between 0 and 300 seconds.
+            RunNotFound: no run has this id.
+        """
+        if not (math.isfinite(timeout) and 0 <= timeout <= MAX_WAIT_SECONDS):
+            raise invalid("timeout_seconds", f"must be between 0 and {MAX_WAIT_SECONDS:g}")
+        record = await self.get(run_id)
+        if record.status.terminal or timeout == 0:
+            return record, record.status.terminal
+        deadline = self.clock() + timeout
+        async with self.endings.watch(run_id) as ended:
+            while True:
+                # Read after listening: an end that came before this read is in the record.
+                record = await self.get(run_id)
+                remaining = deadline - self.clock()
+                if record.status.terminal or remaining <= 0:
+                    return record, record.status.terminal
+                if await wait_event(ended, min(remaining, self.poll_seconds)):
+                    ended.clear()  # heard once; later rounds fall back to polling
+
+
+def _fingerprint(where: RunFilter) -> str:
+    status = where.status.value if where.status else ""
+    doc = json.dumps([where.agent_id, where.task_id, status, where.owner_id])
+    return hashlib.sha256(doc.encode()).hexdigest()[:12]
+
+
+def _encode_token(cursor: RunCursor, fingerprint: str) -> str:
+    doc = {"at": cursor.created_at.isoformat(), "run": cursor.run_id, "filter": fingerprint}
+    return base64.urlsafe_b64encode(json.dumps(doc).encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str, fingerprint: str) -> RunCursor:
+    try:
+        doc = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        cursor = RunCursor(datetime.fromisoformat(doc["at"]), str(doc["run"]))
+        issued_for = str(doc["filter"])
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise invalid("page_token", "is not a token this service issued") from None
+    if cursor.created_at.tzinfo is None:
+        raise invalid("page_token", "is not a token this service issued")
+    if issued_for != fingerprint:
+        raise invalid("page_token", "was issued for other filters")
+    return cursor
