@@ -23,7 +23,7 @@ from agent_executor.application.run_queries import RunQueries
 from agent_executor.domain.runs import RunRecord, RunStatus, Usage
 from agentrt.executor.v1 import executor_pb2 as pb
 from agentrt_kit.concurrency import run_inline
-from agentrt_kit.errors import AgentrtError
+from agentrt_kit.errors import AgentrtError, ResourceExhausted
 from agentrt_kit.grpc.status import error_from_rpc
 
 PLAIN = services_config(plain=offline({"content": "Plain words."}))  # never JSON
@@ -323,3 +323,42 @@ async def test_a_heard_end_answers_a_wait_without_re_reading() -> None:
     assert time.monotonic() - t0 < 2
     assert (done, record.status) == (True, RunStatus.SUCCEEDED)
     assert endings.watchers == {"run-1": []}  # the wait stopped listening
+
+
+async def test_ids_and_filters_no_run_can_have_are_refused_not_queried(
+    start_system: StartSystem,
+) -> None:
+    system = await start_system(services_config=PLAIN)
+    for call in (
+        system.executor.GetRun(pb.GetRunRequest(run_id="a\x00b")),
+        system.executor.WaitRun(pb.WaitRunRequest(run_id="a\x00b", timeout_seconds=1)),
+        system.executor.CancelRun(pb.CancelRunRequest(run_id="a\x00b")),
+    ):
+        error = await refused(call)
+        assert (error.code, error.reason) == ("NOT_FOUND", "RUN_NOT_FOUND")
+    for request, field in (
+        (pb.ListRunsRequest(agent_id="a\x00"), "agent_id"),
+        (pb.ListRunsRequest(task_id="x" * 129), "task_id"),
+        (pb.ListRunsRequest(owner_id="o\n"), "owner_id"),
+        (pb.ListRunsRequest(page_token="W" * 1025), "page_token"),
+    ):
+        error = await refused(system.executor.ListRuns(request))
+        assert (error.code, fields(error)) == ("INVALID_ARGUMENT", [field])
+
+
+async def test_a_replica_holds_at_most_max_waits_open() -> None:
+    store = InMemoryRunStore()
+    store.admit(running("run-1"), Admission())
+    queries = RunQueries(store=store, endings=LocalRunEndings(), call_store=run_inline, max_waits=1)
+    first = asyncio.ensure_future(queries.wait("run-1", 5))
+    await asyncio.sleep(0.05)
+    with pytest.raises(ResourceExhausted):
+        await queries.wait("run-1", 5)
+    store.finish(
+        "run-1", RunStatus.SUCCEEDED, finished_at=datetime.now(UTC), usage=Usage(), tool_calls=0
+    )
+    queries.endings.ended("run-1")  # type: ignore[attr-defined]
+    assert (await first)[1] is True
+    store.admit(running("run-2"), Admission())
+    record, done = await queries.wait("run-2", 0.05)  # the slot was given back
+    assert (record.status, done) == (RunStatus.RUNNING, False)

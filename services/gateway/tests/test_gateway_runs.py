@@ -156,3 +156,36 @@ async def test_owner_bound_keys_see_only_their_owners_runs(make_stack: MakeStack
         f"/v1/runs/{acme_run}/cancel", headers={"Authorization": f"Bearer {keys['viewer']}"}
     )
     assert (refused.status_code, code_of(refused.json())) == (403, "FORBIDDEN")
+
+
+async def test_joins_are_bounded_per_key_and_odd_ids_are_bad_input(make_stack: MakeStack) -> None:
+    stack = await make_stack({"services_config": SLOW}, max_waits_per_key=1)
+    agent_id = await stack.agent(name="runs-joins", llm_config_id="slow")
+    running = asyncio.create_task(
+        stack.client.post("/v1/chat/completions", json=chat(agent_id), headers=auth())
+    )
+    found: dict[str, Any] = {"runs": []}
+    for _ in range(100):
+        found = (await stack.client.get(f"/v1/runs?agent_id={agent_id}", headers=auth())).json()
+        if found["runs"]:
+            break
+        await asyncio.sleep(0.05)
+    run_id = found["runs"][0]["run_id"]
+    first = asyncio.create_task(
+        stack.client.get(f"/v1/runs/{run_id}/wait?timeout=30", headers=auth())
+    )
+    await asyncio.sleep(0.2)
+    second = await stack.client.get(f"/v1/runs/{run_id}/wait?timeout=30", headers=auth())
+    assert (second.status_code, second.json()["details"]["scope"]) == (429, "waits")
+    assert (await first).json()["status"] == "succeeded"
+    await running
+    again = await stack.client.get(f"/v1/runs/{run_id}/wait?timeout=30", headers=auth())
+    assert again.status_code == 200  # the slot was given back (and an ended run takes none)
+    for path, status in (
+        ("/v1/runs/-x/wait", 422),  # no run has such an id
+        ("/v1/runs/a%20b", 422),
+        ("/v1/runs?agent_id=a%00", 422),
+        ("/v1/runs/a%00b", 404),  # a control character in the path: no route
+    ):
+        reply = await stack.client.get(path, headers=auth())
+        assert reply.status_code == status, (path, reply.text)

@@ -92,7 +92,11 @@ class Settings(ServiceSettings):
     wait_poll_seconds: float = Field(
         1.0,
         gt=0,
-        description="How often WaitRun re-reads a run record (its end event usually comes first).",
+        description="How soon WaitRun first re-reads a run record (its end event usually "
+        "comes first); later re-reads back off to ten times this.",
+    )
+    max_waits: int = Field(
+        256, ge=1, description="WaitRun calls one replica holds open at once (more: retry)."
     )
 
     provider_timeout_seconds: float = Field(60.0, gt=0, description="Model request timeout.")

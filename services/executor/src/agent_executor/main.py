@@ -190,6 +190,7 @@ async def _run_service(
         endings=NatsRunEndings(client, names),
         call_store=db.calls(run_blocking),
         poll_seconds=settings.wait_poll_seconds,
+        max_waits=settings.max_waits,
     )
     return runs, queries
 

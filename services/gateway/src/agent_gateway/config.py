@@ -68,6 +68,9 @@ class Settings(ServiceSettings):
     stream_keepalive_seconds: float = Field(
         15.0, gt=0, description="A quiet stream gets an SSE comment line this often."
     )
+    max_waits_per_key: int = Field(
+        16, ge=0, description="Run joins (`/v1/runs/{id}/wait`) open at once per key (0: no bound)."
+    )
     max_messages: int = Field(100, ge=1, description="Messages one chat completion may carry.")
     max_message_chars: int = Field(
         32_000, ge=1, description="Characters one chat message may have."

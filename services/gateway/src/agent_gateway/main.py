@@ -209,7 +209,7 @@ def _services(
             max_concurrent_runs=settings.max_concurrent_runs,
         ),
         readiness=Checks(serving),
-        runs=Runs(runner),
+        runs=Runs(runner, waits=StreamSlots(settings.max_waits_per_key)),
     )
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
+from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js.api import StorageType, StreamConfig
 
@@ -46,6 +47,7 @@ from agentrt_kit.nats import (
 )
 
 log = logging.getLogger(__name__)
+FLUSH_SECONDS = 1  # how long a WaitRun waits for NATS to confirm its subscription
 
 # (event, agent id, agent version, flush marker): a marker instead of an event
 # resolves once everything queued before it has been sent.
@@ -252,7 +254,7 @@ class NatsRunEndings:
 
         async def heard(msg: Msg) -> None:
             event = run_events_pb2.RunEvent()
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(DecodeError):
                 event.ParseFromString(msg.data)
                 if event.event.WhichOneof("event") in TERMINAL_EVENTS:
                     ended.set()
@@ -263,6 +265,9 @@ class NatsRunEndings:
                 subscription = await self._client.nc.subscribe(
                     self._names.subject("runs", "events", run_id), cb=heard
                 )
+                # The server has the subscription once a round trip is done: an end
+                # published after this is heard (one that came before is in the record).
+                await self._client.nc.flush(timeout=FLUSH_SECONDS)
             except (nats.errors.Error, OSError) as e:
                 # The waiter re-reads the record periodically: slower, still correct.
                 log.debug("run end not watched", extra={"run_id": run_id, "error": str(e)})

@@ -223,8 +223,10 @@ class SqlRunStore:
                 params.append(value)
         if after is not None:
             at = after.created_at.timestamp()
-            clauses.append(f"(created_at < {ph} OR (created_at = {ph} AND run_id < {ph}))")
-            params += [at, at, after.run_id]
+            # A row comparison is an index bound for both databases (an OR is not): a deep
+            # page starts at its cursor instead of rescanning the pages before it.
+            clauses.append(f"(created_at, run_id) < ({ph}, {ph})")
+            params += [at, after.run_id]
         condition = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         with self.db.transaction() as cur:
             cur.execute(

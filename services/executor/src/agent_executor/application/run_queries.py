@@ -5,8 +5,10 @@ every answer comes from the run store, so any replica answers for a run running
 anywhere. A listing is newest first and paged with an opaque token that carries
 where the page ended and which filters it was issued for. A wait re-reads the
 record when the run-end hint arrives (its last event, heard from whichever
-replica runs it) and every `poll_seconds` in case a hint is lost; it holds no
-run slot.
+replica runs it) and, in case a hint is lost, after `poll_seconds`, then ever less
+often (up to `MAX_POLL_FACTOR` times that); it holds no run slot, and at most
+`max_waits` waits run at once on a replica, so waiting callers cannot crowd out the
+store's connections.
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ from collections.abc import Callable
 from datetime import datetime
 
 from agent_executor.application.ports import RunEndings, RunStore
-from agent_executor.application.runs import BlockingCall
+from agent_executor.application.runs import RUN_ID, BlockingCall
 from agent_executor.domain.runs import RunCursor, RunFilter, RunRecord, RunStatus
 from agent_executor.errors import RunNotFound
 from agentrt_kit.concurrency import wait_event
-from agentrt_kit.errors import invalid
+from agentrt_kit.errors import ResourceExhausted, invalid
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
 MAX_WAIT_SECONDS = 300.0
+MAX_POLL_FACTOR = 10  # a wait re-reads at most every poll_seconds * this once it has waited
+MAX_TOKEN_CHARS = 1024
+MAX_FILTER_CHARS = 128
 
 
 class RunQueries:
@@ -42,20 +47,25 @@ class RunQueries:
         endings: RunEndings,
         call_store: BlockingCall,
         poll_seconds: float = 1.0,
+        max_waits: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.endings = endings
         self.call_store = call_store
         self.poll_seconds = poll_seconds
+        self.max_waits = max_waits
         self.clock = clock
+        self._waiting = 0
 
     async def get(self, run_id: str) -> RunRecord:
-        """The run's durable record.
+        """The run's durable record (an id no run can have is not looked up).
 
         Raises:
             RunNotFound: no run has this id.
         """
+        if not RUN_ID.fullmatch(run_id):  # no run has such an id (nor a NUL for the database)
+            raise RunNotFound(run_id)
         record: RunRecord | None = await self.call_store(self.store.get, run_id)
         if record is None:
             raise RunNotFound(run_id)
@@ -76,6 +86,9 @@ class RunQueries:
         Raises:
             InvalidArgument: a bad `status`, `page_size` or `page_token` (named).
         """
+        for name, value in (("agent_id", agent_id), ("task_id", task_id), ("owner_id", owner_id)):
+            if len(value) > MAX_FILTER_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in value):
+                raise invalid(name, f"must be at most {MAX_FILTER_CHARS} printable characters")
         if page_size < 0 or page_size > MAX_PAGE:
             raise invalid("page_size", f"must be between 1 and {MAX_PAGE} (0 means {DEFAULT_PAGE})")
         limit = page_size or DEFAULT_PAGE
@@ -99,13 +112,27 @@ class RunQueries:
         Raises:
             InvalidArgument: `timeout` is not between 0 and 300 seconds.
             RunNotFound: no run has this id.
+            ResourceExhausted: this replica has `max_waits` waits open.
         """
         if not (math.isfinite(timeout) and 0 <= timeout <= MAX_WAIT_SECONDS):
             raise invalid("timeout_seconds", f"must be between 0 and {MAX_WAIT_SECONDS:g}")
         record = await self.get(run_id)
         if record.status.terminal or timeout == 0:
             return record, record.status.terminal
+        if self._waiting >= self.max_waits:
+            raise ResourceExhausted(
+                f"this executor has {self.max_waits} waits open; retry later",
+                reason="TOO_MANY_WAITS",
+            )
+        self._waiting += 1
+        try:
+            return await self._wait(run_id, timeout)
+        finally:
+            self._waiting -= 1
+
+    async def _wait(self, run_id: str, timeout: float) -> tuple[RunRecord, bool]:
         deadline = self.clock() + timeout
+        interval = self.poll_seconds
         async with self.endings.watch(run_id) as ended:
             while True:
                 # Read after listening: an end that came before this read is in the record.
@@ -113,8 +140,10 @@ class RunQueries:
                 remaining = deadline - self.clock()
                 if record.status.terminal or remaining <= 0:
                     return record, record.status.terminal
-                if await wait_event(ended, min(remaining, self.poll_seconds)):
+                if await wait_event(ended, min(remaining, interval)):
                     ended.clear()  # heard once; later rounds fall back to polling
+                else:  # nothing heard: the hint is what answers; polling is the backstop
+                    interval = min(interval * 2, self.poll_seconds * MAX_POLL_FACTOR)
 
 
 def _fingerprint(where: RunFilter) -> str:
@@ -129,11 +158,13 @@ def _encode_token(cursor: RunCursor, fingerprint: str) -> str:
 
 
 def _decode_token(token: str, fingerprint: str) -> RunCursor:
+    if len(token) > MAX_TOKEN_CHARS:
+        raise invalid("page_token", "is not a token this service issued")
     try:
         doc = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
         cursor = RunCursor(datetime.fromisoformat(doc["at"]), str(doc["run"]))
         issued_for = str(doc["filter"])
-    except (binascii.Error, ValueError, KeyError, TypeError):
+    except (binascii.Error, ValueError, KeyError, TypeError, RecursionError):
         raise invalid("page_token", "is not a token this service issued") from None
     if cursor.created_at.tzinfo is None:
         raise invalid("page_token", "is not a token this service issued")

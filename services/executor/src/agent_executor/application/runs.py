@@ -579,6 +579,8 @@ class RunService:
         """
         if self.cancel_local(run_id):
             return True
+        if not RUN_ID.fullmatch(run_id):  # no run has such an id (nor a NUL for the database)
+            raise RunNotFound(run_id)
         found: tuple[RunRecord, bool] | None = await self.call_store(
             self.store.request_cancel, run_id, self.clock()
         )

@@ -22,9 +22,10 @@ from agent_gateway.application.runs import Runs
 from agent_gateway.domain.auth import Principal
 from agent_gateway.domain.runs import RunQuery, RunRecord
 
-RunId = Annotated[str, Path(min_length=1, max_length=128)]
+# Run, agent and task ids: 1-128 of [A-Za-z0-9._:-], alphanumeric first (as they are made).
+RunId = Annotated[str, Path(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]
-Filter = Annotated[str, Query(max_length=128)]
+Filter = Annotated[str, Query(pattern=r"^([A-Za-z0-9][A-Za-z0-9._:-]{0,127})?$")]
 
 
 def run_body(run: RunRecord) -> dict[str, Any]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from agent_gateway.application.ports import RunRecords
 from agent_gateway.domain.auth import Principal
+from agent_gateway.domain.limits import StreamSlots
 from agent_gateway.domain.runs import RunQuery, RunRecord
+from agent_gateway.errors import over_limit
 from agentrt_kit.errors import NotFound
 
-MAX_WAIT_SECONDS = 300.0
+OPEN = frozenset({"queued", "running"})  # the statuses a run can still leave
 
 
 def run_not_found(run_id: str) -> NotFound:
@@ -23,8 +25,9 @@ def run_not_found(run_id: str) -> NotFound:
 class Runs:
     """Run records on behalf of a caller."""
 
-    def __init__(self, records: RunRecords) -> None:
+    def __init__(self, records: RunRecords, *, waits: StreamSlots) -> None:
         self._records = records
+        self._waits = waits
 
     def _visible(self, caller: Principal, run: RunRecord) -> RunRecord:
         if not caller.sees(run.owner_id):
@@ -49,9 +52,23 @@ class Runs:
         return await self._records.list_runs(query)
 
     async def wait(self, caller: Principal, run_id: str, timeout: float) -> RunRecord:
-        """The run once it has ended, or as it is when `timeout` seconds have passed."""
-        self._visible(caller, await self._records.get_run(run_id))
-        return await self._records.wait_run(run_id, min(timeout, MAX_WAIT_SECONDS))
+        """The run once it has ended, or as it is when `timeout` seconds have passed.
+
+        Raises:
+            ResourceExhausted: the caller has `waits.limit` waits open already.
+        """
+        run = self._visible(caller, await self._records.get_run(run_id))
+        if run.status not in OPEN or timeout == 0:
+            return run
+        if not self._waits.acquire(caller.id):
+            raise over_limit(
+                f"at most {self._waits.limit} waits may be open per key",
+                {"scope": "waits", "limit": str(self._waits.limit)},
+            )
+        try:
+            return await self._records.wait_run(run_id, timeout)
+        finally:
+            self._waits.release(caller.id)
 
     async def cancel(self, caller: Principal, run_id: str) -> tuple[RunRecord, bool]:
         """Ask the run to stop (cooperatively); whether it was still running, and its record."""

@@ -60,6 +60,9 @@ class ApiKey:
             raise ValueError(f"api key {self.id!r}: role must be one of {', '.join(ROLES)}")
         if not self.id or not self.id.isprintable() or len(self.id) > 64:
             raise ValueError("api key id must be 1-64 printable characters")
+        if self.owner is not None and not self.owner.strip():
+            # "" would read as "any owner" in filters: an owner is named, or the key is unbound.
+            raise ValueError(f"api key {self.id!r}: owner must not be empty (leave it out)")
 
 
 RUNTIME_PRINCIPAL = Principal("runtime-token", "admin")

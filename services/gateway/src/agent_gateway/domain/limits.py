@@ -88,7 +88,7 @@ class RateLimiter:
 
 
 class StreamSlots:
-    """At most `limit` concurrent streams per key; `limit` ≤ 0 means no bound."""
+    """At most `limit` concurrent streams (or run joins) per key; `limit` ≤ 0: no bound."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

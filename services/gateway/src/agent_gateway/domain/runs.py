@@ -1,4 +1,4 @@
-"""Domain: a run as HTTP callers read it — its record, and which statuses are final."""
+"""Domain: a run as HTTP callers read it — its record, and a page of the run list."""
 
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from agent_gateway.domain.chat import Usage
-
-TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
-STATUSES = ("queued", "running", *sorted(TERMINAL))
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +28,6 @@ class RunRecord:
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
-
-    @property
-    def ended(self) -> bool:
-        """Whether the run has reached a final status."""
-        return self.status in TERMINAL
 
 
 @dataclass(frozen=True, slots=True)
