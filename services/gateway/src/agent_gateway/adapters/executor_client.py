@@ -8,12 +8,13 @@ the kit errors the executor sent.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import grpc
 
+from agent_gateway.adapters.grpc_calls import answer
 from agent_gateway.domain.chat import (
     Composed,
     ComposeInput,
@@ -36,8 +37,6 @@ from agentrt_kit.errors import NotFound
 from agentrt_kit.grpc.client import create_channel
 from agentrt_kit.grpc.status import error_from_rpc
 from agentrt_kit.grpc.structs import dict_to_struct, struct_to_dict
-
-T = TypeVar("T")
 
 # The call's deadline is the run's timeout plus this: when the executor's own run timeout
 # (the same 300 s by default) ends the run, it is reported as TIMEOUT with the run's ids.
@@ -167,14 +166,6 @@ def _time(
     return getattr(run, field).ToDatetime(tzinfo=UTC) if run.HasField(field) else None
 
 
-async def _call(call: Awaitable[T]) -> T:
-    """Await a call; its refusal comes back as the kit error the executor sent."""
-    try:
-        return await call
-    except grpc.aio.AioRpcError as e:
-        raise error_from_rpc(e) from None
-
-
 def _lost() -> RunFailed:
     return RunFailed("the executor ended the stream early", reason="EXECUTOR_LOST")
 
@@ -224,7 +215,7 @@ class ExecutorRuns:
         Raises:
             AgentrtError: the executor refused the run, or the deadline passed.
         """
-        reply = await _call(
+        reply = await answer(
             self._stub.Execute(
                 pb.ExecuteRequest(input=run_input(run)), timeout=timeout + DEADLINE_GRACE_SECONDS
             )
@@ -268,12 +259,12 @@ class ExecutorRuns:
         Raises:
             AgentrtError: NotFound (RUN_NOT_FOUND), or the executor's refusal.
         """
-        reply = await _call(self._stub.GetRun(pb.GetRunRequest(run_id=run_id)))
+        reply = await answer(self._stub.GetRun(pb.GetRunRequest(run_id=run_id)))
         return run_record(reply.run)
 
     async def list_runs(self, query: RunQuery) -> tuple[list[RunRecord], str]:
         """A page of runs, newest first, and the next page's token."""
-        reply = await _call(
+        reply = await answer(
             self._stub.ListRuns(
                 pb.ListRunsRequest(
                     agent_id=query.agent_id,
@@ -289,7 +280,7 @@ class ExecutorRuns:
 
     async def wait_run(self, run_id: str, timeout: float) -> RunRecord:
         """The run once ended, or as it is after `timeout` seconds."""
-        reply = await _call(
+        reply = await answer(
             self._stub.WaitRun(
                 pb.WaitRunRequest(run_id=run_id, timeout_seconds=timeout),
                 timeout=timeout + DEADLINE_GRACE_SECONDS,
@@ -299,7 +290,7 @@ class ExecutorRuns:
 
     async def cancel_run(self, run_id: str) -> bool:
         """Ask the run to stop; False when it had ended already."""
-        reply = await _call(self._stub.CancelRun(pb.CancelRunRequest(run_id=run_id)))
+        reply = await answer(self._stub.CancelRun(pb.CancelRunRequest(run_id=run_id)))
         return bool(reply.cancelled)
 
     async def compose(self, request: ComposeInput, *, timeout: float) -> Composed:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-import grpc
 from google.protobuf import timestamp_pb2
 
+from agent_gateway.adapters.grpc_calls import answer
 from agent_gateway.domain.agents import AgentChange, AgentRecord
 from agentrt.registry.v1 import registry_pb2, registry_pb2_grpc
 from agentrt_kit.grpc.client import create_channel, retry_service_config
-from agentrt_kit.grpc.status import error_from_rpc
 from agentrt_kit.grpc.structs import fill, struct_to_dict
 
-T = TypeVar("T")
 REGISTRY_SERVICE = "agentrt.registry.v1.AgentRegistry"
 PAGE = 1000  # the registry's largest page
 
@@ -100,7 +98,7 @@ class RegistryAgents:
         Raises:
             AgentrtError: NotFound (AGENT_NOT_FOUND), or the registry's refusal.
         """
-        reply = await _call(
+        reply = await answer(
             self._stub.GetAgent(registry_pb2.GetAgentRequest(agent_id=agent_id, version=version))
         )
         return record(reply.agent)
@@ -113,7 +111,7 @@ class RegistryAgents:
         Raises:
             AgentrtError: NotFound (AGENT_NOT_FOUND), or the registry's refusal.
         """
-        reply = await _call(
+        reply = await answer(
             self._stub.ListAgentEvents(
                 registry_pb2.ListAgentEventsRequest(
                     agent_id=agent_id, page_size=page_size, page_token=page_token
@@ -143,7 +141,7 @@ class RegistryAgents:
         found: list[AgentRecord] = []
         skip = offset
         while True:
-            reply = await _call(self._stub.ListAgents(request))
+            reply = await answer(self._stub.ListAgents(request))
             agents = list(reply.agents)
             taken = agents[skip:]
             skip = max(0, skip - len(agents))
@@ -161,7 +159,7 @@ class RegistryAgents:
             spec=_spec(spec),
             status=STATUS_OF[status] if status else registry_pb2.AGENT_STATUS_UNSPECIFIED,
         )
-        reply = await _call(self._stub.CreateAgent(request))
+        reply = await answer(self._stub.CreateAgent(request))
         return record(reply.agent), list(reply.warnings)
 
     async def update(
@@ -172,7 +170,7 @@ class RegistryAgents:
         request.update_mask.paths.extend(sorted(changes))
         if expected is not None:
             request.expected_version = expected
-        reply = await _call(self._stub.UpdateAgent(request))
+        reply = await answer(self._stub.UpdateAgent(request))
         return record(reply.agent), list(reply.warnings)
 
     async def set_status(self, agent_id: str, status: str, expected: int | None) -> AgentRecord:
@@ -180,7 +178,7 @@ class RegistryAgents:
         request = registry_pb2.SetAgentStatusRequest(agent_id=agent_id, status=STATUS_OF[status])
         if expected is not None:
             request.expected_version = expected
-        reply = await _call(self._stub.SetAgentStatus(request))
+        reply = await answer(self._stub.SetAgentStatus(request))
         return record(reply.agent)
 
     async def delete(self, agent_id: str, expected: int | None) -> None:
@@ -188,16 +186,8 @@ class RegistryAgents:
         request = registry_pb2.DeleteAgentRequest(agent_id=agent_id)
         if expected is not None:
             request.expected_version = expected
-        await _call(self._stub.DeleteAgent(request))
+        await answer(self._stub.DeleteAgent(request))
 
 
 def _spec(values: Mapping[str, Any]) -> registry_pb2.AgentSpec:
     return fill(registry_pb2.AgentSpec(), values)
-
-
-async def _call(call: Awaitable[T]) -> T:
-    """Await a registry call; its refusal comes back as the kit error the registry sent."""
-    try:
-        return await call
-    except grpc.aio.AioRpcError as e:
-        raise error_from_rpc(e) from None
