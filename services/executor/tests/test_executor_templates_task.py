@@ -273,8 +273,11 @@ async def test_parallel_steps_run_concurrently_and_dependants_wait_for_them() ->
     out = await Harness(Task, model).run(config)
     elapsed = time.monotonic() - started
 
-    assert 0.2 <= elapsed < 0.35  # two 200 ms steps side by side, not one after the other
+    assert elapsed >= 0.2
     assert out.answer == "all joined"
+    # Side by side: both started before either ended (one after the other would read
+    # left started, left succeeded, right started). No upper bound on the time: a loaded
+    # machine stretches it, and the order already tells.
     assert out.progress[:2] == [("left", "started", 1), ("right", "started", 1)]
     assert out.progress[4:6] == [("join", "started", 1), ("join", "succeeded", 1)]
     join = str(model.messages_of("JOIN")[0].content)
