@@ -7,12 +7,13 @@ PostgreSQL schema), so tests never share state.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from executor_support import StartSystem, System
+from fake_openai import FakeOpenAI
 
 from agentrt_testkit.postgres import PostgresDatabase
 
@@ -62,3 +63,12 @@ async def make_pg_system(
     for system in started:
         with contextlib.suppress(Exception):
             await system.stop()
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
+    """A fake OpenAI-compatible server; a proxy from the environment must not catch it."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    with FakeOpenAI() as fake:
+        yield fake

@@ -9,7 +9,6 @@ The offline model's rules and the format checks are also tested on their own.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -71,15 +70,6 @@ async def refusal(system: Any, message: pb.RunInput) -> Any:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await execute(system, message)
     return caught.value
-
-
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
-    """The fake OpenAI-compatible server; a proxy from the environment must not catch it."""
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    with FakeOpenAI() as fake:
-        yield fake
 
 
 def fake_provider(server: FakeOpenAI) -> str:

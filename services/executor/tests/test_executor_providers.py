@@ -66,15 +66,6 @@ def shout(text: str) -> str:
     return text.upper()
 
 
-@pytest.fixture
-def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeOpenAI]:
-    """The fake server; a proxy from the environment must not catch 127.0.0.1."""
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    with FakeOpenAI() as fake:
-        yield fake
-
-
 def provider(server: FakeOpenAI, kind: str = "openai", **values: Any) -> dict[str, Any]:
     """A provider entry of the services config pointing at the fake server."""
     return {"type": kind, "model": "fake-model", "base_url": server.url, **values}
