@@ -9,12 +9,11 @@ the kit errors the executor sent.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import grpc
 
-from agent_gateway.adapters.grpc_calls import answer
+from agent_gateway.adapters.grpc_calls import answer, time_of
 from agent_gateway.domain.chat import (
     Composed,
     ComposeInput,
@@ -154,16 +153,10 @@ def run_record(run: pb.Run) -> RunRecord:
         attempts=run.attempts or 1,
         error_code=run.error_code,
         error_message=run.error_message,
-        created_at=_time(run, "created_at"),
-        started_at=_time(run, "started_at"),
-        finished_at=_time(run, "finished_at"),
+        created_at=time_of(run, "created_at"),
+        started_at=time_of(run, "started_at"),
+        finished_at=time_of(run, "finished_at"),
     )
-
-
-def _time(
-    run: pb.Run, field: Literal["created_at", "started_at", "finished_at"]
-) -> datetime | None:
-    return getattr(run, field).ToDatetime(tzinfo=UTC) if run.HasField(field) else None
 
 
 def _lost() -> RunFailed:

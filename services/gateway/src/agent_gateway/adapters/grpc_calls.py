@@ -1,9 +1,10 @@
-"""Adapter: one gRPC call to a service, its refusal turned into the kit error it carries."""
+"""Adapter: service calls — a refusal as the kit error it carries; the times answers carry."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import grpc
 
@@ -22,3 +23,8 @@ async def answer(call: Awaitable[T]) -> T:
         return await call
     except grpc.aio.AioRpcError as e:
         raise error_from_rpc(e) from None
+
+
+def time_of(message: Any, field: str) -> datetime | None:
+    """A message's Timestamp field as an aware UTC datetime; None when it is not set."""
+    return getattr(message, field).ToDatetime(tzinfo=UTC) if message.HasField(field) else None

@@ -143,9 +143,13 @@ class ApiError(Exception):
             # else a union branch pydantic names (`constrained-str`, `list[...]`): not a key
         return text or None
 
+    def summary(self) -> str:
+        """Why, as the request's audit entry says it: `403 FORBIDDEN: <message>`."""
+        return f"{self.status} {self.code}: {self.message}"[:500]
+
     def response(self, request: Request) -> JSONResponse:
         """The answer, in the dialect of the request's route; its audit entry says why."""
-        note(request.state, detail=f"{self.status} {self.code}: {self.message}"[:500])
+        note(request.state, detail=self.summary())
         path = request.url.path
         return JSONResponse(
             self.body(dialect_of(path)), status_code=self.status, headers=self.headers
@@ -209,7 +213,7 @@ def invalid_token() -> ApiError:
 async def send_error(scope: Scope, send: Send, error: ApiError) -> None:
     """Answer with `error` from ASGI code (outside FastAPI's handlers); audit says why."""
     noted = scope.setdefault("state", {}).setdefault("audit", {})
-    noted["detail"] = f"{error.status} {error.code}: {error.message}"[:500]
+    noted["detail"] = error.summary()
     body = json.dumps(error.body(dialect_of(scope["path"]))).encode()
     headers = [
         (b"content-type", b"application/json"),

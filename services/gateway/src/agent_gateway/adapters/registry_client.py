@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import timestamp_pb2
-
-from agent_gateway.adapters.grpc_calls import answer
+from agent_gateway.adapters.grpc_calls import answer, time_of
 from agent_gateway.domain.agents import AgentChange, AgentRecord
 from agentrt.registry.v1 import registry_pb2, registry_pb2_grpc
 from agentrt_kit.grpc.client import create_channel, retry_service_config
@@ -35,8 +32,8 @@ def record(agent: registry_pb2.Agent) -> AgentRecord:
         toolsets=tuple(spec.toolsets),
         template_config=struct_to_dict(spec.template_config),
         metadata=struct_to_dict(spec.metadata),
-        created_at=_time(agent.created_at) if agent.HasField("created_at") else None,
-        updated_at=_time(agent.updated_at) if agent.HasField("updated_at") else None,
+        created_at=time_of(agent, "created_at"),
+        updated_at=time_of(agent, "updated_at"),
     )
 
 
@@ -53,7 +50,7 @@ def _change(event: registry_pb2.AgentEvent) -> AgentChange:
     return AgentChange(
         version=event.version,
         type=event.type,
-        occurred_at=_time(event.occurred_at) if event.HasField("occurred_at") else None,
+        occurred_at=time_of(event, "occurred_at"),
         actor=event.actor,
         request_id=event.request_id,
         changed_fields=tuple(event.changed_fields),
@@ -62,10 +59,6 @@ def _change(event: registry_pb2.AgentEvent) -> AgentChange:
         to_status=_status(event.to_status),
         reason=event.reason,
     )
-
-
-def _time(value: timestamp_pb2.Timestamp) -> datetime:
-    return value.ToDatetime(tzinfo=UTC)
 
 
 STATUS_OF = {

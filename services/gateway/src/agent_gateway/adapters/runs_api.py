@@ -8,7 +8,6 @@ bound to an owner sees only its owner's runs.
 # No `from __future__ import annotations`: the route signatures use dependencies
 # built when the routes are (FastAPI evaluates annotations against module globals).
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -19,6 +18,7 @@ from agent_gateway.adapters.openai_render import usage_body
 from agent_gateway.adapters.openapi import SERVICE, Run, RunCancel, RunList, documented
 from agent_gateway.adapters.routing import both
 from agent_gateway.application.runs import Runs
+from agent_gateway.domain.agents import iso
 from agent_gateway.domain.auth import Principal
 from agent_gateway.domain.runs import RunQuery, RunRecord
 
@@ -38,9 +38,9 @@ def run_body(run: RunRecord) -> dict[str, Any]:
         "status": run.status,
         "task_id": run.task_id,
         "context_id": run.context_id or None,
-        "created_at": _iso(run.created_at),
-        "started_at": _iso(run.started_at),
-        "finished_at": _iso(run.finished_at),
+        "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
         "usage": usage_body(run.usage),
         "tool_calls": run.tool_calls,
         "error": error,
@@ -109,7 +109,3 @@ def run_routes(v1: APIRouter, access: Access, runs: Runs) -> None:
         run, cancelled = await runs.cancel(caller, run_id)
         note(request.state, target=run_id, run_id=run_id, agent_id=run.agent_id)
         return {"cancelled": cancelled, "run": run_body(run)}
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None

@@ -32,6 +32,7 @@ from agent_gateway.adapters.openapi import (
 from agent_gateway.adapters.routing import both
 from agent_gateway.application.ports import TemplateView
 from agent_gateway.application.system import Checks, System
+from agent_gateway.domain.agents import iso
 from agent_gateway.domain.auth import Principal
 
 
@@ -123,7 +124,7 @@ def system_routes(v1: APIRouter, access: Access, system: System) -> None:
         healthy, facts = await system.health()
         body = {
             "status": facts["status"],
-            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "timestamp": iso(datetime.now(UTC)),
             "version": facts["version"],
             "uptime_seconds": facts["uptime_seconds"],
             "checks": facts["checks"],

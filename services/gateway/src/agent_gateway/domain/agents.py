@@ -50,8 +50,8 @@ def agent_body(agent: AgentRecord) -> dict[str, Any]:
             "toolsets": list(agent.toolsets),
             "template_config": dict(agent.template_config),
         },
-        "created_at": _iso(agent.created_at),
-        "updated_at": _iso(agent.updated_at),
+        "created_at": iso(agent.created_at),
+        "updated_at": iso(agent.updated_at),
         "metadata": dict(agent.metadata),
     }
 
@@ -82,7 +82,7 @@ def change_body(change: AgentChange) -> dict[str, Any]:
     return {
         "version": change.version,
         "type": change.type,
-        "occurred_at": _iso(change.occurred_at),
+        "occurred_at": iso(change.occurred_at),
         "actor": change.actor or None,
         "request_id": change.request_id or None,
         "changed_fields": list(change.changed_fields),
@@ -115,5 +115,6 @@ def etag(agent: AgentRecord) -> str:
     return f'"{agent.version}"'
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
+    """A time as the HTTP API writes it (ISO 8601, `Z` for UTC); None stays None."""
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
