@@ -32,7 +32,7 @@ from agent_executor.domain.runs import RunCompleted, RunFailed
 from agent_executor.domain.services_config import parse_services_config
 from agentrt_kit.concurrency import run_inline
 
-RUNS_LOGGER = "agent_executor.application.runs"
+RUNS_LOGGER = "agent_executor.application.run_driver"
 MODEL_LOGGER = "agent_executor.application.model"
 BREAKER_LOGGER = "agentrt_kit.resilience"
 

@@ -17,10 +17,22 @@ import grpc
 import pytest
 from executor_support import StartSystem, System, collect, offline, run_input, services_config
 
-from agent_executor.adapters.memory import InMemoryRunStore, LocalRunEndings
+from agent_executor.adapters.memory import (
+    InMemoryRunStore,
+    ListEventSink,
+    LocalRunEndings,
+    MemoryRunEventLog,
+)
 from agent_executor.application.ports import Admission
 from agent_executor.application.run_queries import RunQueries
-from agent_executor.domain.runs import RunRecord, RunStatus, Usage
+from agent_executor.domain.runs import (
+    MessageDelta,
+    RunEvent,
+    RunRecord,
+    RunStarted,
+    RunStatus,
+    Usage,
+)
 from agentrt.executor.v1 import executor_pb2 as pb
 from agentrt_kit.concurrency import run_inline
 from agentrt_kit.errors import AgentrtError, ResourceExhausted
@@ -363,3 +375,54 @@ async def test_a_replica_holds_at_most_max_waits_open() -> None:
     store.admit(running("run-2"), Admission())
     record, done = await queries.wait("run-2", 0.05)  # the slot was given back
     assert (record.status, done) == (RunStatus.RUNNING, False)
+
+
+def stored_events(sink: ListEventSink, run_id: str, *bodies: Any) -> None:
+    for n, body in enumerate(bodies, 1):
+        sink.publish(RunEvent(run_id, n, datetime.now(UTC), body), "agent-a", 1)
+
+
+async def test_the_events_of_an_ended_run_end_at_its_last_stored_one() -> None:
+    store, sink = InMemoryRunStore(), ListEventSink()
+    store.admit(running("run-1"), Admission())
+    store.finish(
+        "run-1", RunStatus.FAILED, finished_at=datetime.now(UTC), usage=Usage(), tool_calls=0
+    )
+    # Its last event was never stored (a full publisher queue): the read must still end.
+    stored_events(sink, "run-1", RunStarted("run-1", "agent-a", 1, "t", ""), MessageDelta("hi"))
+    queries = RunQueries(
+        store=store,
+        endings=LocalRunEndings(),
+        call_store=run_inline,
+        event_log=MemoryRunEventLog(sink),
+    )
+    assert [e.sequence async for e in queries.events("run-1", 0)] == [1, 2]
+    assert [e.sequence async for e in queries.events("run-1", 1)] == [2]
+    assert [e.sequence async for e in queries.events("run-1", 2)] == []
+
+
+async def test_the_events_of_a_run_are_refused_when_unknown_gone_or_asked_badly() -> None:
+    store, sink = InMemoryRunStore(), ListEventSink()
+    store.admit(running("run-1"), Admission())
+    store.finish(
+        "run-1", RunStatus.SUCCEEDED, finished_at=datetime.now(UTC), usage=Usage(), tool_calls=0
+    )
+    queries = RunQueries(
+        store=store,
+        endings=LocalRunEndings(),
+        call_store=run_inline,
+        event_log=MemoryRunEventLog(sink),
+    )
+    with pytest.raises(AgentrtError) as gone:
+        _ = [e async for e in queries.events("run-1", 0)]
+    assert gone.value.reason == "RUN_EVENTS_EXPIRED"
+    with pytest.raises(AgentrtError) as unknown:
+        _ = [e async for e in queries.events("nope", 0)]
+    assert unknown.value.reason == "RUN_NOT_FOUND"
+    with pytest.raises(AgentrtError) as negative:
+        _ = [e async for e in queries.events("run-1", -1)]
+    assert negative.value.reason == "VALIDATION_ERROR"
+    without = RunQueries(store=store, endings=LocalRunEndings(), call_store=run_inline)
+    with pytest.raises(AgentrtError) as unavailable:
+        _ = [e async for e in without.events("run-1", 0)]
+    assert unavailable.value.code == "UNAVAILABLE"

@@ -17,8 +17,16 @@ import pytest
 
 from agent_executor.adapters.memory import InMemoryRunStore
 from agent_executor.adapters.run_store import MIGRATIONS, SqlRunStore
-from agent_executor.application.ports import Admission, RunStore
-from agent_executor.domain.runs import RunCursor, RunFilter, RunRecord, RunStatus, Usage
+from agent_executor.application.ports import Admission, ClaimOutcome, RunStore
+from agent_executor.domain.client_tools import ToolCall
+from agent_executor.domain.runs import (
+    RunCursor,
+    RunFilter,
+    RunOutput,
+    RunRecord,
+    RunStatus,
+    Usage,
+)
 from agent_executor.errors import RunExists, SessionBusy, TooManyRuns
 from agentrt_kit.sql import SqlDatabase
 from agentrt_testkit.postgres import PostgresDatabase
@@ -309,7 +317,7 @@ def test_a_heartbeat_renews_leases_and_reports_cancel_flags(store: RunStore) -> 
     assert store.heartbeat(["r1"], at(21)) == []  # only ids asked about are reported
 
     # r1 and r2 were renewed at T0+20; r3 was not.
-    assert store.expire(at(31) - timedelta(seconds=LEASE), at(31)) == 1
+    assert [r.run_id for r in store.expire(at(31) - timedelta(seconds=LEASE), at(31))] == ["r3"]
     statuses = {r: store.get(r).status for r in ("r1", "r2", "r3")}  # type: ignore[union-attr]
     assert statuses == {"r1": RunStatus.RUNNING, "r2": RunStatus.RUNNING, "r3": RunStatus.FAILED}
 
@@ -368,7 +376,7 @@ def test_cancelling_a_run_whose_lease_lapsed_records_it_cancelled_at_once(store:
     assert stored.finished_at == now
     assert stored.error_code == "CANCELLED"
     assert not finish(store, "run-1", RunStatus.SUCCEEDED)  # its lost executor cannot revive it
-    assert store.expire(at(100), at(100)) == 0
+    assert store.expire(at(100), at(100)) == []
 
 
 # ------------------------------------------------------------------ expiry
@@ -382,7 +390,7 @@ def test_expiry_ends_lapsed_running_runs_as_executor_lost(store: RunStore) -> No
     store.heartbeat(["live"], at(20))
 
     now = at(LEASE + 1)
-    assert store.expire(now - timedelta(seconds=LEASE), now) == 1
+    assert len(store.expire(now - timedelta(seconds=LEASE), now)) == 1
 
     lost = store.get("lost")
     assert lost is not None
@@ -395,7 +403,7 @@ def test_expiry_ends_lapsed_running_runs_as_executor_lost(store: RunStore) -> No
     assert done is not None
     assert (done.status, done.finished_at, done.usage) == (RunStatus.SUCCEEDED, at(10), Usage(1, 2))
 
-    assert store.expire(now - timedelta(seconds=LEASE), now) == 0  # nothing twice
+    assert store.expire(now - timedelta(seconds=LEASE), now) == []  # nothing twice
     assert not finish(store, "lost")  # the lost run stays failed
     # The expired run's slot is free again.
     store.admit(record("next", when=now), limit(2))
@@ -467,3 +475,190 @@ async def test_sqlite_is_called_on_the_loop_and_postgres_through_the_runner(
 
     assert found is not None
     assert calls == ([] if sql_store.db.dialect == "sqlite" else ["admit", "get"])
+
+
+# ------------------------------------------------------------------ queued runs
+
+
+def queued(
+    run_id: str, *, when: datetime = T0, session: str = "", metadata: dict[str, str] | None = None
+) -> RunRecord:
+    return RunRecord(
+        run_id=run_id,
+        agent_id="agent-a",
+        agent_version=3,
+        status=RunStatus.QUEUED,
+        created_at=when,
+        task_id="task-1",
+        session_key=session,
+        owner_id="owner-1",
+        attempts=0,
+        queued=True,
+        metadata=metadata or {"team": "blue"},
+        multitask_strategy="enqueue",
+        webhook_url="https://hooks.example.com/x",
+    )
+
+
+def test_a_queued_run_keeps_its_request_and_options_until_claimed(store: RunStore) -> None:
+    enqueued = store.enqueue(queued("q1"), b"request-bytes", reject_busy=False)
+    assert (enqueued.created, enqueued.same_request) == (True, True)
+    found = store.get("q1")
+    assert found is not None
+    assert (found.status, found.queued, found.attempts) == (RunStatus.QUEUED, True, 0)
+    assert found.metadata == {"team": "blue"}
+    assert (found.multitask_strategy, found.webhook_url) == (
+        "enqueue",
+        "https://hooks.example.com/x",
+    )
+
+    claim = store.claim("q1", "executor-2", at(1), max_attempts=3)
+    assert claim.outcome is ClaimOutcome.CLAIMED
+    assert claim.request == b"request-bytes"
+    assert claim.record is not None
+    assert (claim.record.status, claim.record.attempts) == (RunStatus.RUNNING, 1)
+    assert claim.record.executor_id == "executor-2"
+    assert claim.record.started_at == at(1)
+    running = store.get("q1")
+    assert running is not None
+    assert (running.status, running.executor_id, running.attempts) == (
+        RunStatus.RUNNING,
+        "executor-2",
+        1,
+    )
+
+
+def test_the_same_run_id_answers_the_first_run_and_tells_a_different_request(
+    store: RunStore,
+) -> None:
+    store.enqueue(queued("q1"), b"one", reject_busy=False)
+    again = store.enqueue(queued("q1", when=at(5)), b"one", reject_busy=False)
+    assert (again.created, again.same_request) == (False, True)
+    assert again.record.created_at == T0
+    other = store.enqueue(queued("q1"), b"two", reject_busy=False)
+    assert (other.created, other.same_request) == (False, False)
+    meta = store.enqueue(queued("q1", metadata={"team": "red"}), b"one", reject_busy=False)
+    assert meta.same_request is False
+
+
+def test_claims_say_why_a_run_cannot_start_here(store: RunStore) -> None:
+    assert store.claim("nothing", "e1", T0, max_attempts=3).outcome is ClaimOutcome.MISSING
+    store.enqueue(queued("q1"), b"r", reject_busy=False)
+    assert store.claim("q1", "e1", at(1), max_attempts=3).outcome is ClaimOutcome.CLAIMED
+    # Another executor while the first renews its lease: a duplicate delivery.
+    assert store.claim("q1", "e2", at(2), max_attempts=3).outcome is ClaimOutcome.ELSEWHERE
+    # Once the lease lapsed, the other executor takes it over (a second start).
+    later = store.claim("q1", "e2", at(1 + LEASE + 1), max_attempts=3)
+    assert later.outcome is ClaimOutcome.CLAIMED
+    assert later.record is not None
+    assert later.record.attempts == 2
+    assert (
+        store.finish(
+            "q1",
+            RunStatus.SUCCEEDED,
+            finished_at=at(40),
+            usage=Usage(),
+            tool_calls=0,
+            executor_id="e1",
+        )
+        is False
+    )
+    assert (
+        store.finish(
+            "q1",
+            RunStatus.SUCCEEDED,
+            finished_at=at(40),
+            usage=Usage(),
+            tool_calls=0,
+            executor_id="e2",
+        )
+        is True
+    )
+    assert store.claim("q1", "e3", at(41), max_attempts=3).outcome is ClaimOutcome.ENDED
+
+
+def test_a_run_started_max_attempts_times_is_failed_not_started_again(store: RunStore) -> None:
+    store.enqueue(queued("q1"), b"r", reject_busy=False)
+    for n in range(2):
+        claim = store.claim("q1", f"e{n}", at(n * (LEASE + 1)), max_attempts=2)
+        assert claim.outcome is ClaimOutcome.CLAIMED
+    last = store.claim("q1", "e9", at(3 * (LEASE + 1)), max_attempts=2)
+    assert last.outcome is ClaimOutcome.EXHAUSTED
+    found = store.get("q1")
+    assert found is not None
+    assert (found.status, found.error_code) == (RunStatus.FAILED, "ATTEMPTS_EXHAUSTED")
+
+
+def test_runs_of_one_session_start_in_order_and_reject_refuses_a_busy_one(
+    store: RunStore,
+) -> None:
+    store.enqueue(queued("s1", session="a:t"), b"r", reject_busy=True)
+    with pytest.raises(SessionBusy):
+        store.enqueue(queued("s2", when=at(1), session="a:t"), b"r", reject_busy=True)
+    store.enqueue(queued("s2", when=at(1), session="a:t"), b"r", reject_busy=False)
+    store.enqueue(queued("s3", when=at(2), session="a:t"), b"r", reject_busy=False)
+    assert store.live_in_session("a:t", at(3)) == ["s1", "s2", "s3"]
+    # s3 waits for s1 and s2, s2 for s1.
+    assert store.claim("s3", "e1", at(3), max_attempts=3).outcome is ClaimOutcome.BUSY
+    assert store.claim("s2", "e1", at(3), max_attempts=3).outcome is ClaimOutcome.BUSY
+    assert store.claim("s1", "e1", at(3), max_attempts=3).outcome is ClaimOutcome.CLAIMED
+    assert store.claim("s2", "e1", at(4), max_attempts=3).outcome is ClaimOutcome.BUSY
+    assert store.finish("s1", RunStatus.SUCCEEDED, finished_at=at(5), usage=Usage(), tool_calls=0)
+    assert store.claim("s2", "e1", at(6), max_attempts=3).outcome is ClaimOutcome.CLAIMED
+    assert store.live_in_session("a:t", at(6)) == ["s2", "s3"]
+
+
+def test_a_released_run_is_queued_again_and_a_cancelled_queued_run_ends_at_once(
+    store: RunStore,
+) -> None:
+    store.enqueue(queued("q1"), b"r", reject_busy=False)
+    store.claim("q1", "e1", at(1), max_attempts=3)
+    assert store.release("q1", "e2") is False  # not its claim
+    assert store.release("q1", "e1") is True
+    found = store.get("q1")
+    assert found is not None
+    assert found.status is RunStatus.QUEUED
+    cancelled = store.request_cancel("q1", at(2))
+    assert cancelled is not None
+    record_, live = cancelled
+    assert live is True
+    assert (record_.status, record_.error_code) == (RunStatus.CANCELLED, "CANCELLED")
+    assert store.claim("q1", "e1", at(3), max_attempts=3).outcome is ClaimOutcome.ENDED
+
+
+def test_queued_runs_nobody_looked_at_are_found_once_per_sweep(store: RunStore) -> None:
+    store.enqueue(queued("q1"), b"r", reject_busy=False)
+    store.enqueue(queued("q2", when=at(1)), b"r", reject_busy=False)
+    assert store.unclaimed(at(0.5), at(100), 10) == ["q1"]
+    assert store.unclaimed(at(50), at(100), 10) == ["q2"]  # q1 was marked seen at 100
+    assert store.unclaimed(at(200), at(200), 1) == ["q1"]
+
+
+def test_expiry_leaves_queued_runs_to_their_queue_until_the_queue_lost_them(
+    store: RunStore,
+) -> None:
+    store.enqueue(queued("q1"), b"r", reject_busy=False)
+    store.claim("q1", "e1", at(1), max_attempts=3)
+    now = at(1 + LEASE + 5)
+    assert store.expire(now - timedelta(seconds=LEASE), now, queued_stale_before=at(0)) == []
+    ended = store.expire(now - timedelta(seconds=LEASE), now, queued_stale_before=now)
+    assert [r.run_id for r in ended] == ["q1"]
+    assert ended[0].error_code == "EXECUTOR_LOST"
+
+
+def test_a_finished_run_keeps_its_output(store: RunStore) -> None:
+    store.enqueue(queued("q1"), b"r", reject_busy=False)
+    store.claim("q1", "e1", at(1), max_attempts=3)
+    output = RunOutput("Hello", (ToolCall("call_1", "lookup", '{"q": 1}'),))
+    assert store.finish(
+        "q1",
+        RunStatus.SUCCEEDED,
+        finished_at=at(2),
+        usage=Usage(3, 4),
+        tool_calls=1,
+        output=output,
+        finish_reason="tool_calls",
+    )
+    found = store.get("q1")
+    assert found is not None
+    assert (found.output, found.finish_reason) == (output, "tool_calls")

@@ -67,6 +67,7 @@ from agentrt.tools.v1 import tools_pb2 as pb
 from agentrt_kit.errors import PermissionDenied
 from agentrt_kit.grpc.status import error_from_rpc
 from agentrt_kit.grpc.structs import struct_to_dict
+from agentrt_kit.urls import NetworkPolicy
 from tool_service.adapters.fetcher import FetchPolicy, HttpFetcher
 from tool_service.config import Settings
 
@@ -862,7 +863,7 @@ def rebind_fetcher(resolver: ScriptedResolver) -> HttpFetcher:
     so it can play the public address; 127.0.0.1 stays refused like any loopback.
     """
     policy = FetchPolicy(
-        allowed_networks=[ipaddress.ip_network("127.0.0.2/32")],
+        network=NetworkPolicy.of(allowed_networks=["127.0.0.2/32"]),
         connect_timeout=1.0,
         read_timeout=2.0,
         total_timeout=5.0,

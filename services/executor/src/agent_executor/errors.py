@@ -74,6 +74,18 @@ class ClientToolsUnsupported(FailedPrecondition):
         )
 
 
+class WebhooksDisabled(FailedPrecondition):
+    """A run asks for a webhook, but this executor has no secret to sign webhooks with."""
+
+    default_reason = "WEBHOOKS_DISABLED"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this executor sends no webhooks: AGENTRT_EXECUTOR_WEBHOOK_SECRET (a Standard "
+            "Webhooks whsec_ secret) is not set; start the run without webhook_url"
+        )
+
+
 class RunNotFound(NotFound):
     """No run has this id."""
 

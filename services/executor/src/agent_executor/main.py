@@ -27,19 +27,29 @@ from agent_executor.adapters.catalog_publisher import CatalogPublisher, executor
 from agent_executor.adapters.checkpointer import open_checkpointer
 from agent_executor.adapters.grpc_api import ExecutorServicer
 from agent_executor.adapters.models import ProviderModels
-from agent_executor.adapters.nats_runs import JetStreamRunEvents, NatsCancelBus, NatsRunEndings
+from agent_executor.adapters.nats_queue import JetStreamRunQueue
+from agent_executor.adapters.nats_runs import (
+    JetStreamRunEventLog,
+    JetStreamRunEvents,
+    NatsCancelBus,
+    NatsRunEndings,
+)
 from agent_executor.adapters.plugins import TemplatePlugins
+from agent_executor.adapters.proto_mapping import ProtoRequestCodec
 from agent_executor.adapters.registry_client import RegistryAgents
 from agent_executor.adapters.run_store import SqlRunStore
 from agent_executor.adapters.tools_client import GrpcTools
+from agent_executor.adapters.webhooks import HttpWebhookSender
 from agent_executor.application.builtin.conversation import Conversation
 from agent_executor.application.builtin.simple_test import SimpleTest
 from agent_executor.application.builtin.task import Task
 from agent_executor.application.builtin.workflow import Workflow
 from agent_executor.application.compose import ComposeService
+from agent_executor.application.queued_runs import QueuedRuns, QueueSettings
 from agent_executor.application.run_queries import RunQueries
 from agent_executor.application.runs import RunService, RunSettings
 from agent_executor.application.templates import LoadedTemplate, TemplateCatalog
+from agent_executor.application.webhooks import WebhookWorker
 from agent_executor.config import Settings, load_services_config
 from agent_executor.domain.services_config import ServicesConfig
 from agentrt.executor.v1 import executor_pb2, executor_pb2_grpc
@@ -87,6 +97,8 @@ def _run_settings(settings: Settings) -> RunSettings:
         lease_seconds=settings.lease_seconds,
         heartbeat_seconds=settings.heartbeat_seconds,
         executor_id=settings.executor_id,
+        queued_lost_seconds=settings.queue_ack_wait_seconds * (settings.queue_max_attempts + 1)
+        + settings.lease_seconds,
     )
 
 
@@ -126,6 +138,46 @@ async def _templates(
     return catalog
 
 
+async def _webhooks(
+    stack: AsyncExitStack,
+    settings: Settings,
+    *,
+    client: NatsClient,
+    names: Names,
+    store: SqlRunStore,
+    call_store: Callable[..., Any],
+) -> JetStreamRunQueue | None:
+    """The queue of runs whose webhook is due and its worker (None: no webhook secret)."""
+    if settings.webhook_secret is None:
+        return None
+    queue = JetStreamRunQueue(
+        client,
+        names,
+        name="webhook",
+        # An attempt is not extended while it runs: the ack-wait outlasts its timeout.
+        ack_wait=settings.webhook_timeout_seconds + 30.0,
+        max_attempts=settings.webhook_max_attempts,
+    )
+    await queue.start()
+    stack.push_async_callback(queue.close)
+    sender = HttpWebhookSender(
+        settings.webhook_secret.get_secret_value(),
+        timeout=settings.webhook_timeout_seconds,
+        allowed_networks=settings.webhook_allowed_networks,
+        denied_networks=settings.webhook_denied_networks,
+        allow_hosts=settings.webhook_allow_hosts,
+    )
+    worker = WebhookWorker(
+        queue=queue,
+        store=store,
+        call_store=call_store,
+        sender=sender,
+        concurrency=settings.webhook_concurrency,
+    )
+    await _background(stack, "webhooks", worker.run)
+    return queue
+
+
 async def _run_service(
     stack: AsyncExitStack,
     settings: Settings,
@@ -135,8 +187,8 @@ async def _run_service(
     catalog: TemplateCatalog,
     client: NatsClient,
     run_blocking: BlockingRunner,
-) -> tuple[RunService, RunQueries]:
-    """The run service, the run queries and everything they talk to."""
+) -> tuple[RunService, RunQueries, QueuedRuns]:
+    """The run service, the queued runs, the run queries and everything they talk to."""
     token = settings.service_token.get_secret_value() if settings.service_token else None
     names = Names(settings.nats_prefix)
     db = SqlDatabase(settings.database_url.get_secret_value(), schema=settings.postgres_schema)
@@ -164,11 +216,15 @@ async def _run_service(
     )
     stack.push_async_callback(tools.close)
     events = JetStreamRunEvents(
-        client, names, retention_seconds=settings.run_events_retention_seconds
+        client,
+        names,
+        retention_seconds=settings.run_events_retention_seconds,
+        max_bytes=settings.run_events_max_bytes,
     )
     await events.start()
     stack.push_async_callback(events.stop)
     cancel_bus = NatsCancelBus(client, names)
+    event_log = JetStreamRunEventLog(client, names)
     runs = RunService(
         agents=agents,
         catalog=catalog,
@@ -180,19 +236,49 @@ async def _run_service(
         services=services,
         call_store=db.calls(run_blocking),
         checkpointer=checkpointer,
+        event_log=event_log,
         settings=_run_settings(settings),
     )
     await cancel_bus.start(runs.cancel_local)
     stack.push_async_callback(cancel_bus.close)
     await _background(stack, "run-maintenance", runs.maintain)
+    queue = JetStreamRunQueue(
+        client,
+        names,
+        ack_wait=settings.queue_ack_wait_seconds,
+        max_attempts=settings.queue_max_attempts,
+        max_deliver=-1,  # the run store counts starts; waiting for a turn is not one
+        max_age=settings.queue_max_age_seconds,
+        max_bytes=settings.queue_max_bytes,
+    )
+    await queue.start()
+    stack.push_async_callback(queue.close)
+    webhooks = await _webhooks(
+        stack, settings, client=client, names=names, store=store, call_store=db.calls(run_blocking)
+    )
+    queued = QueuedRuns(
+        runs,
+        queue=queue,
+        event_log=event_log,
+        codec=ProtoRequestCodec(),
+        webhooks=webhooks,
+        settings=QueueSettings(
+            sweep_after_seconds=settings.queue_sweep_seconds,
+            checkpoint=settings.queue_checkpoint_runs,
+        ),
+    )
+    # Stops pulling before the run service drains (the stack unwinds in reverse).
+    await _background(stack, "run-queue", queued.consume)
+    await _background(stack, "run-queue-sweep", queued.maintain)
     queries = RunQueries(
         store=store,
         endings=NatsRunEndings(client, names),
         call_store=db.calls(run_blocking),
+        event_log=event_log,
         poll_seconds=settings.wait_poll_seconds,
         max_waits=settings.max_waits,
     )
-    return runs, queries
+    return runs, queries, queued
 
 
 async def serve(
@@ -222,7 +308,7 @@ async def serve(
                 services=services,
             )
             models = _models(settings, services)
-            runs, queries = await _run_service(
+            runs, queries, queued = await _run_service(
                 stack,
                 settings,
                 services=services,
@@ -235,7 +321,7 @@ async def serve(
             composer = ComposeService(
                 catalog=catalog, models=models, tools=runs.tools, services=services
             )
-            servicer = ExecutorServicer(runs, queries, catalog, composer)
+            servicer = ExecutorServicer(runs, queries, catalog, composer, queued)
 
             def register(server: grpc.aio.Server) -> None:
                 executor_pb2_grpc.add_ExecutorServicer_to_server(servicer, server)

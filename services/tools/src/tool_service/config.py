@@ -5,7 +5,6 @@ List settings take JSON (`["a", "b"]`) or comma-separated text (`a,b`).
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from agentrt_kit.settings import ServiceSettings
+from agentrt_kit.urls import parse_networks
 
 StrList = Annotated[list[str], NoDecode]
 
@@ -97,6 +97,5 @@ class Settings(ServiceSettings):
     @field_validator("fetch_allowed_networks", "fetch_denied_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for item in value:
-            ipaddress.ip_network(item, strict=False)  # raises ValueError naming the item
+        parse_networks(value)  # raises ValueError naming the bad item
         return value

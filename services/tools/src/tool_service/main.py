@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -27,6 +26,7 @@ from agentrt_kit.lifecycle import serve_until_stopped, service_main
 from agentrt_kit.nats import Names, NatsClient
 from agentrt_kit.sql import SqlDatabase
 from agentrt_kit.telemetry import setup_telemetry
+from agentrt_kit.urls import NetworkPolicy
 from tool_service.adapters.audit import SERVICE as AUDIT_SERVICE
 from tool_service.adapters.audit import PublishedAuditSink
 from tool_service.adapters.fetcher import FetchPolicy, HttpFetcher
@@ -48,14 +48,12 @@ SERVICE_NAME = tools_pb2.DESCRIPTOR.services_by_name["ToolService"].full_name
 def fetch_policy(settings: Settings) -> FetchPolicy:
     """The fetch policy the settings describe."""
     return FetchPolicy(
-        allowed_networks=[
-            ipaddress.ip_network(n, strict=False) for n in settings.fetch_allowed_networks
-        ],
-        denied_networks=[
-            ipaddress.ip_network(n, strict=False) for n in settings.fetch_denied_networks
-        ],
-        allow_hosts=settings.fetch_allow_hosts,
-        deny_hosts=settings.fetch_deny_hosts,
+        network=NetworkPolicy.of(
+            allowed_networks=settings.fetch_allowed_networks,
+            denied_networks=settings.fetch_denied_networks,
+            allow_hosts=settings.fetch_allow_hosts,
+            deny_hosts=settings.fetch_deny_hosts,
+        ),
         max_redirects=settings.fetch_max_redirects,
         connect_timeout=settings.fetch_connect_timeout,
         read_timeout=settings.fetch_read_timeout,

@@ -7,6 +7,7 @@ LangGraph's own, created at start-up. A session is the thread `<agent>:<task>`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from agentrt_kit.sql import dialect_of
 
 SCHEMA = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+MIGRATION_LOCK_POLL_SECONDS = 0.1
 
 
 def sqlite_path(url: str) -> str:
@@ -52,9 +54,26 @@ async def open_checkpointer(
     async with AsyncConnectionPool(
         url, min_size=1, max_size=pool_size, kwargs=kwargs, open=False
     ) as pool:
-        if schema != "public":
-            async with pool.connection() as conn:
-                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         pg_saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
-        await pg_saver.setup()
+        # Replicas starting together would race through LangGraph's migrations (a
+        # duplicate key in checkpoint_migrations fails all but one): one at a time.
+        # The lock is polled, not waited for: a waiting statement holds a snapshot,
+        # which the migrations' CREATE INDEX CONCURRENTLY waits out — a deadlock.
+        async with pool.connection() as conn:
+            lock = f"agentrt.migrations.checkpointer.{schema}"
+            while not await _try_lock(conn, lock):  # noqa: ASYNC110 - polled, see above
+                await asyncio.sleep(MIGRATION_LOCK_POLL_SECONDS)
+            try:
+                if schema != "public":
+                    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                await pg_saver.setup()
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (lock,))
         yield pg_saver
+
+
+async def _try_lock(conn: Any, name: str) -> bool:
+    """Take the session advisory lock `name` if it is free; whether it was taken."""
+    cursor = await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s)) AS taken", (name,))
+    row = await cursor.fetchone()
+    return bool(row and row["taken"])

@@ -7,6 +7,7 @@ and recorded as such.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -23,6 +24,7 @@ from agent_executor.adapters.proto_mapping import (
     usage_pb,
 )
 from agent_executor.application.compose import ComposeService
+from agent_executor.application.queued_runs import QueuedRuns, QueueOptions
 from agent_executor.application.run_queries import RunQueries
 from agent_executor.application.runs import RunService
 from agent_executor.application.templates import TemplateCatalog
@@ -30,6 +32,7 @@ from agent_executor.domain.runs import MessageCompleted, RunCompleted, RunFailed
 from agentrt.executor.v1 import executor_pb2 as pb
 from agentrt.executor.v1 import executor_pb2_grpc as pb_grpc
 from agentrt_kit.errors import invalid
+from agentrt_kit.grpc.structs import struct_to_dict
 
 
 class ExecutorServicer(pb_grpc.ExecutorServicer):
@@ -41,8 +44,10 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
         queries: RunQueries,
         catalog: TemplateCatalog,
         composer: ComposeService,
+        queued: QueuedRuns,
     ) -> None:
         self.runs = runs
+        self.queued = queued
         self.queries = queries
         self.catalog = catalog
         self.composer = composer
@@ -105,11 +110,53 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
         """
         context.add_done_callback(lambda _: self.runs.cancel_local(run_id, "the caller went away"))
 
+    async def StartRun(self, request: pb.StartRunRequest, context: Any) -> pb.StartRunResponse:
+        """Queue a run; answers its record at once (an idempotent retry: the first run's)."""
+        options = QueueOptions(
+            webhook_url=request.webhook_url,
+            metadata={
+                key: value if isinstance(value, str) else json.dumps(value)
+                for key, value in struct_to_dict(request.metadata).items()
+            },
+            multitask_strategy=request.multitask_strategy,
+        )
+        enqueued = await self.queued.submit(run_request(request.input, stream=False), options)
+        return pb.StartRunResponse(run=run_pb(enqueued.record), created=enqueued.created)
+
+    async def GetRunQueue(
+        self, request: pb.GetRunQueueRequest, context: Any
+    ) -> pb.GetRunQueueResponse:
+        """The run queue's figures (UNAVAILABLE while the broker cannot be asked)."""
+        stats = await self.queued.queue.stats()
+        return pb.GetRunQueueResponse(
+            backend="nats",
+            depth=stats.depth,
+            pending=stats.pending,
+            oldest_age_seconds=stats.oldest_age_seconds,
+            redelivered=stats.redelivered,
+            dead_letters=stats.dead_letters,
+            free_slots=self.runs.free_slots,
+        )
+
+    async def StreamRunEvents(
+        self, request: pb.StreamRunEventsRequest, context: Any
+    ) -> AsyncIterator[pb.ExecuteStreamResponse]:
+        """The run's events after `after_sequence`, stored then live, up to its last."""
+        if not request.run_id:
+            raise invalid("run_id", "is required")
+        async for event in self.queries.events(request.run_id, request.after_sequence):
+            yield stream_event(event)
+
     async def CancelRun(self, request: pb.CancelRunRequest, context: Any) -> pb.CancelRunResponse:
         """Cancel a run wherever it runs."""
         if not request.run_id:
             raise invalid("run_id", "is required")
-        return pb.CancelRunResponse(cancelled=await self.runs.cancel(request.run_id))
+        if request.action not in ("", "interrupt", "rollback"):
+            raise invalid("action", "must be interrupt or rollback")
+        rollback = request.action == "rollback"
+        return pb.CancelRunResponse(
+            cancelled=await self.runs.cancel(request.run_id, rollback=rollback)
+        )
 
     async def GetRun(self, request: pb.GetRunRequest, context: Any) -> pb.GetRunResponse:
         """A run's durable record."""

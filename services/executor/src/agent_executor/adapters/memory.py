@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -12,13 +13,29 @@ from typing import Any
 
 from agent_executor.application.ports import (
     Admission,
+    Claim,
+    ClaimOutcome,
+    Enqueued,
+    QueueDelivery,
+    QueueStats,
+    QueueUnavailable,
     ToolCallContext,
     ToolOutcome,
     ToolSpec,
 )
 from agent_executor.domain.agents import AgentSnapshot
-from agent_executor.domain.runs import RunCursor, RunEvent, RunFilter, RunRecord, RunStatus, Usage
+from agent_executor.domain.runs import (
+    FailureCode,
+    RunCursor,
+    RunEvent,
+    RunFilter,
+    RunOutput,
+    RunRecord,
+    RunStatus,
+    Usage,
+)
 from agent_executor.errors import AgentNotFound, RunExists, SessionBusy, TooManyRuns
+from agentrt_kit.concurrency import wait_event
 
 ToolFunction = Callable[[Mapping[str, Any]], Awaitable[ToolOutcome]]
 
@@ -34,7 +51,7 @@ class InMemoryAgents:
         """Add or replace an agent."""
         self.agents[agent.id] = agent
 
-    async def get(self, agent_id: str) -> AgentSnapshot:
+    async def get(self, agent_id: str, min_version: int = 0) -> AgentSnapshot:
         """The agent, or AgentNotFound."""
         self.reads += 1
         agent = self.agents.get(agent_id)
@@ -76,6 +93,8 @@ class InMemoryRunStore:
         self.records: dict[str, RunRecord] = {}
         self.heartbeats: dict[str, datetime] = {}
         self.cancel_flags: set[str] = set()
+        self.requests: dict[str, bytes] = {}
+        self.fingerprints: dict[str, str] = {}
 
     def _live(self, record: RunRecord, now: datetime, lease: float) -> bool:
         beat = self.heartbeats.get(record.run_id, record.created_at)
@@ -108,10 +127,15 @@ class InMemoryRunStore:
         tool_calls: int,
         error_code: str = "",
         error_message: str = "",
+        output: RunOutput | None = None,
+        finish_reason: str = "",
+        executor_id: str = "",
     ) -> bool:
         """Record the end of a running run."""
         record = self.records.get(run_id)
-        if record is None or record.status.terminal:
+        if record is None or record.status is not RunStatus.RUNNING:
+            return False
+        if executor_id and record.executor_id != executor_id:
             return False
         self.records[run_id] = replace(
             record,
@@ -121,8 +145,98 @@ class InMemoryRunStore:
             tool_calls=tool_calls,
             error_code=error_code,
             error_message=error_message,
+            output=output,
+            finish_reason=finish_reason,
         )
+        self.requests.pop(run_id, None)
         return True
+
+    def _pending(self, session_key: str, now: datetime) -> list[RunRecord]:
+        return sorted(
+            (
+                r
+                for r in self.records.values()
+                if r.session_key == session_key
+                and (r.status is RunStatus.QUEUED or self._live(r, now, self.lease_seconds))
+            ),
+            key=lambda r: (r.created_at, r.run_id),
+        )
+
+    def enqueue(self, record: RunRecord, request: bytes, *, reject_busy: bool) -> Enqueued:
+        """Record a queued run; an existing id answers that run."""
+        key = (request, record.agent_id, record.metadata, record.webhook_url)
+        if record.run_id in self.records:
+            same = self.fingerprints.get(record.run_id) == repr(key)
+            return Enqueued(copy.copy(self.records[record.run_id]), False, same)
+        if (
+            reject_busy
+            and record.session_key
+            and self._pending(record.session_key, record.created_at)
+        ):
+            raise SessionBusy(record.agent_id, record.task_id)
+        self.records[record.run_id] = copy.copy(record)
+        self.heartbeats[record.run_id] = record.created_at
+        self.requests[record.run_id] = request
+        self.fingerprints[record.run_id] = repr(key)
+        return Enqueued(copy.copy(record), True, True)
+
+    def claim(self, run_id: str, executor_id: str, now: datetime, *, max_attempts: int) -> Claim:
+        """Take a queued run (or a stale one) to run it."""
+        record = self.records.get(run_id)
+        if record is None:
+            return Claim(ClaimOutcome.MISSING)
+        if record.status.terminal:
+            return Claim(ClaimOutcome.ENDED, copy.copy(record))
+        live = self._live(record, now, self.lease_seconds)
+        if record.status is RunStatus.RUNNING and record.executor_id != executor_id and live:
+            return Claim(ClaimOutcome.ELSEWHERE, copy.copy(record))
+        if record.session_key:
+            before = self._pending(record.session_key, now)
+            if before and before[0].run_id != run_id:
+                if record.status is RunStatus.QUEUED:
+                    self.heartbeats[run_id] = now
+                return Claim(ClaimOutcome.BUSY, copy.copy(record))
+        if record.attempts >= max_attempts:
+            record.end(
+                RunStatus.FAILED,
+                now,
+                usage=record.usage,
+                tool_calls=record.tool_calls,
+                error_code=FailureCode.ATTEMPTS_EXHAUSTED,
+                error_message=f"the run was started {record.attempts} times without ending",
+            )
+            return Claim(ClaimOutcome.EXHAUSTED, copy.copy(record))
+        record.claimed(executor_id, now)
+        self.heartbeats[run_id] = now
+        return Claim(ClaimOutcome.CLAIMED, copy.copy(record), self.requests.get(run_id, b""))
+
+    def release(self, run_id: str, executor_id: str) -> bool:
+        """Put a claimed run back in the queue."""
+        record = self.records.get(run_id)
+        if record is None or record.status is not RunStatus.RUNNING:
+            return False
+        if record.executor_id != executor_id:
+            return False
+        record.status, record.executor_id = RunStatus.QUEUED, ""
+        return True
+
+    def unclaimed(self, before: datetime, now: datetime, limit: int) -> list[str]:
+        """Queued runs not seen since `before`; marks them seen."""
+        found = sorted(
+            (
+                r
+                for r in self.records.values()
+                if r.status is RunStatus.QUEUED and self.heartbeats[r.run_id] < before
+            ),
+            key=lambda r: (r.created_at, r.run_id),
+        )[:limit]
+        for record in found:
+            self.heartbeats[record.run_id] = now
+        return [r.run_id for r in found]
+
+    def live_in_session(self, session_key: str, now: datetime) -> list[str]:
+        """The session's queued and live runs, oldest first."""
+        return [r.run_id for r in self._pending(session_key, now)]
 
     def get(self, run_id: str) -> RunRecord | None:
         """A copy of the record."""
@@ -143,24 +257,29 @@ class InMemoryRunStore:
         found.sort(key=lambda r: (r.created_at, r.run_id), reverse=True)
         return found[:limit]
 
-    def request_cancel(self, run_id: str, now: datetime) -> tuple[RunRecord, bool] | None:
-        """Flag a live run."""
+    def request_cancel(
+        self, run_id: str, now: datetime, *, rollback: bool = False
+    ) -> tuple[RunRecord, bool] | None:
+        """Flag a live run; end a queued one or one whose executor stopped."""
         record = self.records.get(run_id)
         if record is None:
             return None
         if record.status.terminal:
             return copy.copy(record), False
-        if self.heartbeats[run_id] < now - timedelta(seconds=self.lease_seconds):
-            self.finish(
-                run_id,
+        record.rolled_back = record.rolled_back or rollback
+        queued = record.status is RunStatus.QUEUED
+        if queued or self.heartbeats[run_id] < now - timedelta(seconds=self.lease_seconds):
+            record.end(
                 RunStatus.CANCELLED,
-                finished_at=now,
+                now,
                 usage=record.usage,
                 tool_calls=record.tool_calls,
                 error_code="CANCELLED",
-                error_message="cancelled after its executor stopped",
+                error_message="cancelled before it started"
+                if queued
+                else "cancelled after its executor stopped",
             )
-            return copy.copy(self.records[run_id]), True
+            return copy.copy(record), True
         self.cancel_flags.add(run_id)
         return copy.copy(record), True
 
@@ -171,37 +290,86 @@ class InMemoryRunStore:
             self.heartbeats[run_id] = now
         return [r for r in live if r in self.cancel_flags]
 
-    def expire(self, stale_before: datetime, now: datetime) -> int:
-        """End running runs with stale leases."""
-        count = 0
+    def expire(
+        self, stale_before: datetime, now: datetime, *, queued_stale_before: datetime | None = None
+    ) -> list[RunRecord]:
+        """End running runs with stale leases (queued ones past `queued_stale_before`)."""
+        ended = []
         for run_id, record in list(self.records.items()):
             beat = self.heartbeats.get(run_id, record.created_at)
-            if record.status is RunStatus.RUNNING and beat < stale_before:
-                self.finish(
-                    run_id,
+            bound = queued_stale_before if record.queued and queued_stale_before else stale_before
+            if record.status is RunStatus.RUNNING and beat < bound:
+                record.end(
                     RunStatus.FAILED,
-                    finished_at=now,
+                    now,
                     usage=record.usage,
                     tool_calls=record.tool_calls,
                     error_code="EXECUTOR_LOST",
-                    error_message="the executor running it stopped",
+                    error_message="the executor running it stopped renewing its lease",
                 )
-                count += 1
-        return count
+                ended.append(copy.copy(record))
+        return ended
 
 
 class ListEventSink:
-    """Run events in a list."""
+    """Run events in a list (a `MemoryRunEventLog` reads them back)."""
 
     def __init__(self) -> None:
         self.events: list[RunEvent] = []
+        self._appended = asyncio.Event()
 
     def publish(self, event: RunEvent, agent_id: str, agent_version: int) -> None:
         """Keep the event."""
         self.events.append(event)
+        self._appended.set()
+        self._appended = asyncio.Event()
+
+    def next_append(self) -> asyncio.Event:
+        """An event the next `publish` sets (take it before looking at `events`)."""
+        return self._appended
 
     async def flush(self, run_id: str) -> None:
         """Nothing to wait for."""
+
+
+class MemoryRunEventLog:
+    """The events a `ListEventSink` kept, read back as the JetStream log reads them.
+
+    Repeats are skipped, a gap is yielded across, a run without events is waited
+    for, and a read ends after the run's last event. `available = False` stands
+    for NATS being away.
+    """
+
+    def __init__(self, sink: ListEventSink) -> None:
+        self.sink = sink
+        self.available = True
+
+    def _check(self) -> None:
+        if not self.available:
+            raise QueueUnavailable("the run event log is unavailable")
+
+    async def last_sequence(self, run_id: str) -> int:
+        """The sequence of the run's last kept event (0 when none)."""
+        self._check()
+        return next((e.sequence for e in reversed(self.sink.events) if e.run_id == run_id), 0)
+
+    async def read(self, run_id: str, after: int) -> AsyncGenerator[RunEvent]:
+        """The run's events after `after`, kept then live, until its last event."""
+        self._check()
+        last, seen = after, 0
+        while True:
+            appended = self.sink.next_append()
+            while seen < len(self.sink.events):
+                event = self.sink.events[seen]
+                seen += 1
+                if event.run_id != run_id:
+                    continue
+                if event.sequence > last:
+                    last = event.sequence
+                    yield event
+                if event.terminal:
+                    return
+            await appended.wait()
 
 
 class LocalCancelBus:
@@ -239,3 +407,178 @@ class LocalRunEndings:
         """Announce that the run has ended."""
         for event in self.watchers.get(run_id, []):
             event.set()
+
+
+# ------------------------------------------------------------------ run queue
+
+
+class _QueuedRun:
+    """A run in the memory queue and where its deliveries stand."""
+
+    def __init__(self, run_id: str, now: float) -> None:
+        self.run_id = run_id
+        self.submitted_at = now
+        self.deliveries = 0
+        self.due = now  # when it may be delivered (again)
+
+
+class _QueueBroker:
+    """What every handle on one memory queue shares: the queued runs and the broker's health."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, _QueuedRun] = {}  # in submission order
+        self.seen: set[str] = set()  # every run id ever submitted (de-duplication)
+        self.dead_letters: dict[str, dict[str, Any]] = {}
+        self.available = True
+        self.changed = asyncio.Event()  # wakes waiting pulls
+
+
+class MemoryRunQueue:
+    """The `RunQueue` port in memory, with the JetStream adapter's semantics.
+
+    A run id is queued once, ever. Redelivery follows the monotonic clock: a
+    delivery not acknowledged, retried or extended within `ack_wait` is delivered
+    again, at most `max_attempts + 1` times in all. `replica()` is another
+    executor's handle on the same queue and `close()` makes a handle vanish (its
+    deliveries can no longer be acknowledged); `available = False` stands for the
+    broker being down: calls raise `QueueUnavailable`, `extend` and `retry` are lost.
+    """
+
+    def __init__(self, *, ack_wait: float = 30.0, max_attempts: int = 5) -> None:
+        self.ack_wait = ack_wait
+        self.max_attempts = max_attempts
+        self._broker = _QueueBroker()
+        self.closed = False
+
+    def replica(self) -> MemoryRunQueue:
+        """Another executor's handle on this queue."""
+        twin = MemoryRunQueue(ack_wait=self.ack_wait, max_attempts=self.max_attempts)
+        twin._broker = self._broker
+        return twin
+
+    @property
+    def available(self) -> bool:
+        """Whether the broker is up."""
+        return self._broker.available
+
+    @available.setter
+    def available(self, value: bool) -> None:
+        self._broker.available = value
+        self._broker.changed.set()
+
+    @property
+    def dead_letters(self) -> dict[str, dict[str, Any]]:
+        """Dead letters by run id: `{"run_id", "reason", "attempt"}`."""
+        return self._broker.dead_letters
+
+    async def close(self) -> None:
+        """This handle vanishes; its unacknowledged deliveries come back after `ack_wait`."""
+        self.closed = True
+        self._broker.changed.set()
+
+    def usable(self) -> bool:
+        """Whether this handle can reach the broker now."""
+        return self._broker.available and not self.closed
+
+    def _check(self) -> None:
+        if not self.usable():
+            raise QueueUnavailable("the memory queue is down" if not self.closed else "closed")
+
+    async def submit(self, run_id: str) -> None:
+        """Queue the run unless its id was queued before."""
+        self._check()
+        if run_id not in self._broker.seen:
+            self._broker.seen.add(run_id)
+            self._broker.runs[run_id] = _QueuedRun(run_id, time.monotonic())
+            self._broker.changed.set()
+
+    async def pull(self, max_count: int, timeout: float) -> Sequence[QueueDelivery]:
+        """Up to `max_count` runs that are due, as soon as one is ([] after `timeout`)."""
+        broker = self._broker
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check()
+            broker.changed.clear()
+            now = time.monotonic()
+            deliverable = [r for r in broker.runs.values() if r.deliveries <= self.max_attempts]
+            due = [r for r in deliverable if r.due <= now][:max_count]
+            if due:
+                for run in due:
+                    run.deliveries += 1
+                    run.due = now + self.ack_wait
+                return [MemoryDelivery(run, self) for run in due]
+            if now >= deadline:
+                return []
+            wake = min([deadline, *(r.due for r in deliverable)])
+            await wait_event(broker.changed, wake - now)
+
+    async def dead_letter(self, delivery: QueueDelivery, reason: str) -> None:
+        """Record the dead letter and drop the run."""
+        if not isinstance(delivery, MemoryDelivery):
+            raise TypeError(f"not a delivery of this queue: {delivery!r}")
+        self._check()
+        self._broker.dead_letters[delivery.run_id] = {
+            "run_id": delivery.run_id,
+            "reason": reason,
+            "attempt": delivery.attempt,
+        }
+        await delivery.ack()
+
+    async def stats(self) -> QueueStats:
+        """Counts of the queued runs now."""
+        self._check()
+        runs = self._broker.runs.values()
+        waiting = [r.submitted_at for r in runs if r.deliveries == 0]
+        return QueueStats(
+            depth=len(runs),
+            pending=len(waiting),
+            oldest_age_seconds=time.monotonic() - min(waiting) if waiting else 0.0,
+            redelivered=sum(r.deliveries > 1 for r in runs),
+            dead_letters=len(self._broker.dead_letters),
+        )
+
+    def settle(self, run: _QueuedRun, due: float | None) -> None:
+        """Drop the run (`due` None) or make it due again at `due`."""
+        if due is None:
+            self._broker.runs.pop(run.run_id, None)
+        else:
+            run.due = due
+        self._broker.changed.set()
+
+
+class MemoryDelivery:
+    """One delivery of a run from a `MemoryRunQueue`."""
+
+    def __init__(self, run: _QueuedRun, queue: MemoryRunQueue) -> None:
+        self._run = run
+        self._queue = queue
+        self.run_id = run.run_id
+        self.attempt = run.deliveries
+        self._settled = False
+
+    def __repr__(self) -> str:
+        return f"MemoryDelivery(run_id={self.run_id!r}, attempt={self.attempt})"
+
+    async def ack(self) -> None:
+        """Drop the run from the queue (a repeat does nothing).
+
+        Raises:
+            QueueUnavailable: the broker is down or this handle is closed.
+        """
+        if self._settled:
+            return
+        if not self._queue.usable():
+            raise QueueUnavailable(f"acknowledgement of run {self.run_id} not confirmed")
+        self._queue.settle(self._run, None)
+        self._settled = True
+
+    async def retry(self, delay: float) -> None:
+        """Make the run due again in `delay` seconds (lost while the broker is down)."""
+        if not self._settled and self._queue.usable():
+            self._queue.settle(self._run, time.monotonic() + delay)
+            self._settled = True
+
+    async def extend(self) -> None:
+        """Make the run due again `ack_wait` seconds from now (lost while the broker is down)."""
+        if not self._settled and self._queue.usable():
+            self._queue.settle(self._run, time.monotonic() + self._queue.ack_wait)

@@ -1,14 +1,20 @@
 """Adapter: run events on JetStream, and cancel requests between executor replicas.
 
 Run events go to `<prefix>.runs.events.<run_id>` in the `<PREFIX>_RUN_EVENTS`
-stream (limits retention, `retention_seconds` window) as `agentrt.events.v1.RunEvent`,
-with `Nats-Msg-Id = <run_id>:<sequence>` so a repeat is stored once. They are
-queued by the run and sent in order by one task. Only a run's last event asks for a
-JetStream acknowledgement (awaited after the run ends, `flush`): NATS handles one
-connection's messages in order, so it also confirms the events before it, and a run
-pays for one acknowledgement instead of one per event. Publication never holds a
-run back: while NATS is down or not acknowledging, events are dropped and counted
-in the log — the run record in the database stays the source of truth.
+stream (limits retention: a `retention_seconds` window, at most `max_bytes`) as
+`agentrt.events.v1.RunEvent`, with `Nats-Msg-Id = <run_id>:<sequence>` so a
+repeat is stored once. They are queued by the run and sent in order by one task.
+Only a run's last event asks for a JetStream acknowledgement (awaited after the
+run ends, `flush`): NATS handles one connection's messages in order, so it also
+confirms the events before it, and a run pays for one acknowledgement instead of
+one per event. Publication never holds a run back: while NATS is away the sending
+task waits and the queue holds the events (up to `max_queued`; beyond, events are
+dropped, counted and logged), and once NATS is back they are sent in order,
+after the unconfirmed ones the old connection may have lost: sent events are kept
+until an acknowledgement covers them, and sent again after every reconnect.
+
+`JetStreamRunEventLog` reads a run's stored events back, then its live ones, for
+streams that resume after a given sequence from any replica.
 
 Cancel requests are core NATS messages on `<prefix>.runs.cancel` (payload: the
 run id) that every replica hears; the one running the run cancels it.
@@ -24,7 +30,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -32,9 +39,11 @@ import nats.errors
 import nats.js.errors
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
-from agent_executor.adapters.proto_mapping import stream_event, timestamp
+from agent_executor.adapters.proto_mapping import run_event_of, stream_event, timestamp
+from agent_executor.application.ports import QueueUnavailable
 from agent_executor.domain.runs import RunEvent
 from agentrt.events.v1 import run_events_pb2
 from agentrt_kit.concurrency import cancel_and_wait
@@ -48,10 +57,13 @@ from agentrt_kit.nats import (
 
 log = logging.getLogger(__name__)
 FLUSH_SECONDS = 1  # how long a WaitRun waits for NATS to confirm its subscription
+NATS_POLL_SECONDS = 0.1  # how often the sending task looks whether NATS is back
 
 # (event, agent id, agent version, flush marker): a marker instead of an event
-# resolves once everything queued before it has been sent.
+# resolves once everything queued before it has been sent; neither (queued after a
+# reconnect) has the pump send again what the old connection may have lost.
 Queued = tuple[RunEvent | None, str, int, "asyncio.Future[None] | None"]
+Sent = tuple[int, str, bytes, dict[str, str]]  # (send number, subject, data, headers)
 
 
 class JetStreamRunEvents:
@@ -59,6 +71,14 @@ class JetStreamRunEvents:
 
     `publish` only queues: one pump task sends the queue in order, so a run never
     waits on NATS (nor can NATS client internals swallow a run's cancellation).
+    While NATS is away the pump waits, so events are held rather than lost: a
+    reader of the stream sees no gap. Only a full queue drops events.
+
+    A connection can die with events written but unread by the server. So sent
+    events are kept until an acknowledgement covers them (up to `max_queued`), and
+    sent again, in order, after a reconnect: JetStream drops the repeats of those
+    it had stored (`Nats-Msg-Id`, within its two-minute duplicate window; after a
+    longer outage a repeat is stored again, and readers skip it).
     """
 
     def __init__(
@@ -67,6 +87,7 @@ class JetStreamRunEvents:
         names: Names,
         *,
         retention_seconds: float = 86_400.0,
+        max_bytes: int = -1,
         ack_timeout: float = 5.0,
         max_queued: int = 100_000,
     ) -> None:
@@ -74,19 +95,30 @@ class JetStreamRunEvents:
         self._names = names
         self.stream = names.stream("run_events")
         self._retention = retention_seconds
+        self._max_bytes = max_bytes
         self._ack_timeout = ack_timeout
         self._queue: asyncio.Queue[Queued] = asyncio.Queue(max_queued)
-        self._ready_connection: Any = None
+        self._ready_on: tuple[Any, int] | None = None  # (connection, reconnects) declared on
         self._retry_at = 0.0
-        self._acks: dict[str, list[asyncio.Future[Any]]] = {}
-        self._lost: dict[str, int] = {}
-        self._sent: dict[str, int] = {}  # events of a run sent, awaiting its acknowledgement
+        self._acks: dict[str, asyncio.Future[Any]] = {}  # of each run's last event, until settled
+        self._lost: dict[str, int] = {}  # events of a run dropped because the queue was full
+        self._unconfirmed: deque[Sent] = deque(maxlen=max_queued)
+        self._sends = 0
         self._pump: asyncio.Task[None] | None = None
+        self.unsent = 0  # events queued or being sent
         self.published = 0
+        self.dropped = 0
 
     async def start(self) -> None:
         """Start sending queued events."""
+        self._client.on_reconnect(self._reconnected)
         self._pump = asyncio.create_task(self._send_forever(), name="run-events")
+
+    def _reconnected(self) -> None:
+        # Wakes an idle pump: a run's last event lost with the old connection must not
+        # wait for the next run's first event to be sent again.
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait((None, "", 0, None))
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Send what is queued (for at most `timeout` seconds), then stop."""
@@ -95,36 +127,42 @@ class JetStreamRunEvents:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._queue.join(), timeout)
         await cancel_and_wait(self._pump)
+        if self.unsent:
+            log.warning("run events not sent before stopping", extra={"events": self.unsent})
 
     def publish(self, event: RunEvent, agent_id: str, agent_version: int) -> None:
-        """Queue an event (dropped and counted when the queue is full)."""
+        """Queue an event (dropped, counted and logged when the queue is full)."""
         try:
             self._queue.put_nowait((event, agent_id, agent_version, None))
+            self.unsent += 1
         except asyncio.QueueFull:
-            self._lost[event.run_id] = self._lost.get(event.run_id, 0) + 1
+            self.dropped += 1
+            lost = self._lost[event.run_id] = self._lost.get(event.run_id, 0) + 1
+            if lost == 1:
+                log.warning(
+                    "run event queue full: events dropped",
+                    extra={"run_id": event.run_id, "sequence": event.sequence},
+                )
 
     async def flush(self, run_id: str) -> None:
-        """Wait until the run's events are stored; give up after `ack_timeout`.
+        """Wait until the run's events are stored; give up after twice `ack_timeout`.
 
-        Storage is confirmed by the acknowledgement of the run's last event; before the
-        run has ended, this only waits until its events have been handed to NATS.
+        Waits up to `ack_timeout` for the events to be handed to NATS, then (once the
+        run has ended) up to `ack_timeout` for the acknowledgement of its last event,
+        which confirms them all. Events still queued when this gives up (NATS is away)
+        are sent once NATS is back; an acknowledgement that does not come is logged.
         """
         marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait((None, run_id, 0, marker))
-            await asyncio.wait_for(asyncio.shield(marker), self._ack_timeout)
-        except (asyncio.QueueFull, TimeoutError):
-            pass
-        acks = self._acks.pop(run_id, [])
-        sent = self._sent.pop(run_id, 0)
-        lost = self._lost.pop(run_id, 0)
-        if acks:
-            done, pending = await asyncio.wait(acks, timeout=self._ack_timeout)
-            for future in pending:
-                future.cancel()  # frees the publisher's slot
-            if pending or any(f.cancelled() or f.exception() for f in done):
-                lost += sent  # the acknowledgement vouched for every event of the run
-        if lost:
+            async with asyncio.timeout(self._ack_timeout):
+                await self._queue.put((None, run_id, 0, marker))
+                await marker  # cancelled on timeout: the pump then skips it
+        except TimeoutError:
+            log.warning("run events not sent yet", extra={"run_id": run_id, "unsent": self.unsent})
+        else:
+            if (ack := self._acks.get(run_id)) is not None:
+                await asyncio.wait([ack])  # settled within ack_timeout by `_settle`'s timer
+        if lost := self._lost.pop(run_id, 0):
             log.warning("run events lost", extra={"run_id": run_id, "lost": lost})
 
     async def _send_forever(self) -> None:
@@ -135,18 +173,27 @@ class JetStreamRunEvents:
                     if not marker.done():
                         marker.set_result(None)
                 elif event is not None:
-                    await self._send(event, agent_id, version)
-            except Exception:
-                log.exception("run event not published")
+                    try:
+                        await self._send(event, agent_id, version)
+                    except Exception:
+                        log.exception("run event not published")
+                    self.unsent -= 1  # not when stopped mid-send: that one is unsent
+                else:
+                    await self._ready()
             finally:
                 self._queue.task_done()
 
     async def _ready(self) -> bool:
-        """Whether the stream is declared on the current connection (declares it if not)."""
+        """Whether the stream is declared on the current connection (declares it if not).
+
+        Declared again after every reconnect (the server may have come back without
+        it), and then the unconfirmed events are sent again.
+        """
         nc = self._client.nc
         if not nc.is_connected:
             return False
-        if self._ready_connection is nc:
+        connection = (nc, nc.stats["reconnects"])
+        if self._ready_on == connection:
             return True
         if time.monotonic() < self._retry_at:
             return False
@@ -157,6 +204,7 @@ class JetStreamRunEvents:
                     name=self.stream,
                     subjects=[self._names.subject("runs", "events", ">")],
                     max_age=self._retention,
+                    max_bytes=self._max_bytes,
                     storage=StorageType.FILE,
                     duplicate_window=120.0,
                 ),
@@ -165,13 +213,19 @@ class JetStreamRunEvents:
             log.warning("run event stream unavailable", extra={"error": str(e)})
             self._retry_at = time.monotonic() + 1.0
             return False
-        self._ready_connection = nc
+        try:
+            for _, subject, data, headers in list(self._unconfirmed):
+                await self._client.nc.publish(subject, data, headers=headers)
+        except (nats.errors.Error, OSError) as e:
+            log.warning("run events not sent again", extra={"error": str(e)})
+            return False
+        if self._unconfirmed:
+            log.info("run events sent again", extra={"events": len(self._unconfirmed)})
+        self._ready_on = connection
         return True
 
     async def _send(self, event: RunEvent, agent_id: str, agent_version: int) -> None:
-        if not await self._ready():
-            self._lost[event.run_id] = self._lost.get(event.run_id, 0) + 1
-            return
+        """Send one event, waiting while NATS is away; drop it only if NATS refuses it."""
         message = run_events_pb2.RunEvent(
             event_id=f"{event.run_id}:{event.sequence}",
             run_id=event.run_id,
@@ -185,23 +239,184 @@ class JetStreamRunEvents:
         subject = self._names.subject("runs", "events", event.run_id)
         data = message.SerializeToString()
         headers = {MSG_ID_HEADER: message.event_id}
-        try:
-            if event.terminal:
-                # One acknowledgement per run: the server handles a connection's messages
-                # in order, so the last event's ack also covers the ones before it.
-                ack = await self._client.js.publish_async(
-                    subject, data, wait_stall=1.0, headers=headers
-                )
-                self._acks.setdefault(event.run_id, []).append(ack)
-            else:
-                await self._client.nc.publish(subject, data, headers=headers)
-            self._sent[event.run_id] = self._sent.get(event.run_id, 0) + 1
-        except (nats.errors.Error, OSError) as e:
-            lost = self._lost[event.run_id] = self._lost.get(event.run_id, 0) + 1
-            if lost == 1:
-                log.warning("run event not published", extra={"error": str(e)})
+        while True:
+            if not await self._ready():
+                await asyncio.sleep(NATS_POLL_SECONDS)  # NATS is away: hold the event
+                continue
+            number = self._sends + 1
+            try:
+                if event.terminal:
+                    # One acknowledgement per run: the server handles a connection's messages
+                    # in order, so the last event's ack also covers the ones before it.
+                    ack = await self._client.js.publish_async(
+                        subject, data, wait_stall=self._ack_timeout, headers=headers
+                    )
+                    self._settle(event, ack, number)
+                else:
+                    await self._client.nc.publish(subject, data, headers=headers)
+            except nats.js.errors.TooManyStalledMsgsError:
+                continue  # acknowledgements are settled within ack_timeout: room comes
+            except (nats.errors.Error, OSError) as e:
+                if self._client.connected:
+                    # NATS is up and refuses this message (too large?): retrying cannot help.
+                    self.dropped += 1
+                    self._lost[event.run_id] = self._lost.get(event.run_id, 0) + 1
+                    log.warning(
+                        "run event refused",
+                        extra={"run_id": event.run_id, "sequence": event.sequence, "error": str(e)},
+                    )
+                    return
+                continue  # NATS went away after the check: send it when it is back
+            self._sends = number
+            self._unconfirmed.append((number, subject, data, headers))
+            self.published += 1
             return
-        self.published += 1
+
+    def _settle(self, event: RunEvent, ack: asyncio.Future[Any], number: int) -> None:
+        """Give the acknowledgement of a run's last event `ack_timeout`, then act on it.
+
+        An acknowledgement confirms send `number` and every send before it (each of
+        those was sent, or sent again, on the same connection before it).
+        """
+        run_id = event.run_id
+        self._acks[run_id] = ack
+        timer = asyncio.get_running_loop().call_later(self._ack_timeout, ack.cancel)
+
+        def settled(future: asyncio.Future[Any]) -> None:
+            timer.cancel()
+            if self._acks.get(run_id) is future:
+                del self._acks[run_id]
+            error = "no acknowledgement in time" if future.cancelled() else future.exception()
+            if error is None:
+                while self._unconfirmed and self._unconfirmed[0][0] <= number:
+                    self._unconfirmed.popleft()
+            else:
+                # Not necessarily lost (a slow server may still store them): unconfirmed.
+                log.warning(
+                    "run events not confirmed",
+                    extra={"run_id": run_id, "up_to": event.sequence, "error": str(error)},
+                )
+
+        ack.add_done_callback(settled)
+
+
+class JetStreamRunEventLog:
+    """The `RunEventLog` port on the run event stream `JetStreamRunEvents` writes.
+
+    `read` is an ordered consumer (ephemeral, in memory on the server, filtered on
+    the run's subject): the stored events, then live ones as they are stored. The
+    nats-py ordered consumer recreates itself from the last stream sequence seen
+    when a heartbeat is missed or a delivery skipped (NATS restarted), so a read
+    outlives a NATS outage. Decisions:
+
+    - Repeats (an old executor's late copy, a consumer replay) are skipped: each
+      sequence number is yielded once, increasing.
+    - A gap (a sequence above the last one yielded + 1) means events were lost (a
+      full publisher queue, a message NATS refused, the retention window or
+      `max_bytes` taking a run's first events): nothing will fill it, so the next
+      event is yielded anyway and the gap logged. Sequence numbers still increase.
+    - A run with no stored event yet (not started, or the stream not created yet)
+      is waited for: the caller bounds the wait (a deadline, or closing the iterator).
+    - The read ends after the run's last event, also when that event is at or
+      before `after` (a late reader of an ended run gets nothing and is done).
+    """
+
+    def __init__(
+        self,
+        client: NatsClient,
+        names: Names,
+        *,
+        heartbeat_seconds: float = 2.0,
+        stream_poll_seconds: float = 0.5,
+    ) -> None:
+        self._client = client
+        self._names = names
+        self.stream = names.stream("run_events")
+        self._heartbeat = heartbeat_seconds
+        self._stream_poll = stream_poll_seconds
+
+    def _subject(self, run_id: str) -> str:
+        return self._names.subject("runs", "events", run_id)
+
+    async def last_sequence(self, run_id: str) -> int:
+        """The sequence number of the run's last stored event (0 when none is stored).
+
+        Raises:
+            QueueUnavailable: NATS is not connected or does not answer.
+        """
+        if not self._client.connected:
+            raise QueueUnavailable("NATS is not connected")
+        try:
+            message = await self._client.js.get_last_msg(self.stream, self._subject(run_id))
+        except nats.js.errors.NotFoundError:
+            return 0  # no event of the run stored (or no stream yet)
+        except (nats.errors.Error, OSError, TimeoutError) as e:
+            raise QueueUnavailable(f"run events cannot be read: {e}") from e
+        try:
+            return int(run_events_pb2.RunEvent.FromString(message.data or b"").sequence)
+        except DecodeError as e:
+            raise QueueUnavailable(f"run {run_id}'s last event is unreadable: {e}") from e
+
+    async def read(self, run_id: str, after: int) -> AsyncGenerator[RunEvent]:
+        """The run's events with sequence > `after`, in order, stored then live.
+
+        Ends after the run's last event; waits (unbounded) for events until then.
+
+        Raises:
+            QueueUnavailable: NATS is not connected when the read starts, or the
+                connection is closed for good while it waits.
+        """
+        subscription = await self._subscribe(self._subject(run_id))
+        last = after
+        try:
+            while True:
+                try:
+                    msg = await subscription.next_msg(timeout=None)
+                except nats.errors.ConnectionClosedError as e:
+                    raise QueueUnavailable("NATS connection closed") from e
+                event = _decoded(msg)
+                if event is None:
+                    continue
+                if event.sequence > last:
+                    if event.sequence > last + 1:
+                        log.warning(
+                            "run events missing",
+                            extra={"run_id": run_id, "after": last, "next": event.sequence},
+                        )
+                    last = event.sequence
+                    yield event
+                if event.terminal:
+                    return
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await subscription.unsubscribe()
+
+    async def _subscribe(self, subject: str) -> JetStreamContext.PushSubscription:
+        """An ordered consumer of `subject` from its first stored message."""
+        while True:
+            if not self._client.connected:
+                raise QueueUnavailable("NATS is not connected")
+            try:
+                return await self._client.js.subscribe(
+                    subject,
+                    stream=self.stream,
+                    ordered_consumer=True,
+                    idle_heartbeat=self._heartbeat,
+                )
+            except nats.js.errors.NotFoundError:
+                # No stream yet (no executor has published since NATS was set up): wait.
+                await asyncio.sleep(self._stream_poll)
+            except (nats.errors.Error, OSError, TimeoutError) as e:
+                raise QueueUnavailable(f"run events cannot be read: {e}") from e
+
+
+def _decoded(msg: Msg) -> RunEvent | None:
+    """The run event in a stored message (None, logged, when it cannot be read)."""
+    try:
+        return run_event_of(run_events_pb2.RunEvent.FromString(msg.data))
+    except (DecodeError, ValueError) as e:
+        log.warning("run event unreadable", extra={"subject": msg.subject, "error": str(e)})
+        return None
 
 
 class NatsCancelBus:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import timestamp_pb2
 
@@ -14,6 +14,7 @@ from agent_executor.application.templates import LoadedTemplate, TemplateProblem
 from agent_executor.domain.client_tools import ClientTool, ResponseFormat, ToolCall, ToolChoice
 from agent_executor.domain.compose import ComposeRequest
 from agent_executor.domain.runs import (
+    EventBody,
     MessageCompleted,
     MessageDelta,
     RunCompleted,
@@ -26,6 +27,7 @@ from agent_executor.domain.runs import (
     ToolCallStarted,
     Usage,
 )
+from agentrt.events.v1 import run_events_pb2
 from agentrt.executor.v1 import executor_pb2 as pb
 from agentrt_kit.grpc.structs import dict_to_struct, struct_to_dict
 
@@ -85,6 +87,7 @@ def run_request(message: pb.RunInput, *, stream: bool) -> RunRequest:
         user_id=message.user_id,
         run_id=message.run_id,
         stream=stream,
+        min_agent_version=message.min_agent_version,
         client_tools=[
             ClientTool(
                 t.name,
@@ -104,6 +107,67 @@ def run_request(message: pb.RunInput, *, stream: bool) -> RunRequest:
             fmt.strict,
         ),
     )
+
+
+def run_input_pb(request: RunRequest) -> pb.RunInput:
+    """The RunInput that describes a run request (`run_request` reversed)."""
+    s, fmt = request.sampling, request.response_format
+    return pb.RunInput(
+        agent_id=request.agent_id,
+        messages=[
+            pb.ChatMessage(
+                role=m.role,
+                content=m.content,
+                name=m.name,
+                tool_call_id=m.tool_call_id,
+                tool_calls=tool_calls_pb(m.tool_calls),
+            )
+            for m in request.messages
+        ],
+        sampling=pb.SamplingParams(
+            temperature=s.temperature,
+            max_tokens=s.max_tokens,
+            top_p=s.top_p,
+            frequency_penalty=s.frequency_penalty,
+            presence_penalty=s.presence_penalty,
+            stop=list(s.stop),
+        ),
+        task_id=request.task_id,
+        context_id=request.context_id,
+        user_id=request.user_id,
+        run_id=request.run_id,
+        min_agent_version=request.min_agent_version,
+        client_tools=[
+            pb.ClientTool(
+                name=t.name,
+                description=t.description,
+                parameters=dict_to_struct(dict(t.parameters)) if t.parameters is not None else None,
+                strict=t.strict,
+            )
+            for t in request.client_tools
+        ],
+        tool_choice=pb.ToolChoice(
+            mode=request.tool_choice.mode, function_name=request.tool_choice.function_name
+        ),
+        response_format=pb.ResponseFormat(
+            type=fmt.type,
+            name=fmt.name,
+            schema=dict_to_struct(dict(fmt.schema)) if fmt.schema is not None else None,
+            strict=fmt.strict,
+        ),
+    )
+
+
+class ProtoRequestCodec:
+    """The `RequestCodec` port: a queued run's request as its RunInput's bytes."""
+
+    def encode(self, request: RunRequest) -> bytes:
+        """The request as RunInput bytes."""
+        return run_input_pb(request).SerializeToString(deterministic=True)
+
+    def decode(self, data: bytes) -> RunRequest:
+        """The request from `encode`'s bytes (a queued run is not streamed to anyone)."""
+        return run_request(pb.RunInput.FromString(data), stream=False)
 
 
 def tool_calls_pb(calls: Sequence[ToolCall]) -> list[pb.ToolCall]:
@@ -175,6 +239,52 @@ def stream_event(event: RunEvent) -> pb.ExecuteStreamResponse:
     return out
 
 
+def run_event_of(message: run_events_pb2.RunEvent) -> RunEvent:
+    """The run event a stored `agentrt.events.v1.RunEvent` carries (`stream_event` reversed).
+
+    Raises:
+        ValueError: the message has no event body this executor knows (a newer one wrote it).
+    """
+    e = message.event
+    kind = e.WhichOneof("event")
+    body: EventBody
+    if kind == "run_started":
+        m = e.run_started
+        body = RunStarted(m.run_id, m.agent_id, m.agent_version, m.task_id, m.context_id)
+    elif kind == "message_delta":
+        body = MessageDelta(e.message_delta.content, e.message_delta.message_id)
+    elif kind == "tool_call_started":
+        s = e.tool_call_started
+        body = ToolCallStarted(s.tool_call_id, s.tool_name, s.arguments_json)
+    elif kind == "tool_call_finished":
+        f = e.tool_call_finished
+        body = ToolCallFinished(f.tool_call_id, f.tool_name, f.ok, f.result_preview)
+    elif kind == "step_progress":
+        p = e.step_progress
+        body = StepProgress(p.step_id, p.step_name, p.state, p.attempt)
+    elif kind == "message_completed":
+        c = e.message_completed
+        body = MessageCompleted(
+            c.message.content,
+            c.message_id,
+            c.message.role,
+            tuple(ToolCall(t.id, t.name, t.arguments_json) for t in c.message.tool_calls),
+        )
+    elif kind == "run_completed":
+        u = e.run_completed.usage
+        body = RunCompleted(
+            e.run_completed.finish_reason, Usage(u.prompt_tokens, u.completion_tokens)
+        )
+    elif kind == "run_failed":
+        body = RunFailed(e.run_failed.code, e.run_failed.message)
+    else:
+        raise ValueError(f"run event {message.event_id!r} has no known body")
+    at = message.occurred_at
+    # The reverse of `timestamp`, for the same reason (ToDatetime is slow pure Python).
+    occurred_at = _EPOCH + timedelta(seconds=at.seconds, microseconds=at.nanos // 1000)
+    return RunEvent(message.run_id, message.sequence, occurred_at, body)
+
+
 def run_pb(record: RunRecord) -> pb.Run:
     """The Run message of a record."""
     return pb.Run(
@@ -194,6 +304,18 @@ def run_pb(record: RunRecord) -> pb.Run:
         executor_id=record.executor_id,
         owner_id=record.owner_id,
         attempts=record.attempts,
+        queued=record.queued,
+        metadata=dict_to_struct(dict(record.metadata)) if record.metadata else None,
+        multitask_strategy=record.multitask_strategy,
+        output=pb.ChatMessage(
+            role="assistant",
+            content=record.output.content,
+            tool_calls=tool_calls_pb(record.output.tool_calls),
+        )
+        if record.output is not None
+        else None,
+        finish_reason=record.finish_reason,
+        rolled_back=record.rolled_back,
     )
 
 

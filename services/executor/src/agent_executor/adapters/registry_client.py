@@ -118,10 +118,15 @@ class RegistryAgents:
         if cached is not None and cached.version < event.version:
             del self._cache[event.agent_id]
 
-    async def get(self, agent_id: str) -> AgentSnapshot:
-        """The agent's latest version (from the cache while it is trusted)."""
+    async def get(self, agent_id: str, min_version: int = 0) -> AgentSnapshot:
+        """The agent's latest version (from the cache while it is trusted).
+
+        A cached version older than `min_version` (a write the caller has seen whose
+        event has not arrived yet) is not trusted: the registry is asked.
+        """
         trusted = self._trusted()
-        if trusted and (cached := self._cache.get(agent_id)) is not None:
+        cached = self._cache.get(agent_id) if trusted else None
+        if cached is not None and cached.version >= min_version:
             self._cache.move_to_end(agent_id)
             return cached
         pending = self._inflight.get(agent_id)

@@ -9,21 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Protocol
 
 from agent_executor.domain.agents import AgentSnapshot
-from agent_executor.domain.runs import RunCursor, RunEvent, RunFilter, RunRecord, RunStatus, Usage
+from agent_executor.domain.runs import (
+    RunCursor,
+    RunEvent,
+    RunFilter,
+    RunOutput,
+    RunRecord,
+    RunStatus,
+    Usage,
+)
+from agentrt_kit.errors import Unavailable
 
 
 class AgentSource(Protocol):
     """Where agents come from (the registry)."""
 
-    async def get(self, agent_id: str) -> AgentSnapshot:
-        """The agent's latest version.
+    async def get(self, agent_id: str, min_version: int = 0) -> AgentSnapshot:
+        """The agent's latest version (`min_version` or later when the registry has it).
 
         Raises:
             AgentNotFound: no such (live) agent.
@@ -114,6 +124,35 @@ class Admission:
     lease_seconds: float = 60.0
 
 
+class ClaimOutcome(StrEnum):
+    """What an executor found when it tried to take a queued run."""
+
+    CLAIMED = "claimed"  # it is this executor's to run now
+    ENDED = "ended"  # it has ended already (acknowledge the delivery)
+    BUSY = "busy"  # an earlier run of its session is queued or live (try later)
+    ELSEWHERE = "elsewhere"  # another live executor runs it (a duplicate delivery)
+    MISSING = "missing"  # no such run (its record was never stored)
+    EXHAUSTED = "exhausted"  # started max_attempts times: now failed
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What `RunStore.claim` found: the outcome, the record, and the request when claimed."""
+
+    outcome: ClaimOutcome
+    record: RunRecord | None = None
+    request: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What `RunStore.enqueue` did: the run (new or the existing one with that id)."""
+
+    record: RunRecord
+    created: bool
+    same_request: bool  # for an existing run: whether it was started by the same request
+
+
 class RunStore(Protocol):
     """Durable run records (all methods are blocking: call them off the event loop)."""
 
@@ -137,8 +176,38 @@ class RunStore(Protocol):
         tool_calls: int,
         error_code: str = "",
         error_message: str = "",
+        output: RunOutput | None = None,
+        finish_reason: str = "",
+        executor_id: str = "",
     ) -> bool:
-        """Record how a running run ended; False when it had ended already."""
+        """Record how a running run ended; False when it had ended already.
+
+        With `executor_id`, only that executor's claim of the run is ended.
+        """
+        ...
+
+    def enqueue(self, record: RunRecord, request: bytes, *, reject_busy: bool) -> Enqueued:
+        """Record a queued run with its request; an existing run id answers that run.
+
+        Raises:
+            SessionBusy: `reject_busy` and the run's session has a queued or live run.
+        """
+        ...
+
+    def claim(self, run_id: str, executor_id: str, now: datetime, *, max_attempts: int) -> Claim:
+        """Take a queued run, or one whose executor stopped renewing its lease, to run it."""
+        ...
+
+    def release(self, run_id: str, executor_id: str) -> bool:
+        """Give a claimed run back to the queue (its executor stops before it ends)."""
+        ...
+
+    def live_in_session(self, session_key: str, now: datetime) -> list[str]:
+        """The session's queued and live runs, oldest first."""
+        ...
+
+    def unclaimed(self, before: datetime, now: datetime, limit: int) -> list[str]:
+        """Queued runs nobody looked at since `before`, oldest first; marks them seen."""
         ...
 
     def get(self, run_id: str) -> RunRecord | None:
@@ -152,9 +221,12 @@ class RunStore(Protocol):
         """
         ...
 
-    def request_cancel(self, run_id: str, now: datetime) -> tuple[RunRecord, bool] | None:
+    def request_cancel(
+        self, run_id: str, now: datetime, *, rollback: bool = False
+    ) -> tuple[RunRecord, bool] | None:
         """Flag a live run for cancellation (None when unknown).
 
+        With `rollback`, mark it rolled back too (its steps are undone in its session).
         Returns the record and whether the run was live: flagged for its executor
         or, when that executor stopped renewing the lease, recorded as cancelled now.
         """
@@ -164,8 +236,155 @@ class RunStore(Protocol):
         """Renew the lease of live runs; the ids among them flagged for cancellation."""
         ...
 
-    def expire(self, stale_before: datetime, now: datetime) -> int:
-        """End runs whose executor stopped renewing their lease; how many."""
+    def expire(
+        self, stale_before: datetime, now: datetime, *, queued_stale_before: datetime | None = None
+    ) -> list[RunRecord]:
+        """End runs whose executor stopped renewing their lease; the runs ended.
+
+        Queued runs (which their queue redelivers) only once `queued_stale_before` passed.
+        """
+        ...
+
+
+class QueueUnavailable(Unavailable):
+    """The run queue or event log cannot be used now (the broker is down or not answering)."""
+
+    default_reason = "QUEUE_UNAVAILABLE"
+
+
+class QueueDelivery(Protocol):
+    """One delivery of a queued run to this executor.
+
+    Until it is acknowledged, the queue delivers the run again `ack_wait` seconds
+    after the last `extend` — to whichever executor pulls next — up to
+    `max_attempts + 1` deliveries in all: the executor dead-letters a run whose
+    `attempt` is past `max_attempts`, and the broker stops there if it does not.
+    """
+
+    @property
+    def run_id(self) -> str:
+        """The queued run."""
+        ...
+
+    @property
+    def attempt(self) -> int:
+        """Which delivery this is: 1 the first time, more after a redelivery."""
+        ...
+
+    async def ack(self) -> None:
+        """Done with the run (its terminal state is stored): never deliver it again.
+
+        Raises:
+            QueueUnavailable: the broker did not confirm it. It may still land;
+                if not, the run is delivered again and its stored state decides.
+        """
+        ...
+
+    async def retry(self, delay: float) -> None:
+        """Not now: deliver it again after `delay` seconds (counts as an attempt).
+
+        Never raises: when the broker cannot be told, the run comes back after `ack_wait`.
+        """
+        ...
+
+    async def extend(self) -> None:
+        """Still working on it: restart the redelivery timer (a heartbeat).
+
+        Never raises: when the broker cannot be told, the run may be delivered again.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """How the run queue is doing, for health and metrics."""
+
+    depth: int = 0  # runs waiting or in progress, not yet acknowledged
+    pending: int = 0  # runs waiting for a first delivery
+    oldest_age_seconds: float = 0.0  # age of the oldest run awaiting a first delivery, or 0
+    redelivered: int = 0  # deliveries in progress that are not first deliveries
+    dead_letters: int = 0  # runs given up after max_attempts
+
+
+class RunQueue(Protocol):
+    """The run queue: executors pull queued runs when they have a free slot.
+
+    At-least-once: a run is delivered until an executor acknowledges it, which it
+    does only after the run's terminal state is stored; a run id submitted twice
+    is delivered once (while the broker remembers it; the run store decides anyway).
+    Adapters: NATS JetStream (a work-queue stream and one durable pull consumer);
+    Redis Streams and RabbitMQ fit the same four verbs.
+    """
+
+    ack_wait: float
+    max_attempts: int
+
+    async def submit(self, run_id: str) -> None:
+        """Queue a run.
+
+        Raises:
+            QueueUnavailable: the broker did not confirm it.
+        """
+        ...
+
+    async def pull(self, max_count: int, timeout: float) -> Sequence[QueueDelivery]:
+        """Up to `max_count` deliveries, waiting at most `timeout` s for a first one.
+
+        Returns as soon as one is there (with what is there then, not a full batch),
+        or [] when none came within `timeout`.
+
+        Raises:
+            QueueUnavailable: the broker cannot be asked now.
+        """
+        ...
+
+    async def dead_letter(self, delivery: QueueDelivery, reason: str) -> None:
+        """Give up on a run: record it on the dead-letter subject and acknowledge it.
+
+        Raises:
+            QueueUnavailable: the broker did not confirm it; the run stays queued.
+        """
+        ...
+
+    async def stats(self) -> QueueStats:
+        """Depth, age and redeliveries now.
+
+        Raises:
+            QueueUnavailable: the broker cannot be asked now.
+        """
+        ...
+
+
+class RunEventLog(Protocol):
+    """The stored events of every run, for streams that resume (JetStream)."""
+
+    async def last_sequence(self, run_id: str) -> int:
+        """The sequence number of the run's last stored event (0 when none is stored).
+
+        Raises:
+            QueueUnavailable: the store cannot be asked now.
+        """
+        ...
+
+    def read(self, run_id: str, after: int) -> AsyncIterator[RunEvent]:
+        """The run's events with sequence > `after`, in order, stored then live.
+
+        Ends after the run's last event (`RunCompleted`/`RunFailed`). Each sequence
+        number is yielded once, increasing; a gap (events lost: a full publisher queue,
+        the retention window) is logged and read across, never waited for.
+        """
+        ...
+
+
+class RequestCodec(Protocol):
+    """How a queued run's request is kept in the run store between submit and start."""
+
+    def encode(self, request: Any) -> bytes:
+        """The request as bytes."""
+        ...
+
+    def decode(self, data: bytes) -> Any:
+        """The request from `encode`'s bytes."""
         ...
 
 

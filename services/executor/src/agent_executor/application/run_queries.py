@@ -19,15 +19,15 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 
-from agent_executor.application.ports import RunEndings, RunStore
+from agent_executor.application.ports import RunEndings, RunEventLog, RunStore
 from agent_executor.application.runs import RUN_ID, BlockingCall
-from agent_executor.domain.runs import RunCursor, RunFilter, RunRecord, RunStatus
+from agent_executor.domain.runs import RunCursor, RunEvent, RunFilter, RunRecord, RunStatus
 from agent_executor.errors import RunNotFound
 from agentrt_kit.concurrency import wait_event
-from agentrt_kit.errors import ResourceExhausted, invalid
+from agentrt_kit.errors import OutOfRange, ResourceExhausted, Unavailable, invalid
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
@@ -46,12 +46,14 @@ class RunQueries:
         store: RunStore,
         endings: RunEndings,
         call_store: BlockingCall,
+        event_log: RunEventLog | None = None,
         poll_seconds: float = 1.0,
         max_waits: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.endings = endings
+        self.event_log = event_log
         self.call_store = call_store
         self.poll_seconds = poll_seconds
         self.max_waits = max_waits
@@ -105,6 +107,38 @@ class RunQueries:
         if len(records) > limit:
             token = _encode_token(RunCursor(page[-1].created_at, page[-1].run_id), fingerprint)
         return page, token
+
+    async def events(self, run_id: str, after: int) -> AsyncIterator[RunEvent]:
+        """The run's events after sequence `after`, stored then live, up to its last.
+
+        A finished run whose events are no longer kept is OUT_OF_RANGE (they are kept
+        for the run-events retention window, 24 h by default).
+
+        Raises:
+            RunNotFound: no run has this id.
+            InvalidArgument: `after` is negative.
+            Unavailable: events are not kept by this deployment, or cannot be read now.
+        """
+        if after < 0:
+            raise invalid("after_sequence", "must be 0 or more")
+        record = await self.get(run_id)
+        if self.event_log is None:
+            raise Unavailable("this executor keeps no run events")
+        last = 0
+        if record.status.terminal:
+            last = await self.event_log.last_sequence(run_id)
+            if last == 0:
+                raise OutOfRange(
+                    f"the events of run {run_id} are no longer kept",
+                    reason="RUN_EVENTS_EXPIRED",
+                    metadata={"run_id": run_id},
+                )
+            if after >= last:
+                return
+        async for event in self.event_log.read(run_id, after):
+            yield event
+            if last and event.sequence >= last:
+                return  # an ended run's stored events end here, whatever the last one is
 
     async def wait(self, run_id: str, timeout: float) -> tuple[RunRecord, bool]:
         """The run's record once it has ended or `timeout` seconds passed, and whether it ended.

@@ -26,25 +26,18 @@ import logging
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
 
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.errors import GraphRecursionError
 
 from agent_executor.application.context import (
-    EVENT_KEY,
-    INTERNAL_TAG,
     ClientTools,
     RunContext,
     Sampling,
-    current_run,
 )
-from agent_executor.application.messages import text_of
 from agent_executor.application.model import agent_sampling
 from agent_executor.application.ports import (
     Admission,
@@ -52,10 +45,13 @@ from agent_executor.application.ports import (
     CancelBus,
     ModelFactory,
     ModelProblem,
+    QueueUnavailable,
+    RunEventLog,
     RunEventSink,
     RunStore,
     ToolGateway,
 )
+from agent_executor.application.run_driver import Drive, RunDriver, RunHandle
 from agent_executor.application.templates import (
     ConfigViolations,
     LoadedTemplate,
@@ -65,8 +61,6 @@ from agent_executor.application.tools import ToolsetProblem, remote_tools, selec
 from agent_executor.application.transcript import (
     InputMessage,
     check_tool_messages,
-    client_calls,
-    graph_messages,
 )
 from agent_executor.domain.agents import AgentSnapshot
 from agent_executor.domain.client_tools import (
@@ -79,21 +73,15 @@ from agent_executor.domain.client_tools import (
 )
 from agent_executor.domain.limits import LimitProblem, RunLimits
 from agent_executor.domain.runs import (
-    STATUS_OF_FAILURE,
     EventBody,
     FailureCode,
-    MessageCompleted,
-    MessageDelta,
-    RunCompleted,
     RunEvent,
     RunFailed,
     RunRecord,
-    RunStarted,
     RunStatus,
     StepProgress,
     ToolCallFinished,
     ToolCallStarted,
-    Usage,
 )
 from agent_executor.domain.services_config import ServicesConfig
 from agent_executor.errors import (
@@ -101,8 +89,6 @@ from agent_executor.errors import (
     AgentNotRunnable,
     ClientToolsUnsupported,
     ExecutorClosing,
-    OutputInvalid,
-    RunFailure,
     RunNotFound,
     TemplateUnavailable,
     TooManyRuns,
@@ -140,6 +126,7 @@ class RunRequest:
     user_id: str = ""
     run_id: str = ""
     stream: bool = True
+    min_agent_version: int = 0
     client_tools: Sequence[ClientTool] = ()
     tool_choice: ToolChoice = field(default_factory=ToolChoice)
     response_format: ResponseFormat = field(default_factory=ResponseFormat)
@@ -155,40 +142,23 @@ class RunSettings:
     heartbeat_seconds: float = 10.0
     executor_id: str = "executor"
     graph_cache_size: int = 512
+    # A queued run whose executor stopped is redelivered by its queue; only one the
+    # queue lost too (no executor took it for this long) is ended as EXECUTOR_LOST.
+    queued_lost_seconds: float = 600.0
 
 
-class RunHandle:
-    """A started run: its identity and, by iteration, its events up to the last."""
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """An admissible request: its agent, limits, template and compiled graph."""
 
-    def __init__(self, record: RunRecord, agent: AgentSnapshot) -> None:
-        self.record = record
-        self.agent = agent
-        self.queue: asyncio.Queue[RunEvent] = asyncio.Queue()
-        self.task: asyncio.Task[None] | None = None
-        self.sequence = 0
-        self.finished = False
-
-    @property
-    def run_id(self) -> str:
-        """The run's id."""
-        return self.record.run_id
-
-    async def __aiter__(self) -> AsyncIterator[RunEvent]:
-        while True:
-            event = await self.queue.get()
-            yield event
-            if event.terminal:
-                return
-
-    async def aclose(self, reason: str = "the caller went away") -> None:
-        """Cancel the run if it is still going and wait until it is recorded."""
-        if self.task is not None and not self.task.done():
-            self.task.cancel(reason)
-            await asyncio.wait({self.task})
+    agent: AgentSnapshot
+    limits: RunLimits
+    loaded: LoadedTemplate
+    graph: Any
 
 
 class RunService:
-    """Starts, streams and cancels runs (`RunQueries` reads them)."""
+    """Admits, starts and cancels runs (`RunQueries` reads them, `QueuedRuns` queues them)."""
 
     def __init__(
         self,
@@ -203,6 +173,7 @@ class RunService:
         services: ServicesConfig,
         call_store: BlockingCall,
         checkpointer: BaseCheckpointSaver[Any] | None = None,
+        event_log: RunEventLog | None = None,
         settings: RunSettings | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -216,29 +187,42 @@ class RunService:
         self.services = services
         self.call_store = call_store
         self.checkpointer = checkpointer
+        self.event_log = event_log
         self.settings = settings or RunSettings()
         self.clock = clock
         self.active: dict[str, RunHandle] = {}
+        self.slot_freed = asyncio.Event()
+        self.driver = RunDriver(
+            store=store, events=events, call_store=call_store, clock=clock, released=self._released
+        )
         self._graphs: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-        self._flushes: set[asyncio.Task[None]] = set()
         self.closing = False
+
+    def _released(self, handle: RunHandle) -> None:
+        self.active.pop(handle.run_id, None)
+        self.slot_freed.set()
+
+    @property
+    def free_slots(self) -> int:
+        """How many more runs this executor takes now."""
+        return 0 if self.closing else self.settings.max_concurrent_runs - len(self.active)
 
     # ------------------------------------------------------------ admission
 
-    async def start(self, request: RunRequest) -> RunHandle:
-        """Admit and start a run.
+    async def prepare(self, request: RunRequest, *, durable: bool = False) -> Prepared:
+        """Check a request and build its agent's graph (checkpointed when `durable`).
 
         Raises:
+            ExecutorClosing: this replica is stopping.
             InvalidArgument: the request is malformed (the field is named).
             AgentNotFound, AgentNotRunnable, AgentMisconfigured, TemplateUnavailable:
                 the agent cannot run here.
-            TooManyRuns, SessionBusy, RunExists: admission refused.
             RegistryUnavailable, ToolsUnavailable: a dependency is down.
         """
         if self.closing:
             raise ExecutorClosing("this executor is shutting down; retry on another replica")
         _check_request(request)
-        agent = await self.agents.get(request.agent_id)
+        agent = await self.agents.get(request.agent_id, request.min_agent_version)
         if not agent.runnable:
             raise AgentNotRunnable(agent.id, agent.status)
         try:
@@ -254,9 +238,23 @@ class RunService:
         loaded = self._template(agent)
         if request.client_tools and not loaded.template.client_tools:
             raise ClientToolsUnsupported(loaded.id)
-        graph, own_tools = await self._graph(agent, loaded)
+        graph, own_tools = await self._graph(agent, loaded, durable=durable)
         if collisions := check_collisions(request.client_tools, own_tools):
             raise _invalid(collisions)
+        return Prepared(agent, limits, loaded, graph)
+
+    async def start(self, request: RunRequest) -> RunHandle:
+        """Admit and start a run now, here (its caller listens to it).
+
+        Raises:
+            InvalidArgument: the request is malformed (the field is named).
+            AgentNotFound, AgentNotRunnable, AgentMisconfigured, TemplateUnavailable:
+                the agent cannot run here.
+            TooManyRuns, SessionBusy, RunExists: admission refused.
+            RegistryUnavailable, ToolsUnavailable: a dependency is down.
+        """
+        prepared = await self.prepare(request)
+        agent = prepared.agent
         if len(self.active) >= self.settings.max_concurrent_runs:
             raise TooManyRuns(
                 f"this executor runs {self.settings.max_concurrent_runs} runs at most; retry later",
@@ -273,7 +271,7 @@ class RunService:
             started_at=now,
             task_id=task_id,
             context_id=request.context_id,
-            session_key=f"{agent.id}:{task_id}" if agent.memory else "",
+            session_key=session_key(agent, task_id),
             executor_id=self.settings.executor_id,
             owner_id=agent.owner_id,
         )
@@ -284,7 +282,7 @@ class RunService:
                 self.store.admit,
                 record,
                 Admission(
-                    max_runs_per_agent=limits.max_concurrent_runs,
+                    max_runs_per_agent=prepared.limits.max_concurrent_runs,
                     session_key=record.session_key,
                     lease_seconds=self.settings.lease_seconds,
                 ),
@@ -292,25 +290,47 @@ class RunService:
         except BaseException:
             self.active.pop(record.run_id, None)
             raise
+        thread = record.session_key if self.checkpointer is not None else ""
+        self.launch(handle, prepared, request, thread_id=thread)
+        return handle
+
+    def launch(
+        self,
+        handle: RunHandle,
+        prepared: Prepared,
+        request: RunRequest,
+        *,
+        thread_id: str = "",
+        resume: bool = False,
+    ) -> None:
+        """Start an admitted (recorded) run in its own task."""
+        record, agent = handle.record, prepared.agent
+        self.active[record.run_id] = handle
         ctx = RunContext(
             run_id=record.run_id,
             agent_id=agent.id,
             agent_version=agent.version,
-            task_id=task_id,
+            task_id=record.task_id,
             workspace=agent.id,
-            limits=limits,
+            limits=prepared.limits,
             sampling=request.sampling,
             agent_sampling=agent_sampling(agent.conversation_config),
             response_format=request.response_format,
         )
         client = ClientTools(tuple(request.client_tools), request.tool_choice)
-        handle.task = asyncio.create_task(
-            self._run(
-                handle, graph, ctx, request, client if loaded.template.client_tools else None
-            ),
-            name=f"run-{record.run_id}",
+        drive = Drive(
+            graph=prepared.graph,
+            ctx=ctx,
+            messages=request.messages,
+            stream=request.stream,
+            client=client if prepared.loaded.template.client_tools else None,
+            response_format_problem=request.response_format.problem_with,
+            thread_id=thread_id,
+            resume=resume,
         )
-        return handle
+        handle.task = asyncio.create_task(
+            self.driver.run(handle, drive), name=f"run-{record.run_id}"
+        )
 
     def _template(self, agent: AgentSnapshot) -> LoadedTemplate:
         loaded = self.catalog.get(agent.template_id)
@@ -329,11 +349,16 @@ class RunService:
         return loaded
 
     async def _graph(
-        self, agent: AgentSnapshot, loaded: LoadedTemplate
+        self, agent: AgentSnapshot, loaded: LoadedTemplate, *, durable: bool = False
     ) -> tuple[Any, tuple[str, ...]]:
-        """The agent's compiled graph and the names of its own tools."""
+        """The agent's compiled graph and the names of its own tools.
+
+        The graph checkpoints every step when the agent has memory (its session) or
+        the run is `durable` (a queued run resumes from its last step).
+        """
         offered = await self.tools.list_tools() if agent.toolsets else ()
-        key = (agent.id, agent.version, id(loaded), tuple(offered))
+        durable = durable or agent.memory
+        key = (agent.id, agent.version, id(loaded), tuple(offered), durable)
         cached: tuple[Any, tuple[str, ...]] | None = self._graphs.get(key)
         if cached is not None:
             self._graphs.move_to_end(key)
@@ -362,204 +387,13 @@ class RunService:
                 [FieldViolation("template_id", f"{loaded.id} could not build a graph: {e}"[:500])],
                 reason="TEMPLATE_BUILD_FAILED",
             ) from None
-        if agent.memory and self.checkpointer is not None:
+        if durable and self.checkpointer is not None:
             graph = graph.copy({"checkpointer": self.checkpointer})
         entry = (graph, tuple(spec.name for spec in specs))
         self._graphs[key] = entry
         while len(self._graphs) > self.settings.graph_cache_size:
             self._graphs.popitem(last=False)
         return entry
-
-    # ------------------------------------------------------------- running
-
-    def _emit(self, handle: RunHandle, body: EventBody) -> None:
-        handle.sequence += 1
-        event = RunEvent(handle.run_id, handle.sequence, self.clock(), body)
-        handle.queue.put_nowait(event)
-        self.events.publish(event, handle.agent.id, handle.agent.version)
-
-    async def _inputs(
-        self, graph: Any, request: RunRequest, session: bool, config: RunnableConfig
-    ) -> tuple[dict[str, Any], set[str]]:
-        """The graph's input and the ids of the messages that were there before the run."""
-        stored: Sequence[BaseMessage] = []
-        if session:
-            state = await graph.aget_state(config)
-            stored = (state.values or {}).get("messages", []) if state else []
-        known = {m.id for m in stored if m.id}
-        messages = graph_messages(request.messages, stored)
-        for message in messages:
-            message.id = message.id or uuid.uuid4().hex
-            known.add(message.id)
-        return {"messages": messages}, known
-
-    async def _run(
-        self,
-        handle: RunHandle,
-        graph: Any,
-        ctx: RunContext,
-        request: RunRequest,
-        client: ClientTools | None,
-    ) -> None:
-        token = current_run.set(ctx)
-        record = handle.record
-        limits = ctx.limits
-        config: RunnableConfig = {
-            "recursion_limit": limits.max_steps or UNLIMITED_STEPS,
-            "metadata": {"agentrt_run_id": record.run_id, "agent_id": record.agent_id},
-        }
-        if record.session_key and self.checkpointer is not None:
-            config["configurable"] = {"thread_id": record.session_key}
-        status = RunStatus.SUCCEEDED
-        terminal: RunCompleted | RunFailed
-        try:
-            self._emit(
-                handle,
-                RunStarted(
-                    record.run_id,
-                    record.agent_id,
-                    record.agent_version,
-                    ctx.task_id,
-                    record.context_id,
-                ),
-            )
-            async with asyncio.timeout(limits.timeout_seconds):
-                inputs, known = await self._inputs(graph, request, bool(record.session_key), config)
-                final = await self._drive(
-                    handle, graph, inputs, config, known=known, stream=request.stream, client=client
-                )
-            calls = client_calls(final, client)
-            if calls:
-                # No answer yet: the client runs its tools and continues the conversation.
-                self._emit(
-                    handle, MessageCompleted(text_of(final), final.id or "", tool_calls=calls)
-                )
-                terminal = RunCompleted("tool_calls", _usage(ctx))
-            else:
-                problem = request.response_format.problem_with(text_of(final))
-                if problem is not None:
-                    raise OutputInvalid(problem)
-                terminal = RunCompleted(_finish_reason(final), _usage(ctx))
-        except TimeoutError:
-            terminal = RunFailed(
-                FailureCode.TIMEOUT, f"the run exceeded its {limits.timeout_seconds:g} s timeout"
-            )
-        except asyncio.CancelledError as e:
-            if (task := asyncio.current_task()) is not None:
-                task.uncancel()
-            reason = str(e.args[0]) if e.args else "cancelled"
-            terminal = RunFailed(FailureCode.CANCELLED, f"the run was cancelled: {reason}")
-        except GraphRecursionError:
-            terminal = RunFailed(
-                FailureCode.LIMIT_EXCEEDED, f"max graph steps ({limits.max_steps}) reached"
-            )
-        except RunFailure as e:
-            terminal = RunFailed(e.code, e.message)
-        except Exception:
-            # The run's one log line, at ERROR with the traceback (the WARNING below skips it).
-            log.exception("run failed", extra=_failure_fields(record, FailureCode.INTERNAL))
-            terminal = RunFailed(
-                FailureCode.INTERNAL,
-                f"the agent failed unexpectedly; see the executor log for run {record.run_id}",
-            )
-        finally:
-            current_run.reset(token)
-        if isinstance(terminal, RunFailed):
-            status = STATUS_OF_FAILURE.get(terminal.code, RunStatus.FAILED)
-            if terminal.code not in (FailureCode.CANCELLED, FailureCode.INTERNAL):
-                log.warning("run failed", extra=_failure_fields(record, terminal.code))
-        await self._finish(handle, status, terminal, usage=_usage(ctx), ctx=ctx)
-
-    async def _drive(
-        self,
-        handle: RunHandle,
-        graph: Any,
-        inputs: dict[str, Any],
-        config: RunnableConfig,
-        *,
-        known: set[str],
-        stream: bool,
-        client: ClientTools | None,
-    ) -> AIMessage:
-        """Run the graph, turning its stream into run events; the final assistant message.
-
-        A message calling client tools is completed by the caller, with the calls.
-        """
-        ctx = current_run.get()
-        modes = ["messages", "custom", "values"] if stream else ["custom", "values"]
-        streamed: set[str] = set()
-        last: AIMessage | None = None
-        async for mode, data in graph.astream(inputs, config, stream_mode=modes, context=client):
-            if mode == "messages":
-                chunk, meta = data
-                if not isinstance(chunk, AIMessageChunk) or INTERNAL_TAG in meta.get("tags", ()):
-                    continue
-                text = text_of(chunk)
-                if not text:
-                    continue
-                message_id = chunk.id or ""
-                if message_id not in streamed:
-                    streamed.add(message_id)
-                    if ctx is not None and ctx.reply_prefix:
-                        self._emit(handle, MessageDelta(ctx.reply_prefix, message_id))
-                self._emit(handle, MessageDelta(text, message_id))
-            elif mode == "custom":
-                body = _custom_event(data)
-                if body is not None:
-                    self._emit(handle, body)
-            elif mode == "values" and isinstance(data, Mapping):
-                for message in data.get("messages", ()):
-                    if not isinstance(message, AIMessage) or message.id in known:
-                        continue
-                    known.add(message.id or "")
-                    last = message
-                    content = text_of(message)
-                    if content:
-                        if stream and (message.id or "") not in streamed:
-                            self._emit(handle, MessageDelta(content, message.id or ""))
-                        if not client_calls(message, client):
-                            self._emit(handle, MessageCompleted(content, message.id or ""))
-        if last is None:
-            raise RunFailure("the agent produced no assistant message", FailureCode.TEMPLATE_FAILED)
-        if not text_of(last) and not client_calls(last, client):
-            self._emit(handle, MessageCompleted("", last.id or ""))
-        return last
-
-    async def _finish(
-        self,
-        handle: RunHandle,
-        status: RunStatus,
-        terminal: RunCompleted | RunFailed,
-        *,
-        usage: Usage,
-        ctx: RunContext,
-    ) -> None:
-        record = handle.record
-        record.status, record.finished_at, record.usage = status, self.clock(), usage
-        record.tool_calls = ctx.tool_calls
-        if isinstance(terminal, RunFailed):
-            record.error_code, record.error_message = terminal.code, terminal.message
-        try:
-            await asyncio.shield(
-                self.call_store(
-                    self.store.finish,
-                    record.run_id,
-                    status,
-                    finished_at=record.finished_at,
-                    usage=usage,
-                    tool_calls=ctx.tool_calls,
-                    error_code=record.error_code,
-                    error_message=record.error_message,
-                )
-            )
-        except Exception:
-            log.exception("recording the end of a run failed", extra={"run_id": record.run_id})
-        self._emit(handle, terminal)
-        handle.finished = True
-        self.active.pop(record.run_id, None)
-        flush = asyncio.create_task(self.events.flush(record.run_id))
-        self._flushes.add(flush)
-        flush.add_done_callback(self._flushes.discard)
 
     # ------------------------------------------------------------- cancel
 
@@ -571,25 +405,49 @@ class RunService:
         handle.task.cancel(reason)
         return True
 
-    async def cancel(self, run_id: str) -> bool:
+    async def cancel(self, run_id: str, *, rollback: bool = False) -> bool:
         """Cancel a run wherever it runs; False when it had ended already.
+
+        With `rollback`, the run is also undone in its session: the next run of the
+        conversation starts from the state before it.
 
         Raises:
             RunNotFound: no run has this id.
         """
-        if self.cancel_local(run_id):
+        if not rollback and self.cancel_local(run_id):
             return True
         if not RUN_ID.fullmatch(run_id):  # no run has such an id (nor a NUL for the database)
             raise RunNotFound(run_id)
         found: tuple[RunRecord, bool] | None = await self.call_store(
-            self.store.request_cancel, run_id, self.clock()
+            self.store.request_cancel, run_id, self.clock(), rollback=rollback
         )
         if found is None:
             raise RunNotFound(run_id)
         record, live = found
         if live and not record.status.terminal:
-            await self.cancel_bus.broadcast(run_id)
+            if not self.cancel_local(run_id):
+                await self.cancel_bus.broadcast(run_id)
+        elif live:  # ended here and now: it was queued, or its executor had stopped
+            await self.announce_end(record)
         return live
+
+    async def announce_end(self, record: RunRecord) -> None:
+        """Send the last event of a run that ended without its driver (never raises).
+
+        A run that was queued, lost or given up ends in its record; its event stream
+        must end too, after the events its executors stored.
+        """
+        after = 0
+        if self.event_log is not None:
+            try:
+                after = await self.event_log.last_sequence(record.run_id)
+            except QueueUnavailable:
+                log.warning("run end not announced", extra={"run_id": record.run_id})
+                return
+        body = RunFailed(record.error_code or FailureCode.INTERNAL, record.error_message)
+        event = RunEvent(record.run_id, after + 1, self.clock(), body)
+        self.events.publish(event, record.agent_id, record.agent_version)
+        await self.events.flush(record.run_id)
 
     async def maintain(self, stop: asyncio.Event) -> None:
         """Renew the leases of this executor's runs, act on cancel flags, expire lost runs."""
@@ -601,28 +459,34 @@ class RunService:
                 for run_id in flagged:
                     self.cancel_local(run_id)
                 lost_before = now - timedelta(seconds=self.settings.lease_seconds)
-                expired = await self.call_store(self.store.expire, lost_before, now)
-                if expired:
-                    log.warning("runs of a lost executor ended", extra={"count": expired})
+                queued_lost_before = now - timedelta(seconds=self.settings.queued_lost_seconds)
+                expired = await self.call_store(
+                    self.store.expire, lost_before, now, queued_stale_before=queued_lost_before
+                )
+                for record in expired:
+                    log.warning("run of a lost executor ended", extra={"run_id": record.run_id})
+                    await self.announce_end(record)
             except Exception:
                 log.exception("run maintenance failed")
 
     async def shutdown(self, grace: float) -> None:
-        """Refuse new runs, let runs finish for `grace` seconds, cancel the rest.
+        """Refuse new runs, let runs finish for `grace` seconds, then stop the rest.
 
-        Cancelled runs are recorded and their callers get the `RunFailed` event;
-        then the runs' events are flushed to the sink.
+        A queued run still going is handed over: released to its queue, which gives
+        it to another executor (it resumes from its last checkpoint). Any other run is
+        cancelled and recorded, and its caller gets the `RunFailed` event. Then the
+        runs' events are flushed to the sink.
         """
         self.closing = True
-        tasks = [h.task for h in self.active.values() if h.task is not None]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            for task in pending:
-                task.cancel("the executor is shutting down")
+        handles = [h for h in self.active.values() if h.task is not None]
+        if handles:
+            _, pending = await asyncio.wait([h.task for h in handles if h.task], timeout=grace)
+            for handle in handles:
+                if handle.task in pending and not (handle.record.queued and handle.hand_over()):
+                    handle.task.cancel("the executor is shutting down")
             if pending:
                 await asyncio.wait(pending)
-        if self._flushes:
-            await asyncio.wait(set(self._flushes), timeout=grace)
+        await self.driver.drain(grace)
 
 
 # ---------------------------------------------------------------- helpers
@@ -657,6 +521,11 @@ def _check_request(request: RunRequest) -> None:
         raise _invalid(problems)
 
 
+def session_key(agent: AgentSnapshot, task_id: str) -> str:
+    """The conversation a run of `agent` on `task_id` continues ("" without memory)."""
+    return f"{agent.id}:{task_id}" if agent.memory else ""
+
+
 def _invalid(problems: list[FieldViolation]) -> InvalidArgument:
     text = "; ".join(f"{p.field}: {p.description}" for p in problems)
     return InvalidArgument(text, violations=problems)
@@ -678,40 +547,6 @@ def _check_sampling(s: Sampling) -> list[FieldViolation]:
     if len(s.stop) > 4:
         out.append(FieldViolation("input.sampling.stop", "must hold at most 4 sequences"))
     return out
-
-
-def _custom_event(data: Any) -> EventBody | None:
-    if not isinstance(data, Mapping):
-        return None
-    kind = data.get(EVENT_KEY)
-    cls = CUSTOM_EVENTS.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        return None
-    fields = {k: v for k, v in data.items() if k != EVENT_KEY}
-    try:
-        return cls(**fields)
-    except TypeError:
-        log.warning("malformed custom run event dropped", extra={"event": kind})
-        return None
-
-
-def _finish_reason(message: AIMessage) -> str:
-    reason = message.response_metadata.get("finish_reason")
-    return "length" if reason == "length" else "stop"
-
-
-def _usage(ctx: RunContext) -> Usage:
-    return Usage(ctx.prompt_tokens, ctx.completion_tokens)
-
-
-def _failure_fields(record: RunRecord, code: str) -> dict[str, Any]:
-    """The structured fields of a failed run's log line."""
-    return {
-        "error_code": str(code),
-        "agent_id": record.agent_id,
-        "agent_version": record.agent_version,
-        "run_id": record.run_id,
-    }
 
 
 __all__ = [

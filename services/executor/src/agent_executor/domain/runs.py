@@ -40,7 +40,23 @@ class FailureCode(StrEnum):
     TEMPLATE_FAILED = "TEMPLATE_FAILED"
     OUTPUT_INVALID = "OUTPUT_INVALID"
     EXECUTOR_LOST = "EXECUTOR_LOST"
+    ATTEMPTS_EXHAUSTED = "ATTEMPTS_EXHAUSTED"
     INTERNAL = "INTERNAL"
+
+
+class MultitaskStrategy(StrEnum):
+    """What a queued run does when its task (conversation) already has a run going.
+
+    The names and meanings are LangGraph Agent Server's: `reject` refuses the new
+    run; `enqueue` runs it after the runs before it, in order; `interrupt` stops
+    the running one (its progress is kept) and starts the new; `rollback` stops
+    it and removes its record and progress, then starts the new.
+    """
+
+    REJECT = "reject"
+    ENQUEUE = "enqueue"
+    INTERRUPT = "interrupt"
+    ROLLBACK = "rollback"
 
 
 STATUS_OF_FAILURE: dict[str, RunStatus] = {
@@ -89,6 +105,49 @@ class RunRecord:
     error_message: str = ""
     owner_id: str = ""  # the agent's owner when the run was admitted
     attempts: int = 1  # times the run was started
+    queued: bool = False  # came through the run queue (StartRun)
+    metadata: dict[str, str] = field(default_factory=dict)
+    multitask_strategy: str = ""
+    webhook_url: str = ""
+    output: RunOutput | None = None  # the final message of a run that succeeded
+    finish_reason: str = ""
+    rolled_back: bool = False  # cancelled with its steps undone in its session
+
+    def end(
+        self,
+        status: RunStatus,
+        at: datetime,
+        *,
+        usage: Usage,
+        tool_calls: int,
+        error_code: str = "",
+        error_message: str = "",
+        output: RunOutput | None = None,
+        finish_reason: str = "",
+    ) -> None:
+        """The run ended: how, when, and what it produced."""
+        if self.status.terminal:
+            raise ValueError(f"run {self.run_id} has ended already ({self.status})")
+        self.status, self.finished_at, self.usage = status, at, usage
+        self.tool_calls = tool_calls
+        self.error_code, self.error_message = error_code, error_message
+        self.output, self.finish_reason = output, finish_reason
+
+    def claimed(self, executor_id: str, at: datetime) -> None:
+        """An executor took the queued run (again, after one that stopped)."""
+        if self.status.terminal:
+            raise ValueError(f"run {self.run_id} has ended already ({self.status})")
+        self.status, self.executor_id = RunStatus.RUNNING, executor_id
+        self.started_at = self.started_at or at
+        self.attempts += 1
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutput:
+    """The final assistant message of a run (with client tool calls to run, if any)."""
+
+    content: str
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

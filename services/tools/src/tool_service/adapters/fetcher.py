@@ -2,9 +2,10 @@
 
 - Only http and https, no userinfo; host allow- and deny-lists by setting.
 - The host is resolved once per hop; every address must pass the policy
-  (`tool_service.domain.urls`), and the connection goes to the address that was
-  checked (the URL's host stays in the Host header and TLS SNI/verification), so
-  DNS rebinding between check and connect has nothing to rebind.
+  (`agentrt_kit.urls`), and the connection goes to the address that was checked
+  (`agentrt_kit.policed_http`: the URL's host stays in the Host header and TLS
+  SNI/verification), so DNS rebinding between check and connect has nothing to
+  rebind.
 - Redirects are followed by hand, each hop checked the same way, at most
   `max_redirects`.
 - Connect, read and total timeouts; a byte cap enforced while streaming (on the
@@ -16,11 +17,9 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from urllib.parse import urljoin
 
 import httpx
@@ -31,23 +30,21 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from agentrt_kit.policed_http import (
+    Destination,
+    PolicedHttp,
+    Resolver,
+    Unresolvable,
+    system_resolver,
+)
 from agentrt_kit.resilience import CircuitBreaker
+from agentrt_kit.urls import NetworkPolicy, UrlRefused
 from tool_service.application.ports import Fetched
 from tool_service.domain.tools import ToolFailure
-from tool_service.domain.urls import (
-    IPAddress,
-    IPNetwork,
-    Target,
-    UrlRefused,
-    check_addresses,
-    host_matches,
-    parse_target,
-)
 from tool_service.errors import UrlBlocked
 
 log = logging.getLogger(__name__)
 
-Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 # Sent only to the origin the caller named: a redirect elsewhere drops them (as browsers,
 # requests, curl and httpx do), so an open redirect cannot collect an agent's credentials.
@@ -55,25 +52,11 @@ CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"
 USER_AGENT = "agentrt-tools/0.1 (+fetch_url)"
 
 
-async def system_resolver(host: str, port: int) -> list[IPAddress]:
-    """Every address the system resolver gives for host:port (IPv4 and IPv6)."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    seen: dict[str, IPAddress] = {}
-    for info in infos:
-        text = str(info[4][0]).split("%", 1)[0]
-        seen.setdefault(text, ipaddress.ip_address(text))
-    return list(seen.values())
-
-
 @dataclass(frozen=True)
 class FetchPolicy:
     """The network policy and budgets of fetch_url (all from settings)."""
 
-    allowed_networks: Sequence[IPNetwork] = ()
-    denied_networks: Sequence[IPNetwork] = ()
-    allow_hosts: Sequence[str] = ()
-    deny_hosts: Sequence[str] = ()
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
     max_redirects: int = 5
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
@@ -95,25 +78,6 @@ class _Transient(Exception):
         self.failure = failure
 
 
-class PinnedTransport(httpx.AsyncBaseTransport):
-    """Sends the request to a checked address, keeping the URL's host for Host and TLS."""
-
-    def __init__(self, address: IPAddress, inner: httpx.AsyncBaseTransport) -> None:
-        self._address = address
-        self._inner = inner
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Rewrite the connection target, nothing else."""
-        host = request.url.host
-        request.url = request.url.copy_with(host=str(self._address))
-        request.extensions = {**request.extensions, "sni_hostname": host}
-        return await self._inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        """Close the inner transport."""
-        await self._inner.aclose()
-
-
 def _content_type(response: httpx.Response) -> tuple[str, str | None]:
     value = response.headers.get("content-type", "")
     mime, _, params = value.partition(";")
@@ -130,33 +94,16 @@ class HttpFetcher:
 
     def __init__(self, policy: FetchPolicy, resolver: Resolver = system_resolver) -> None:
         self.policy = policy
-        self._resolve = resolver
+        self._http = PolicedHttp(policy.network, resolver=resolver, verify_tls=policy.verify_tls)
         self._breakers: dict[str, CircuitBreaker] = {}
 
-    def _target(self, url: str) -> Target:
+    async def _destination(self, url: str) -> Destination:
         try:
-            target = parse_target(url)
+            return await self._http.destination(url)
         except UrlRefused as e:
             raise UrlBlocked(url, str(e)) from None
-        if host_matches(target.host, self.policy.deny_hosts):
-            raise UrlBlocked(url, f"host {target.host!r} is on the deny list")
-        if self.policy.allow_hosts and not host_matches(target.host, self.policy.allow_hosts):
-            raise UrlBlocked(url, f"host {target.host!r} is not on the allow list")
-        return target
-
-    async def _address(self, target: Target) -> IPAddress:
-        try:
-            addresses = await self._resolve(target.host, target.port)
-        except (OSError, UnicodeError) as e:
-            raise ToolFailure("FETCH_FAILED", f"cannot resolve {target.host}: {e}") from None
-        try:
-            checked = check_addresses(target.host, addresses, self.policy.allowed_networks)
-        except UrlRefused as e:
-            raise UrlBlocked(target.url, str(e)) from None
-        for address in checked:
-            if any(address in net for net in self.policy.denied_networks):
-                raise UrlBlocked(target.url, f"{address} is on the deny list")
-        return checked[0]
+        except Unresolvable as e:
+            raise ToolFailure("FETCH_FAILED", str(e)) from None
 
     def _breaker(self, host: str) -> CircuitBreaker:
         breaker = self._breakers.get(host)
@@ -183,14 +130,14 @@ class HttpFetcher:
         current = url
         origin: tuple[str, str, int] | None = None
         for _ in range(self.policy.max_redirects + 1):
-            target = self._target(current)
+            # Checked and resolved first: the breaker's one half-open trial is spent on
+            # an exchange with the host, and every trial reports how the host answered.
+            destination = await self._destination(current)
+            target = destination.target
             if origin is None:
                 origin = (target.scheme, target.host, target.port)
             elif (target.scheme, target.host, target.port) != origin:
                 headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
-            # Resolved (and policed) first: the breaker's one half-open trial is spent on
-            # an exchange with the host, and every trial reports how the host answered.
-            address = await self._address(target)
             breaker = self._breaker(target.host)
             if not breaker.allow():
                 raise ToolFailure(
@@ -199,7 +146,7 @@ class HttpFetcher:
                     f"{self.policy.breaker_cooldown:.0f} s",
                 )
             try:
-                status, location, fetched = await self._get_retrying(target, address, headers)
+                status, location, fetched = await self._get_retrying(destination, headers)
             except _HostFailure:
                 breaker.failed()
                 raise
@@ -217,7 +164,7 @@ class HttpFetcher:
         raise ToolFailure("TOO_MANY_REDIRECTS", f"more than {self.policy.max_redirects} redirects")
 
     async def _get_retrying(
-        self, target: Target, address: IPAddress, headers: Mapping[str, str]
+        self, destination: Destination, headers: Mapping[str, str]
     ) -> tuple[int, str, Fetched | None]:
         try:
             async for attempt in AsyncRetrying(
@@ -227,26 +174,22 @@ class HttpFetcher:
                 reraise=True,
             ):
                 with attempt:
-                    return await self._get(target, address, headers)
+                    return await self._get(destination, headers)
         except _Transient as e:
             raise e.failure from None
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def _get(
-        self, target: Target, address: IPAddress, headers: Mapping[str, str]
+        self, destination: Destination, headers: Mapping[str, str]
     ) -> tuple[int, str, Fetched | None]:
         """One attempt: (status, redirect location, response or None for a redirect)."""
-        policy = self.policy
+        policy, target = self.policy, destination.target
         timeout = httpx.Timeout(
             connect=policy.connect_timeout, read=policy.read_timeout, write=5.0, pool=5.0
         )
-        inner = httpx.AsyncHTTPTransport(retries=0, verify=policy.verify_tls)
-        transport = PinnedTransport(address, inner)
         try:
             async with (
-                httpx.AsyncClient(
-                    transport=transport, timeout=timeout, follow_redirects=False, trust_env=False
-                ) as client,
+                self._http.client(destination, timeout=timeout) as client,
                 client.stream(
                     "GET", target.url, headers={"user-agent": USER_AGENT, **headers}
                 ) as response,

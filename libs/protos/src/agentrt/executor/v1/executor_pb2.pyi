@@ -254,6 +254,7 @@ class RunInput(_message.Message):
     CLIENT_TOOLS_FIELD_NUMBER: _builtins.int
     TOOL_CHOICE_FIELD_NUMBER: _builtins.int
     RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
+    MIN_AGENT_VERSION_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     task_id: _builtins.str
     """Continues a conversation (server-side memory when enabled)."""
@@ -261,6 +262,11 @@ class RunInput(_message.Message):
     user_id: _builtins.str
     run_id: _builtins.str
     """Client-chosen run id (generated when empty)."""
+    min_agent_version: _builtins.int
+    """Read-your-writes: run this agent version or a later one (0: the latest the
+    executor knows). A client that has just updated the agent passes the version
+    the update answered with.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]: ...
     @_builtins.property
@@ -297,10 +303,11 @@ class RunInput(_message.Message):
         client_tools: _abc.Iterable[Global___ClientTool] | None = ...,
         tool_choice: Global___ToolChoice | None = ...,
         response_format: Global___ResponseFormat | None = ...,
+        min_agent_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["response_format", b"response_format", "sampling", b"sampling", "tool_choice", b"tool_choice"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "client_tools", b"client_tools", "context_id", b"context_id", "messages", b"messages", "response_format", b"response_format", "run_id", b"run_id", "sampling", b"sampling", "task_id", b"task_id", "tool_choice", b"tool_choice", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "client_tools", b"client_tools", "context_id", b"context_id", "messages", b"messages", "min_agent_version", b"min_agent_version", "response_format", b"response_format", "run_id", b"run_id", "sampling", b"sampling", "task_id", b"task_id", "tool_choice", b"tool_choice", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -694,19 +701,168 @@ class ExecuteStreamResponse(_message.Message):
 Global___ExecuteStreamResponse: _TypeAlias = ExecuteStreamResponse  # noqa: Y015
 
 @_typing.final
-class CancelRunRequest(_message.Message):
+class StartRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INPUT_FIELD_NUMBER: _builtins.int
+    WEBHOOK_URL_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    MULTITASK_STRATEGY_FIELD_NUMBER: _builtins.int
+    webhook_url: _builtins.str
+    """Called (POST, Standard Webhooks signature) once the run has ended."""
+    multitask_strategy: _builtins.str
+    """What to do when the run's task (conversation) has a run in progress:
+    reject (default) | enqueue | interrupt | rollback.
+    """
+    @_builtins.property
+    def input(self) -> Global___RunInput: ...
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """The caller's own data, kept on the run record."""
+
+    def __init__(
+        self,
+        *,
+        input: Global___RunInput | None = ...,
+        webhook_url: _builtins.str = ...,
+        metadata: _struct_pb2.Struct | None = ...,
+        multitask_strategy: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "metadata", b"metadata"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "metadata", b"metadata", "multitask_strategy", b"multitask_strategy", "webhook_url", b"webhook_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartRunRequest: _TypeAlias = StartRunRequest  # noqa: Y015
+
+@_typing.final
+class StartRunResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when the run id named a run that already existed (an idempotent retry)."""
+    @_builtins.property
+    def run(self) -> Global___Run: ...
+    def __init__(
+        self,
+        *,
+        run: Global___Run | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartRunResponse: _TypeAlias = StartRunResponse  # noqa: Y015
+
+@_typing.final
+class GetRunQueueRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunQueueRequest: _TypeAlias = GetRunQueueRequest  # noqa: Y015
+
+@_typing.final
+class GetRunQueueResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKEND_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    OLDEST_AGE_SECONDS_FIELD_NUMBER: _builtins.int
+    REDELIVERED_FIELD_NUMBER: _builtins.int
+    DEAD_LETTERS_FIELD_NUMBER: _builtins.int
+    FREE_SLOTS_FIELD_NUMBER: _builtins.int
+    backend: _builtins.str
+    """The broker: nats (redis and rabbitmq to come)."""
+    depth: _builtins.int
+    """Runs waiting or in progress, not yet acknowledged."""
+    pending: _builtins.int
+    """Runs waiting for a first delivery."""
+    oldest_age_seconds: _builtins.float
+    """Age of the oldest run waiting for its first delivery (0 when none)."""
+    redelivered: _builtins.int
+    """Deliveries in progress that are redeliveries."""
+    dead_letters: _builtins.int
+    """Runs given up (dead-lettered) and still kept."""
+    free_slots: _builtins.int
+    """Free run slots on the replica that answered."""
+    def __init__(
+        self,
+        *,
+        backend: _builtins.str = ...,
+        depth: _builtins.int = ...,
+        pending: _builtins.int = ...,
+        oldest_age_seconds: _builtins.float = ...,
+        redelivered: _builtins.int = ...,
+        dead_letters: _builtins.int = ...,
+        free_slots: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "dead_letters", b"dead_letters", "depth", b"depth", "free_slots", b"free_slots", "oldest_age_seconds", b"oldest_age_seconds", "pending", b"pending", "redelivered", b"redelivered"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRunQueueResponse: _TypeAlias = GetRunQueueResponse  # noqa: Y015
+
+@_typing.final
+class StreamRunEventsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    after_sequence: _builtins.int
+    """Send the events after this sequence number (0: from the run's first event)."""
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
+        after_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamRunEventsRequest: _TypeAlias = StreamRunEventsRequest  # noqa: Y015
+
+@_typing.final
+class CancelRunRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    action: _builtins.str
+    """interrupt (default): stop the run; what it did stays (its session keeps the
+    steps it completed). rollback: stop it and undo it in its session — the next
+    run of the conversation starts from the state before it.
+    """
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        action: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -771,6 +927,12 @@ class Run(_message.Message):
     EXECUTOR_ID_FIELD_NUMBER: _builtins.int
     OWNER_ID_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    MULTITASK_STRATEGY_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    ROLLED_BACK_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     agent_id: _builtins.str
     agent_version: _builtins.int
@@ -789,7 +951,19 @@ class Run(_message.Message):
     owner_id: _builtins.str
     """The owner of the agent the run ran (from the registry's agent when it was admitted)."""
     attempts: _builtins.int
-    """How many times the run was started (1 until runs are redelivered)."""
+    """How many times the run was started (more than 1 once a queued run was
+    redelivered after its executor stopped).
+    """
+    queued: _builtins.bool
+    """True for a run that went through the run queue (StartRun)."""
+    multitask_strategy: _builtins.str
+    """The multitask strategy the run was started with (queued runs)."""
+    finish_reason: _builtins.str
+    """stop | length | tool_calls once the run has succeeded."""
+    rolled_back: _builtins.bool
+    """True when the run was cancelled with action rollback (its steps are undone
+    in its session).
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -798,6 +972,16 @@ class Run(_message.Message):
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def usage(self) -> Global___Usage: ...
+    @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """The caller's metadata from StartRun."""
+
+    @_builtins.property
+    def output(self) -> Global___ChatMessage:
+        """The final assistant message once the run has succeeded (with the client
+        tool calls when finish_reason is tool_calls).
+        """
+
     def __init__(
         self,
         *,
@@ -817,10 +1001,16 @@ class Run(_message.Message):
         executor_id: _builtins.str = ...,
         owner_id: _builtins.str = ...,
         attempts: _builtins.int = ...,
+        queued: _builtins.bool = ...,
+        metadata: _struct_pb2.Struct | None = ...,
+        multitask_strategy: _builtins.str = ...,
+        output: Global___ChatMessage | None = ...,
+        finish_reason: _builtins.str = ...,
+        rolled_back: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "metadata", b"metadata", "output", b"output", "started_at", b"started_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "agent_version", b"agent_version", "attempts", b"attempts", "context_id", b"context_id", "created_at", b"created_at", "error_code", b"error_code", "error_message", b"error_message", "executor_id", b"executor_id", "finished_at", b"finished_at", "owner_id", b"owner_id", "run_id", b"run_id", "started_at", b"started_at", "status", b"status", "task_id", b"task_id", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "agent_version", b"agent_version", "attempts", b"attempts", "context_id", b"context_id", "created_at", b"created_at", "error_code", b"error_code", "error_message", b"error_message", "executor_id", b"executor_id", "finish_reason", b"finish_reason", "finished_at", b"finished_at", "metadata", b"metadata", "multitask_strategy", b"multitask_strategy", "output", b"output", "owner_id", b"owner_id", "queued", b"queued", "rolled_back", b"rolled_back", "run_id", b"run_id", "started_at", b"started_at", "status", b"status", "task_id", b"task_id", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

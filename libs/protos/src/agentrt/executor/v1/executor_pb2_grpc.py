@@ -44,6 +44,21 @@ class ExecutorStub:
                 request_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ExecuteStreamRequest.SerializeToString,
                 response_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ExecuteStreamResponse.FromString,
                 _registered_method=True)
+        self.StartRun = channel.unary_unary(
+                '/agentrt.executor.v1.Executor/StartRun',
+                request_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.StartRunRequest.SerializeToString,
+                response_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.StartRunResponse.FromString,
+                _registered_method=True)
+        self.GetRunQueue = channel.unary_unary(
+                '/agentrt.executor.v1.Executor/GetRunQueue',
+                request_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunQueueRequest.SerializeToString,
+                response_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunQueueResponse.FromString,
+                _registered_method=True)
+        self.StreamRunEvents = channel.unary_stream(
+                '/agentrt.executor.v1.Executor/StreamRunEvents',
+                request_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.StreamRunEventsRequest.SerializeToString,
+                response_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ExecuteStreamResponse.FromString,
+                _registered_method=True)
         self.CancelRun = channel.unary_unary(
                 '/agentrt.executor.v1.Executor/CancelRun',
                 request_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.CancelRunRequest.SerializeToString,
@@ -88,6 +103,31 @@ class ExecutorServicer:
 
     def ExecuteStream(self, request, context):
         """Runs an agent and streams typed events as they happen.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartRun(self, request, context):
+        """Queues a run: answers at once with its queued record, and an executor replica
+        with a free slot takes it from the run queue. A run id that names an existing
+        run answers that run (created = false) when the request is the same one, and
+        ALREADY_EXISTS (RUN_EXISTS) when it is not: a retry never starts a second run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRunQueue(self, request, context):
+        """How the run queue is doing: depth, age of the oldest waiting run, redeliveries,
+        dead letters (for health and monitoring; any replica answers for all).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamRunEvents(self, request, context):
+        """The run's events after `after_sequence` (0: from its first), live until its last one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,6 +187,21 @@ def add_ExecutorServicer_to_server(servicer, server):
             'ExecuteStream': grpc.unary_stream_rpc_method_handler(
                     servicer.ExecuteStream,
                     request_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ExecuteStreamRequest.FromString,
+                    response_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ExecuteStreamResponse.SerializeToString,
+            ),
+            'StartRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRun,
+                    request_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.StartRunRequest.FromString,
+                    response_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.StartRunResponse.SerializeToString,
+            ),
+            'GetRunQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunQueue,
+                    request_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunQueueRequest.FromString,
+                    response_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunQueueResponse.SerializeToString,
+            ),
+            'StreamRunEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamRunEvents,
+                    request_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.StreamRunEventsRequest.FromString,
                     response_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ExecuteStreamResponse.SerializeToString,
             ),
             'CancelRun': grpc.unary_unary_rpc_method_handler(
@@ -233,6 +288,87 @@ class Executor:
             target,
             '/agentrt.executor.v1.Executor/ExecuteStream',
             agentrt_dot_executor_dot_v1_dot_executor__pb2.ExecuteStreamRequest.SerializeToString,
+            agentrt_dot_executor_dot_v1_dot_executor__pb2.ExecuteStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.executor.v1.Executor/StartRun',
+            agentrt_dot_executor_dot_v1_dot_executor__pb2.StartRunRequest.SerializeToString,
+            agentrt_dot_executor_dot_v1_dot_executor__pb2.StartRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRunQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentrt.executor.v1.Executor/GetRunQueue',
+            agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunQueueRequest.SerializeToString,
+            agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamRunEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentrt.executor.v1.Executor/StreamRunEvents',
+            agentrt_dot_executor_dot_v1_dot_executor__pb2.StreamRunEventsRequest.SerializeToString,
             agentrt_dot_executor_dot_v1_dot_executor__pb2.ExecuteStreamResponse.FromString,
             options,
             channel_credentials,

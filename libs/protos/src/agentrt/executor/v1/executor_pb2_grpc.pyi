@@ -45,6 +45,18 @@ class ExecutorStub:
     """Runs an agent to completion and returns the final message."""
     ExecuteStream: _grpc.UnaryStreamMultiCallable[_executor_pb2.ExecuteStreamRequest, _executor_pb2.ExecuteStreamResponse]
     """Runs an agent and streams typed events as they happen."""
+    StartRun: _grpc.UnaryUnaryMultiCallable[_executor_pb2.StartRunRequest, _executor_pb2.StartRunResponse]
+    """Queues a run: answers at once with its queued record, and an executor replica
+    with a free slot takes it from the run queue. A run id that names an existing
+    run answers that run (created = false) when the request is the same one, and
+    ALREADY_EXISTS (RUN_EXISTS) when it is not: a retry never starts a second run.
+    """
+    GetRunQueue: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetRunQueueRequest, _executor_pb2.GetRunQueueResponse]
+    """How the run queue is doing: depth, age of the oldest waiting run, redeliveries,
+    dead letters (for health and monitoring; any replica answers for all).
+    """
+    StreamRunEvents: _grpc.UnaryStreamMultiCallable[_executor_pb2.StreamRunEventsRequest, _executor_pb2.ExecuteStreamResponse]
+    """The run's events after `after_sequence` (0: from its first), live until its last one."""
     CancelRun: _grpc.UnaryUnaryMultiCallable[_executor_pb2.CancelRunRequest, _executor_pb2.CancelRunResponse]
     """Stops a run promptly; it is recorded as cancelled."""
     GetRun: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetRunRequest, _executor_pb2.GetRunResponse]
@@ -67,6 +79,18 @@ class ExecutorAsyncStub(ExecutorStub):
     """Runs an agent to completion and returns the final message."""
     ExecuteStream: _aio.UnaryStreamMultiCallable[_executor_pb2.ExecuteStreamRequest, _executor_pb2.ExecuteStreamResponse]  # type: ignore[assignment]
     """Runs an agent and streams typed events as they happen."""
+    StartRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.StartRunRequest, _executor_pb2.StartRunResponse]  # type: ignore[assignment]
+    """Queues a run: answers at once with its queued record, and an executor replica
+    with a free slot takes it from the run queue. A run id that names an existing
+    run answers that run (created = false) when the request is the same one, and
+    ALREADY_EXISTS (RUN_EXISTS) when it is not: a retry never starts a second run.
+    """
+    GetRunQueue: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetRunQueueRequest, _executor_pb2.GetRunQueueResponse]  # type: ignore[assignment]
+    """How the run queue is doing: depth, age of the oldest waiting run, redeliveries,
+    dead letters (for health and monitoring; any replica answers for all).
+    """
+    StreamRunEvents: _aio.UnaryStreamMultiCallable[_executor_pb2.StreamRunEventsRequest, _executor_pb2.ExecuteStreamResponse]  # type: ignore[assignment]
+    """The run's events after `after_sequence` (0: from its first), live until its last one."""
     CancelRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.CancelRunRequest, _executor_pb2.CancelRunResponse]  # type: ignore[assignment]
     """Stops a run promptly; it is recorded as cancelled."""
     GetRun: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetRunRequest, _executor_pb2.GetRunResponse]  # type: ignore[assignment]
@@ -98,6 +122,36 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_executor_pb2.ExecuteStreamResponse], _abc.AsyncIterator[_executor_pb2.ExecuteStreamResponse]]:
         """Runs an agent and streams typed events as they happen."""
+
+    @_abc_1.abstractmethod
+    def StartRun(
+        self,
+        request: _executor_pb2.StartRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.StartRunResponse, _abc.Awaitable[_executor_pb2.StartRunResponse]]:
+        """Queues a run: answers at once with its queued record, and an executor replica
+        with a free slot takes it from the run queue. A run id that names an existing
+        run answers that run (created = false) when the request is the same one, and
+        ALREADY_EXISTS (RUN_EXISTS) when it is not: a retry never starts a second run.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRunQueue(
+        self,
+        request: _executor_pb2.GetRunQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.GetRunQueueResponse, _abc.Awaitable[_executor_pb2.GetRunQueueResponse]]:
+        """How the run queue is doing: depth, age of the oldest waiting run, redeliveries,
+        dead letters (for health and monitoring; any replica answers for all).
+        """
+
+    @_abc_1.abstractmethod
+    def StreamRunEvents(
+        self,
+        request: _executor_pb2.StreamRunEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_executor_pb2.ExecuteStreamResponse], _abc.AsyncIterator[_executor_pb2.ExecuteStreamResponse]]:
+        """The run's events after `after_sequence` (0: from its first), live until its last one."""
 
     @_abc_1.abstractmethod
     def CancelRun(

@@ -1,4 +1,8 @@
-"""Domain: which URLs and which addresses the fetch tool may reach.
+"""Kit (pure): which URLs and which addresses a service may reach over HTTP.
+
+The tools service's fetch tool and the executor's run webhooks share this policy;
+`agentrt_kit.policed_http` enforces it on the wire. No I/O here: resolving a host is
+the caller's job, and what it resolved to is judged below.
 
 A URL must be http(s), carry no userinfo, and name a host. Every address the host
 resolves to must be globally reachable unicast, decided from data rather than from
@@ -17,7 +21,9 @@ refusal names what it carries. Mapped, NAT64 well-known-prefix and 6to4 addresse
 pass when what they carry does; every other IPv6 form must also pass as itself, so
 Teredo, local-use NAT64 and the forms outside 2000::/3 stay refused. An operator
 allow-list admits any address it covers, and covering the IPv4 address that a mapped,
-NAT64 well-known-prefix or 6to4 address carries admits that address too.
+NAT64 well-known-prefix or 6to4 address carries admits that address too. A deny-list
+of networks refuses addresses the rest admits; host allow- and deny-lists come first
+(`NetworkPolicy`).
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ class Reach(Enum):
 
 
 class Verdict(Enum):
-    """What the fetch policy does with an address in a block."""
+    """What the policy does with an address in a block."""
 
     ALLOW = "allow"
     REFUSE = "refuse"
@@ -414,3 +420,75 @@ def host_matches(host: str, patterns: Iterable[str]) -> bool:
         elif host == pattern:
             return True
     return False
+
+
+def parse_networks(items: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """CIDRs (or single addresses) as networks; host bits are ignored (`10.1.2.3/16`).
+
+    Raises:
+        ValueError: naming the first item that is not a network.
+    """
+    return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in items)
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    """How an operator widens and narrows the default policy (all from settings).
+
+    Attributes:
+        allowed_networks: admitted although not globally reachable (an internal proxy).
+        denied_networks: refused although globally reachable.
+        allow_hosts: when set, the only hosts reached (`example.com`, `*.example.com`).
+        deny_hosts: hosts never reached.
+    """
+
+    allowed_networks: Sequence[IPNetwork] = ()
+    denied_networks: Sequence[IPNetwork] = ()
+    allow_hosts: Sequence[str] = ()
+    deny_hosts: Sequence[str] = ()
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        allowed_networks: Iterable[str] = (),
+        denied_networks: Iterable[str] = (),
+        allow_hosts: Iterable[str] = (),
+        deny_hosts: Iterable[str] = (),
+    ) -> NetworkPolicy:
+        """The policy settings describe, networks given as text.
+
+        Raises:
+            ValueError: a network is not a CIDR.
+        """
+        return cls(
+            parse_networks(allowed_networks),
+            parse_networks(denied_networks),
+            tuple(allow_hosts),
+            tuple(deny_hosts),
+        )
+
+    def target(self, url: str) -> Target:
+        """The URL's target, when its form and its host pass.
+
+        Raises:
+            UrlRefused: with the reason.
+        """
+        target = parse_target(url)
+        if host_matches(target.host, self.deny_hosts):
+            raise UrlRefused(f"host {target.host!r} is on the deny list")
+        if self.allow_hosts and not host_matches(target.host, self.allow_hosts):
+            raise UrlRefused(f"host {target.host!r} is not on the allow list")
+        return target
+
+    def admit(self, target: Target, addresses: Iterable[IPAddress]) -> list[IPAddress]:
+        """All of `addresses` the target's host resolved to, when every one may be contacted.
+
+        Raises:
+            UrlRefused: the host resolved to nothing, or to any refused or denied address.
+        """
+        checked = check_addresses(target.host, addresses, self.allowed_networks)
+        for address in checked:
+            if any(address in net for net in self.denied_networks):
+                raise UrlRefused(f"{address} is on the deny list")
+        return checked

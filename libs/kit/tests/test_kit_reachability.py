@@ -1,6 +1,6 @@
-"""Unit tier: fetch_url's address policy against every block of the IANA special-purpose tables.
+"""Unit tier: the kit's address policy against every block of the IANA special-purpose tables.
 
-The tables in `tool_service.domain.urls` are the IANA IPv4 and IPv6 Special-Purpose Address
+The tables in `agentrt_kit.urls` are the IANA IPv4 and IPv6 Special-Purpose Address
 Registries plus the few rows the registries leave out (multicast, the old IPv4-in-IPv6 forms,
 2000::/3). Each block's edges are probed, its neighbours just outside, and every way IPv6 can
 carry a refused IPv4 address.
@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tool_service.domain.urls import (
+from agentrt_kit.urls import (
     BEYOND_THE_REGISTRIES,
     IPV4_SPECIAL_PURPOSE,
     IPV6_SPECIAL_PURPOSE,

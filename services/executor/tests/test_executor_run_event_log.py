@@ -1,0 +1,589 @@
+"""The run event log: a run's events read back, resumed after an id, from any replica.
+
+One scenario suite runs against the in-memory twin (`ListEventSink` +
+`MemoryRunEventLog`) and the real thing (`JetStreamRunEvents` +
+`JetStreamRunEventLog` on a real nats-server); the tests after it take NATS away
+or look inside the NATS client, so they run on JetStream only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import pytest
+from executor_support import eventually
+
+from agent_executor.adapters.memory import ListEventSink, MemoryRunEventLog
+from agent_executor.adapters.nats_runs import JetStreamRunEventLog, JetStreamRunEvents
+from agent_executor.adapters.proto_mapping import run_event_of, stream_event, timestamp
+from agent_executor.application.ports import QueueUnavailable, RunEventLog
+from agent_executor.domain.client_tools import ToolCall
+from agent_executor.domain.runs import (
+    MessageCompleted,
+    MessageDelta,
+    RunCompleted,
+    RunEvent,
+    RunFailed,
+    RunStarted,
+    StepProgress,
+    ToolCallFinished,
+    ToolCallStarted,
+    Usage,
+)
+from agentrt.events.v1 import run_events_pb2
+from agentrt_kit.nats import Names, NatsClient
+from agentrt_testkit.nats_server import NatsServer
+
+NOW = datetime(2025, 5, 1, 9, 30, 0, 123_456, tzinfo=UTC)
+WAIT = 30.0  # a generous bound, so a broken read fails instead of hanging
+LOGGER = "agent_executor.adapters.nats_runs"
+
+
+def events_of(run_id: str, deltas: int = 3) -> list[RunEvent]:
+    """A successful run: started, `deltas` pieces of text, completed."""
+    body: list[Any] = [RunStarted(run_id, "agent-1", 2, "task-1", "ctx-1")]
+    body += [MessageDelta(f"t{i} ", "m1") for i in range(deltas)]
+    body.append(RunCompleted("stop", Usage(7, deltas)))
+    return [
+        RunEvent(run_id, seq, NOW + timedelta(milliseconds=seq), b)
+        for seq, b in enumerate(body, start=1)
+    ]
+
+
+class Sink(Protocol):
+    def publish(self, event: RunEvent, agent_id: str, agent_version: int) -> None: ...
+
+    async def flush(self, run_id: str) -> None: ...
+
+
+@dataclass
+class EventStore:
+    """A publisher and a log reading what it publishes."""
+
+    sink: Sink
+    log: RunEventLog
+
+    async def publish(self, *events: RunEvent) -> None:
+        for event in events:
+            self.sink.publish(event, "agent-1", 2)
+        if events:
+            await self.sink.flush(events[-1].run_id)
+
+
+async def read_all(log: RunEventLog, run_id: str, after: int = 0) -> list[RunEvent]:
+    async def collect() -> list[RunEvent]:
+        return [event async for event in log.read(run_id, after)]
+
+    return await asyncio.wait_for(collect(), WAIT)
+
+
+class Reader:
+    """A read running in the background, its events arriving in a queue."""
+
+    def __init__(self, log: RunEventLog, run_id: str, after: int = 0) -> None:
+        self.got: asyncio.Queue[RunEvent] = asyncio.Queue()
+        self.task = asyncio.create_task(self._read(log, run_id, after))
+
+    async def _read(self, log: RunEventLog, run_id: str, after: int) -> None:
+        async for event in log.read(run_id, after):
+            self.got.put_nowait(event)
+
+    async def next(self) -> RunEvent:
+        return await asyncio.wait_for(self.got.get(), WAIT)
+
+    async def take(self, count: int) -> list[RunEvent]:
+        return [await self.next() for _ in range(count)]
+
+    async def ended(self) -> bool:
+        await asyncio.wait_for(self.task, WAIT)
+        return self.got.empty()
+
+    async def cancel(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+@contextlib.asynccontextmanager
+async def connected(url: str) -> AsyncIterator[NatsClient]:
+    client = NatsClient(url, name="run-event-log-test")
+    await client.start()
+    assert await client.wait_connected(10)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@contextlib.asynccontextmanager
+async def jetstream(
+    client: NatsClient, prefix: str, **sink_options: Any
+) -> AsyncIterator[tuple[JetStreamRunEvents, JetStreamRunEventLog]]:
+    names = Names(prefix)
+    sink = JetStreamRunEvents(client, names, **{"ack_timeout": 5.0, **sink_options})
+    await sink.start()
+    try:
+        yield (
+            sink,
+            JetStreamRunEventLog(client, names, heartbeat_seconds=0.5, stream_poll_seconds=0.05),
+        )
+    finally:
+        await sink.stop(timeout=1.0)
+
+
+@pytest.fixture(params=["memory", "jetstream"])
+async def store(
+    request: pytest.FixtureRequest, nats_server: NatsServer, nats_prefix: str
+) -> AsyncIterator[EventStore]:
+    if request.param == "memory":
+        sink = ListEventSink()
+        yield EventStore(sink, MemoryRunEventLog(sink))
+        return
+    async with connected(nats_server.url) as client, jetstream(client, nats_prefix) as (s, log):
+        yield EventStore(s, log)
+
+
+# ------------------------------------------------------------------ every implementation
+
+
+async def test_a_reader_from_zero_replays_an_ended_run_from_its_first_event(
+    store: EventStore,
+) -> None:
+    run = events_of("run-a")
+    await store.publish(*events_of("other"), *run)
+
+    assert await read_all(store.log, "run-a") == run
+
+
+async def test_a_reader_resuming_after_an_id_gets_exactly_the_events_after_it(
+    store: EventStore,
+) -> None:
+    run = events_of("run-b", deltas=5)
+    await store.publish(*run)
+
+    for after in (1, 2, 4, 6):
+        assert await read_all(store.log, "run-b", after) == run[after:]
+
+
+async def test_a_reader_after_the_last_event_gets_nothing_and_is_done(
+    store: EventStore,
+) -> None:
+    run = events_of("run-c")
+    await store.publish(*run)
+
+    assert await read_all(store.log, "run-c", after=len(run)) == []
+    assert await read_all(store.log, "run-c", after=len(run) + 10) == []
+
+
+async def test_a_live_reader_gets_each_event_as_it_is_published(store: EventStore) -> None:
+    run = events_of("run-d")
+    reader = Reader(store.log, "run-d")
+    try:
+        for event in run:
+            await store.publish(event)
+            # Each event arrives before the next one exists: it came live.
+            assert await reader.next() == event
+        assert await reader.ended()
+    finally:
+        await reader.cancel()
+
+
+async def test_concurrent_readers_each_get_every_event_once(store: EventStore) -> None:
+    run = events_of("run-e", deltas=6)
+    early = [Reader(store.log, "run-e") for _ in range(3)]
+    resuming = Reader(store.log, "run-e", after=2)
+    try:
+        await store.publish(*run[:4])
+        midway = Reader(store.log, "run-e")
+        await store.publish(*run[4:])
+
+        for reader in (*early, midway):
+            assert await reader.take(len(run)) == run
+            assert await reader.ended()
+        assert await resuming.take(len(run) - 2) == run[2:]
+        assert await resuming.ended()
+    finally:
+        for reader in (*early, resuming, midway):
+            await reader.cancel()
+
+
+async def test_last_sequence_is_zero_before_any_event_then_the_last_stored(
+    store: EventStore,
+) -> None:
+    assert await store.log.last_sequence("run-f") == 0
+    run = events_of("run-f", deltas=4)
+    await store.publish(*run[:3])
+
+    async def last_is(expected: int) -> bool:
+        return await store.log.last_sequence("run-f") == expected
+
+    await eventually(lambda: last_is(3), timeout=WAIT)
+    await store.publish(*run[3:])
+    assert await store.log.last_sequence("run-f") == len(run)
+    assert await store.log.last_sequence("run-unknown") == 0
+
+
+async def test_a_second_executor_continues_numbering_after_the_last_stored_event(
+    store: EventStore,
+) -> None:
+    started, delta = events_of("run-g")[:2]
+    await store.publish(started, delta)  # the first executor crashed here
+    await eventually(lambda: last_is(store.log, "run-g", 2), timeout=WAIT)
+
+    after = await store.log.last_sequence("run-g")
+    rest = [
+        RunEvent("run-g", after + 1, NOW, MessageDelta("again", "m2")),
+        RunEvent("run-g", after + 2, NOW, RunFailed("EXECUTOR_LOST", "gave up")),
+    ]
+    await store.publish(*rest)
+
+    assert [e.sequence for e in await read_all(store.log, "run-g")] == [1, 2, 3, 4]
+    assert await read_all(store.log, "run-g", after=2) == rest
+
+
+async def last_is(log: RunEventLog, run_id: str, expected: int) -> bool:
+    return await log.last_sequence(run_id) == expected
+
+
+@pytest.mark.parametrize("other_runs_first", [False, True])
+async def test_a_reader_of_a_run_without_events_waits_for_them(
+    store: EventStore, other_runs_first: bool
+) -> None:
+    if other_runs_first:
+        await store.publish(*events_of("earlier"))
+    reader = Reader(store.log, "run-h")
+    try:
+        await asyncio.sleep(0.3)  # the reader is waiting: nothing is there for it
+        assert reader.got.empty()
+        assert not reader.task.done()
+        run = events_of("run-h")
+        await store.publish(*run)
+        assert await reader.take(len(run)) == run
+        assert await reader.ended()
+    finally:
+        await reader.cancel()
+
+
+async def test_a_repeated_event_is_read_once(store: EventStore) -> None:
+    first, second, third, fourth, last = events_of("run-i")
+    await store.publish(first, second, first, second, third, second, fourth, last)
+
+    assert await read_all(store.log, "run-i") == [first, second, third, fourth, last]
+
+
+async def test_a_gap_is_read_across_and_the_read_still_ends(store: EventStore) -> None:
+    first, second, _, _, last = events_of("run-j")
+    await store.publish(first, second, last)
+
+    assert await read_all(store.log, "run-j") == [first, second, last]
+
+
+async def test_the_memory_log_refuses_reads_while_unavailable_as_nats_does() -> None:
+    sink = ListEventSink()
+    log = MemoryRunEventLog(sink)
+    await EventStore(sink, log).publish(*events_of("away"))
+    log.available = False
+    with pytest.raises(QueueUnavailable):
+        await log.last_sequence("away")
+    with pytest.raises(QueueUnavailable):
+        await read_all(log, "away")
+    log.available = True
+    assert await read_all(log, "away") == events_of("away")
+
+
+# ------------------------------------------------------------------ JetStream only
+
+
+async def test_the_jetstream_log_reports_a_gap(
+    nats_client: NatsClient, nats_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    first, _, _, _, last = events_of("gap")
+    async with jetstream(nats_client, nats_prefix) as (sink, log):
+        await EventStore(sink, log).publish(first, last)
+        assert [e.sequence for e in await read_all(log, "gap")] == [1, 5]
+
+    missing = [r for r in caplog.records if r.getMessage() == "run events missing"]
+    assert [(r.run_id, r.after, r.next) for r in missing] == [("gap", 1, 5)]  # type: ignore[attr-defined]
+
+
+async def test_a_late_copy_stored_past_the_duplicate_window_is_skipped(
+    nats_client: NatsClient, nats_prefix: str
+) -> None:
+    run = events_of("late")
+    async with jetstream(nats_client, nats_prefix) as (sink, log):
+        store = EventStore(sink, log)
+        await store.publish(*run[:3])
+        # An old executor's copy of event 2, stored without its Msg-Id (as after the window).
+        stale = run_events_pb2.RunEvent(
+            event_id="late:2",
+            run_id="late",
+            sequence=2,
+            occurred_at=timestamp(NOW),
+            event=stream_event(RunEvent("late", 2, NOW, MessageDelta("stale"))),
+        )
+        await nats_client.js.publish(
+            f"{nats_prefix}.runs.events.late", stale.SerializeToString(), stream=sink.stream
+        )
+        await store.publish(*run[3:])
+
+        assert await read_all(log, "late") == run
+
+
+def subscriptions(client: NatsClient) -> set[int]:
+    return set(client.nc._subs)
+
+
+async def consumers(client: NatsClient, stream: str) -> int:
+    info = await client.js.stream_info(stream)
+    return int(info.state.consumer_count)
+
+
+async def test_a_reader_closed_or_cancelled_early_leaves_no_subscription_behind(
+    nats_client: NatsClient, nats_prefix: str
+) -> None:
+    async with jetstream(nats_client, nats_prefix) as (sink, log):
+        store = EventStore(sink, log)
+        await store.publish(*events_of("warm-up"))
+        assert len(await read_all(log, "warm-up")) == 5
+        await store.publish(*events_of("open")[:3])  # a run still going
+        before = subscriptions(nats_client)
+
+        # Closed after one event.
+        reading = log.read("open", 0)
+        assert (await asyncio.wait_for(anext(reading), WAIT)).sequence == 1
+        assert len(subscriptions(nats_client)) == len(before) + 1
+        await reading.aclose()
+        assert subscriptions(nats_client) == before
+
+        # Cancelled while it waits for the run's next event.
+        reader = Reader(log, "open")
+        assert len(await reader.take(3)) == 3
+        assert len(subscriptions(nats_client)) == len(before) + 1
+        await reader.cancel()
+        assert subscriptions(nats_client) == before
+
+        # Left unfinished inside an `async for` that breaks out.
+        async def first_of_open() -> RunEvent:
+            async with contextlib.aclosing(log.read("open", 0)) as events:
+                async for event in events:
+                    return event
+            raise AssertionError("no event")
+
+        assert (await asyncio.wait_for(first_of_open(), WAIT)).sequence == 1
+        assert subscriptions(nats_client) == before
+
+        # The server forgets the readers' consumers too.
+        await eventually(lambda: consumers_are(nats_client, sink.stream, 0), timeout=WAIT)
+
+
+async def consumers_are(client: NatsClient, stream: str, expected: int) -> bool:
+    return await consumers(client, stream) == expected
+
+
+async def test_events_published_while_nats_is_down_are_held_and_arrive_in_order(
+    make_nats_server: Callable[[], NatsServer],
+) -> None:
+    server = make_nats_server()
+    run = events_of("outage", deltas=6)
+    async with connected(server.url) as client, jetstream(client, "outage") as (sink, log):
+        store = EventStore(sink, log)
+        live = Reader(log, "outage")
+        try:
+            await store.publish(*run[:2])
+            assert await live.take(2) == run[:2]
+
+            server.stop()  # same store directory when it comes back
+            await eventually(lambda: not client.connected, timeout=WAIT)
+            for event in run[2:]:
+                sink.publish(event, "agent-1", 2)
+            # flush gives up while NATS is away (bounded by ack_timeout), keeping the events.
+            await asyncio.wait_for(sink.flush("outage"), WAIT)
+            assert sink.published == 2
+            assert sink.dropped == 0
+
+            server.start()
+            # The reader that was waiting across the outage gets the rest, in order.
+            assert await live.take(len(run) - 2) == run[2:]
+            assert await live.ended()
+            # And so does a reader from the start: no gap.
+            assert await read_all(log, "outage") == run
+            assert await log.last_sequence("outage") == len(run)
+            assert sink.published == len(run)
+        finally:
+            await live.cancel()
+
+
+async def test_events_sent_as_nats_stops_are_sent_again_once_it_is_back(
+    make_nats_server: Callable[[], NatsServer],
+) -> None:
+    server = make_nats_server()
+    run = events_of("wire")
+    async with connected(server.url) as client, jetstream(client, "wire") as (sink, log):
+        store = EventStore(sink, log)
+        await store.publish(*events_of("warm-up"))
+        # The frozen server reads nothing, then dies: what the connection had is lost.
+        with contextlib.suppress(ProcessLookupError), server.paused():
+            await store.publish(*run[:3])  # handed to the connection, not confirmed
+            server.kill()
+        server.start()
+        await eventually(lambda: client.nc.stats["reconnects"] == 1, timeout=WAIT)
+
+        # Nothing more is published: the reconnect alone has them sent again.
+        reader = Reader(log, "wire")
+        try:
+            assert await reader.take(3) == run[:3]
+            await store.publish(*run[3:])
+            assert await reader.take(2) == run[3:]
+            assert await reader.ended()
+        finally:
+            await reader.cancel()
+
+
+async def test_a_run_started_while_nats_is_down_is_stored_once_it_is_back(
+    make_nats_server: Callable[[], NatsServer],
+) -> None:
+    server = make_nats_server()
+    run = events_of("cold")
+    async with connected(server.url) as client, jetstream(client, "cold") as (sink, log):
+        server.stop()
+        await eventually(lambda: not client.connected, timeout=WAIT)
+        with pytest.raises(QueueUnavailable):
+            await log.last_sequence("cold")
+        with pytest.raises(QueueUnavailable):
+            await read_all(log, "cold")
+        for event in run:
+            sink.publish(event, "agent-1", 2)
+
+        server.start()
+        await eventually(lambda: client.connected, timeout=WAIT)
+        assert await read_all(log, "cold") == run
+
+
+async def test_a_full_queue_drops_events_and_counts_them(
+    make_nats_server: Callable[[], NatsServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    server = make_nats_server()
+    run = events_of("full", deltas=4)
+    async with (
+        connected(server.url) as client,
+        jetstream(client, "full", max_queued=3, ack_timeout=0.5) as (sink, log),
+    ):
+        server.stop()
+        await eventually(lambda: not client.connected, timeout=WAIT)
+        for event in run:
+            sink.publish(event, "agent-1", 2)
+        assert sink.dropped == 3  # the queue holds three
+        await asyncio.wait_for(sink.flush("full"), WAIT)
+
+        server.start()
+        await eventually(lambda: client.connected, timeout=WAIT)
+        await eventually(lambda: last_is(log, "full", 3), timeout=WAIT)
+
+    lost = [r.lost for r in caplog.records if r.getMessage() == "run events lost"]  # type: ignore[attr-defined]
+    assert lost == [3]
+
+
+async def test_stopping_while_nats_never_comes_back_gives_up_and_says_so(
+    make_nats_server: Callable[[], NatsServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    server = make_nats_server()
+    async with connected(server.url) as client:
+        sink = JetStreamRunEvents(client, Names("gone"), ack_timeout=0.2)
+        await sink.start()
+        server.stop()
+        await eventually(lambda: not client.connected, timeout=WAIT)
+        for event in events_of("gone"):
+            sink.publish(event, "agent-1", 2)
+        await asyncio.wait_for(sink.flush("gone"), WAIT)
+        await asyncio.wait_for(sink.stop(timeout=0.2), WAIT)
+
+    unsent = [r for r in caplog.records if r.getMessage() == "run events not sent before stopping"]
+    assert [r.events for r in unsent] == [5]  # type: ignore[attr-defined]
+    assert [r.run_id for r in caplog.records if r.getMessage() == "run events not sent yet"] == [  # type: ignore[attr-defined]
+        "gone"
+    ]
+
+
+async def test_the_stream_keeps_events_for_the_window_and_up_to_max_bytes(
+    nats_client: NatsClient, nats_prefix: str
+) -> None:
+    options = {"retention_seconds": 3600.0, "max_bytes": 1_000_000}
+    async with jetstream(nats_client, nats_prefix, **options) as (sink, log):
+        await EventStore(sink, log).publish(*events_of("sized"))
+        config = (await nats_client.js.stream_info(sink.stream)).config
+    assert config.max_age == 3600.0
+    assert config.max_bytes == 1_000_000
+
+
+async def test_the_stream_is_unbounded_in_bytes_by_default(
+    nats_client: NatsClient, nats_prefix: str
+) -> None:
+    async with jetstream(nats_client, nats_prefix) as (sink, log):
+        await EventStore(sink, log).publish(*events_of("default"))
+        config = (await nats_client.js.stream_info(sink.stream)).config
+    assert config.max_age == 86_400.0
+    assert config.max_bytes == -1
+
+
+@pytest.fixture
+async def nats_client(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
+    async with connected(nats_server.url) as client:
+        yield client
+
+
+# ------------------------------------------------------------------ proto mapping
+
+EVERY_BODY: Sequence[Any] = (
+    RunStarted("run-x", "agent-1", 7, "task-1", "ctx-1"),
+    MessageDelta("Hello, ", "msg-1"),
+    ToolCallStarted("call-1", "search", '{"q": "nats"}'),
+    ToolCallFinished("call-1", "search", True, "3 results"),
+    ToolCallFinished("call-2", "fetch", False, "refused"),
+    StepProgress("s1", "plan", "retrying", 2),
+    MessageCompleted("Done.", "msg-1"),
+    MessageCompleted(
+        "",
+        "msg-2",
+        "assistant",
+        (ToolCall("c1", "lookup", '{"id": 1}'), ToolCall("c2", "lookup", "{}")),
+    ),
+    RunCompleted("tool_calls", Usage(120, 35)),
+    RunFailed("TIMEOUT", "run took longer than 300 s"),
+)
+
+
+@pytest.mark.parametrize("body", EVERY_BODY, ids=lambda b: str(b.type))
+def test_a_run_event_survives_the_stored_message_round_trip(body: Any) -> None:
+    event = RunEvent("run-x", 12, NOW, body)
+    message = run_events_pb2.RunEvent(
+        event_id="run-x:12",
+        run_id="run-x",
+        sequence=12,
+        occurred_at=timestamp(NOW),
+        type=body.type,
+        event=stream_event(event),
+    )
+
+    decoded = run_event_of(run_events_pb2.RunEvent.FromString(message.SerializeToString()))
+
+    assert decoded == event
+    assert decoded.occurred_at.tzinfo is not None
+
+
+def test_every_event_body_type_has_a_round_trip_case() -> None:
+    oneof = run_events_pb2.RunEvent().event.DESCRIPTOR.oneofs_by_name["event"]
+    assert {b.type for b in EVERY_BODY} == {field.name for field in oneof.fields}
+
+
+def test_a_stored_event_without_a_known_body_is_refused() -> None:
+    with pytest.raises(ValueError, match="no known body"):
+        run_event_of(run_events_pb2.RunEvent(event_id="r:1", run_id="r", sequence=1))
