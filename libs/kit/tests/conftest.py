@@ -115,10 +115,13 @@ class ExecutorProbe(ex_grpc.ExecutorServicer):
         self.seen: list[dict[str, Any]] = []
 
     async def ExecuteStream(self, request: ex_pb.ExecuteStreamRequest, context: Any) -> Any:
-        """ok: 3 events; fail: 2 then FAILED_PRECONDITION; boom: 1 then a bug; abort: 1 then abort."""
+        """ok: 3 events; fail: 2 then FAILED_PRECONDITION; boom: 1 then a bug; abort: 1 then
+        abort; hang: 1, then waits until the client goes away."""
         self.seen.append(_seen(context))
         mode = request.input.agent_id
         yield _event(1, f"{current_request_id()}|{current_actor()}")
+        if mode == "hang":
+            await asyncio.Event().wait()
         if mode == "boom":
             raise ZeroDivisionError("secret stream internals")
         if mode == "abort":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import re
 from typing import Any
@@ -398,3 +400,19 @@ async def test_a_method_the_service_lacks_is_unimplemented_not_internal(service,
     assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert error_from_rpc(info.value).reason == "UNIMPLEMENTED"
     assert "unhandled error" not in caplog.text
+
+
+async def test_a_stream_the_client_leaves_ends_without_an_error_logged(
+    service, caplog: pytest.LogCaptureFixture
+) -> None:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+    stub = ex_grpc.ExecutorStub(channel)
+    call = stub.ExecuteStream(stream_request("hang"), metadata=(("x-request-id", "gone-1"),))
+    first = await call.read()
+    assert first.sequence == 1
+    await channel.close()  # the client goes away mid-stream (as an SSE reader that disconnects)
+    await asyncio.sleep(0.3)
+    gc.collect()  # an exception nobody retrieved is reported when its task is collected
+    await asyncio.sleep(0)
+    problems = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert problems == [], [r.getMessage() for r in problems]

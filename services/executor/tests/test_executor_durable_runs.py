@@ -87,6 +87,7 @@ async def test_a_run_handed_over_at_shutdown_resumes_elsewhere_from_its_checkpoi
     assert done.run.status == "succeeded", done.run
     assert done.run.attempts == 2
     assert done.run.executor_id == "executor-c"
+    assert done.run.tool_calls == 1  # made by the first attempt, counted by the second
     assert "Wrote it" in done.run.output.content
     events = await collect(third.stub().StreamRunEvents(pb.StreamRunEventsRequest(run_id=run_id)))
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))

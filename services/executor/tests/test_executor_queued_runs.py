@@ -26,6 +26,7 @@ from agent_executor.adapters.memory import (
 from agent_executor.adapters.models import ProviderModels
 from agent_executor.adapters.proto_mapping import ProtoRequestCodec
 from agent_executor.application.builtin.conversation import Conversation
+from agent_executor.application.ports import QueueUnavailable
 from agent_executor.application.queued_runs import QueuedRuns, QueueOptions, QueueSettings
 from agent_executor.application.runs import InputMessage, RunRequest, RunService, RunSettings
 from agent_executor.application.templates import TemplateCatalog
@@ -365,5 +366,21 @@ async def test_rolling_back_the_only_run_of_a_conversation_starts_it_afresh() ->
         again = await stack.queued.submit(request("hi", "agent-m", task_id="t1"), QueueOptions())
         assert (await stack.ended(again.record.run_id)).status is RunStatus.SUCCEEDED
         assert await session_texts(stack) == ["hi", "You said: hi"]
+    finally:
+        await stack.close()
+
+
+async def test_a_run_submitted_while_the_broker_is_down_is_accepted_and_queued_later() -> None:
+    stack = Stack()
+    stack.queue.available = False
+    enqueued = await stack.queued.submit(request(), QueueOptions())
+    assert enqueued.created  # recorded: accepted
+    with pytest.raises(QueueUnavailable):
+        await stack.queued.sweep()  # the broker is still down: it stays due
+    stack.queue.available = True
+    assert await stack.queued.sweep() == 1  # at the next sweep, not after sweep_after
+    stack.start()
+    try:
+        assert (await stack.ended(enqueued.record.run_id)).status is RunStatus.SUCCEEDED
     finally:
         await stack.close()

@@ -960,3 +960,24 @@ def test_too_many_headers_are_refused() -> None:
         checked_headers({f"X-{n}": "v" for n in range(MAX_HEADERS + 1)})
     assert fields(info.value) == {"arguments.headers"}
     assert len(checked_headers({f"X-{n}": "v" for n in range(MAX_HEADERS)})) == MAX_HEADERS
+
+
+async def test_a_claimed_call_whose_caller_goes_away_is_finished_and_replayed(
+    h: Harness,
+) -> None:
+    task = asyncio.create_task(h.call("create_file", key="k", filename="a.txt", content="x"))
+    for _ in range(5000):  # until the key is claimed: the tool may act from now on
+        if "k" in h.ledger.entries:
+            break
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for _ in range(5000):  # the call goes on without its caller and is recorded
+        if h.ledger.entries["k"].result is not None:
+            break
+        await asyncio.sleep(0.001)
+    assert h.ledger.entries["k"].result is not None
+    _, replayed = await h.call("create_file", key="k", filename="a.txt", content="x")
+    assert replayed  # the executor's retry gets the outcome, not INVOCATION_IN_PROGRESS
+    assert (h.ws() / "a.txt").read_text() == "x"

@@ -142,10 +142,11 @@ class Settings(ServiceSettings):
         "a run whose executor stopped resumes from its last step instead of starting over.",
     )
     queue_sweep_seconds: float = Field(
-        60.0,
+        600.0,
         gt=0,
         description="A queued run no executor has looked at for this long is put on the "
-        "queue again (the broker lost it).",
+        "queue again (the broker lost it); a run the broker refused is re-queued at the "
+        "next sweep (every 5 s) once the broker is back.",
     )
     queue_max_age_seconds: float = Field(
         7 * 86_400.0, gt=0, description="A run still queued this long is dropped unprocessed."

@@ -122,8 +122,11 @@ def _enter(metadata: Mapping[str, str]) -> tuple[str, tuple[Any, Any], float]:
 
 
 def _leave(method: str, tokens: tuple[Any, Any], started: float, context: Any) -> None:
-    request_id_var.reset(tokens[0])
-    actor_var.reset(tokens[1])
+    # A stream the client left is closed by grpc from another task: its context is not
+    # the one the values were set in, and is thrown away anyway.
+    with contextlib.suppress(ValueError):
+        request_id_var.reset(tokens[0])
+        actor_var.reset(tokens[1])
     if log.isEnabledFor(logging.DEBUG):
         code = context.code()
         log.debug(

@@ -220,6 +220,12 @@ class InMemoryRunStore:
         record.status, record.executor_id = RunStatus.QUEUED, ""
         return True
 
+    def not_queued(self, run_id: str) -> None:
+        """The next sweep re-queues this queued run."""
+        record = self.records.get(run_id)
+        if record is not None and record.status is RunStatus.QUEUED:
+            self.heartbeats[run_id] = datetime.fromtimestamp(0, record.created_at.tzinfo)
+
     def unclaimed(self, before: datetime, now: datetime, limit: int) -> list[str]:
         """Queued runs not seen since `before`; marks them seen."""
         found = sorted(

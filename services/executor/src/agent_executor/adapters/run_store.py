@@ -81,6 +81,8 @@ MIGRATIONS = [
         "ALTER TABLE {executor_runs} ADD COLUMN request TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE {executor_runs} ADD COLUMN fingerprint TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE {executor_runs} ADD COLUMN rolled_back INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX IF NOT EXISTS executor_runs_unclaimed ON {executor_runs} (heartbeat_at)"
+        " WHERE status = 'queued'",
         "CREATE INDEX IF NOT EXISTS executor_runs_pending_by_session ON {executor_runs}"
         " (session_key, created_at, run_id) WHERE status IN ('queued', 'running')",
     ],
@@ -422,6 +424,15 @@ class SqlRunStore:
                     (now.timestamp(), *run_ids),
                 )
             return run_ids
+
+    def not_queued(self, run_id: str) -> None:
+        """The queue did not take this queued run's notice: the next sweep re-queues it."""
+        with self.db.transaction() as cur:
+            cur.execute(
+                f"UPDATE {self.table} SET heartbeat_at = 0"  # noqa: S608
+                f" WHERE run_id = {self.db.ph} AND status = '{QUEUED}'",
+                (run_id,),
+            )
 
     def live_in_session(self, session_key: str, now: datetime) -> list[str]:
         """The runs of a session that are queued or running (live), oldest first."""

@@ -206,6 +206,10 @@ class RunStore(Protocol):
         """The session's queued and live runs, oldest first."""
         ...
 
+    def not_queued(self, run_id: str) -> None:
+        """The queue did not take this queued run's notice: the next sweep re-queues it."""
+        ...
+
     def unclaimed(self, before: datetime, now: datetime, limit: int) -> list[str]:
         """Queued runs nobody looked at since `before`, oldest first; marks them seen."""
         ...

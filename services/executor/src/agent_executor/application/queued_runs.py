@@ -72,7 +72,11 @@ class QueueSettings:
     """How this executor takes queued runs."""
 
     poll_seconds: float = 1.0  # longest wait of one pull
-    sweep_after_seconds: float = 60.0  # a queued run untaken this long is queued again
+    # A queued run nobody took this long is queued again (the broker lost its notice);
+    # longer than the broker's duplicate window, so a run still waiting in a backlog
+    # is not queued twice. A notice the broker refused is re-queued at the next sweep.
+    sweep_after_seconds: float = 600.0
+    sweep_every_seconds: float = 5.0
     sweep_batch: int = 100
     # Checkpoint every step of a run without memory too, so that it resumes where it
     # was after its executor stopped (off: such a run starts over, its tool calls
@@ -161,21 +165,31 @@ class QueuedRuns:
             try:
                 await self.queue.submit(record.run_id)
             except QueueUnavailable as e:
-                # Recorded, so accepted: `sweep` queues it once the broker is back.
+                # Recorded, so accepted: the next sweep queues it once the broker is back.
                 log.warning(
                     "run queued in the store only", extra={"run_id": record.run_id, "error": str(e)}
                 )
+                await self.call_store(self.store.not_queued, record.run_id)
         return enqueued
 
     async def sweep(self) -> int:
-        """Queue again the queued runs nobody took for a while (a lost notice); how many."""
+        """Queue again the queued runs nobody took for a while (a lost notice); how many.
+
+        Raises:
+            QueueUnavailable: the broker is still down (the runs stay due for the next sweep).
+        """
         now = self.runs.clock()
         before = now - timedelta(seconds=self.settings.sweep_after_seconds)
         run_ids: list[str] = await self.call_store(
             self.store.unclaimed, before, now, self.settings.sweep_batch
         )
-        for run_id in run_ids:
-            await self.queue.submit(run_id)
+        for n, run_id in enumerate(run_ids):
+            try:
+                await self.queue.submit(run_id)
+            except QueueUnavailable:
+                for left in run_ids[n:]:  # still not queued: the next sweep tries again
+                    await self.call_store(self.store.not_queued, left)
+                raise
         if run_ids:
             log.warning("queued runs queued again", extra={"count": len(run_ids)})
         return len(run_ids)
@@ -205,8 +219,8 @@ class QueuedRuns:
                         await delivery.retry(UNAVAILABLE_RETRY_SECONDS)
 
     async def maintain(self, stop: asyncio.Event) -> None:
-        """Sweep lost notices every `sweep_after_seconds / 2` until `stop`."""
-        while not await wait_event(stop, self.settings.sweep_after_seconds / 2):
+        """Sweep lost notices every `sweep_every_seconds` until `stop`."""
+        while not await wait_event(stop, self.settings.sweep_every_seconds):
             try:
                 await self.sweep()
             except (QueueUnavailable, Unavailable) as e:
@@ -331,7 +345,12 @@ class QueuedRuns:
             with contextlib.suppress(Exception):
                 await self.runs.checkpointer.adelete_thread(thread)
         await self._after_end(record)
-        await delivery.ack()
+        try:
+            await delivery.ack()
+        except QueueUnavailable as e:  # redelivered later: the claim sees it ended
+            log.warning(
+                "queued run not acknowledged", extra={"run_id": record.run_id, "error": str(e)}
+            )
 
     async def _after_end(self, record: RunRecord) -> None:
         """What follows a run's end: its webhook (at least once)."""

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    HumanMessage,
+    ToolMessage,
+)
 from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphRecursionError
 from langgraph.types import StateSnapshot
@@ -268,6 +274,7 @@ class RunDriver:
             stored = values.get("messages", [])
             ours = bool(state) and (state.metadata or {}).get("agentrt_run_id") == drive.ctx.run_id
             if drive.resume and ours:
+                _count_earlier_attempts(drive.ctx, stored)
                 known = {m.id for m in stored if m.id and not isinstance(m, AIMessage)}
                 if state.next:
                     return None, {m.id for m in stored if m.id}, None
@@ -456,6 +463,20 @@ def _custom_event(data: Any) -> EventBody | None:
     except TypeError:
         log.warning("malformed custom run event dropped", extra={"event": kind})
         return None
+
+
+def _count_earlier_attempts(ctx: RunContext, stored: Sequence[BaseMessage]) -> None:
+    """Count what the run's earlier attempts did (its messages after its input).
+
+    A resumed run's record then counts all its tool calls and tokens, and its
+    budgets go on from there instead of starting again.
+    """
+    last_input = max((i for i, m in enumerate(stored) if isinstance(m, HumanMessage)), default=-1)
+    for message in stored[last_input + 1 :]:
+        if isinstance(message, ToolMessage):
+            ctx.tool_calls += 1
+        elif isinstance(message, AIMessage):
+            ctx.count_usage(message.usage_metadata)
 
 
 def _run_of(snapshot: StateSnapshot) -> str:

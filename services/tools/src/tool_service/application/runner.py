@@ -3,7 +3,9 @@
 At-most-once tools need an idempotency key. The key is claimed in the ledger
 before the tool acts and the result recorded after, so a repeated key replays
 the recorded result without acting again: that is what lets a crashed run
-resume safely. A key still marked in progress is refused with ABORTED while it
+resume safely. Claim, run and record go on when the caller goes away (an executor
+that died mid-call): its retry finds the outcome, not a key in progress. A key
+still marked in progress (another replica is on it) is refused with ABORTED while it
 may still be running, and answered OUTCOME_UNKNOWN once that is no longer
 plausible (the service may have died mid-way; whether the effect happened
 cannot be known).
@@ -191,7 +193,6 @@ class ToolRunner:
         """Run tool `name`; returns its result and whether it was replayed from the ledger."""
         started = time.perf_counter()
         outcome, detail, result = "refused", "", ToolResult()
-        claimed = False
         try:
             tool = self.catalog.get(name)
             args = self.catalog.arguments(name, arguments)
@@ -204,27 +205,20 @@ class ToolRunner:
                 limits=self.limits,
             )
             if tool.spec.side_effect is SideEffect.AT_MOST_ONCE:
-                recorded = await self._claim(name, args, context)
-                if recorded is not None:
-                    outcome, result = "replayed", recorded
-                    return recorded, True
-                claimed = True
-            try:
-                result = await tool.run(args, env)
-            except ToolFailure as failure:
-                result = failure.result()
-            except PathRefused as e:  # the workspace itself cannot be opened safely (a link)
-                field = "context.workspace" if context.workspace else "context.agent_id"
-                raise PathOutsideWorkspace(field, str(e)) from None
+                # Claimed, run and recorded as one, even if the caller goes away (a crashed
+                # executor): its retry then replays the outcome instead of finding the key
+                # in progress.
+                result, replayed = await asyncio.shield(self._once(name, tool, args, env, context))
+                if replayed:
+                    outcome = "replayed"
+                    return result, True
+            else:
+                result = await _attempt(tool, args, env, context)
             outcome = "failed" if result.failed else "succeeded"
             detail = result.error_code
-            if claimed:
-                await self.run_blocking(self.ledger.complete, context.idempotency_key, result)
             return result, False
         except AgentrtError as e:
             detail = e.reason
-            if claimed:  # refused before it acted: the key may be used again
-                await self.run_blocking(self.ledger.release, context.idempotency_key)
             raise
         except asyncio.CancelledError:  # the caller went away; the tool may have acted
             outcome, detail = "cancelled", "CANCELLED"
@@ -245,6 +239,26 @@ class ToolRunner:
                     actor=current_actor() or "",
                 )
             )
+
+    async def _once(
+        self,
+        name: str,
+        tool: Tool,
+        args: Mapping[str, Any],
+        env: ToolEnv,
+        context: InvocationContext,
+    ) -> tuple[ToolResult, bool]:
+        """An at-most-once call: the recorded result, or claim, run and record it."""
+        recorded = await self._claim(name, args, context)
+        if recorded is not None:
+            return recorded, True
+        try:
+            result = await _attempt(tool, args, env, context)
+        except AgentrtError:  # refused before it acted: the key may be used again
+            await self.run_blocking(self.ledger.release, context.idempotency_key)
+            raise
+        await self.run_blocking(self.ledger.complete, context.idempotency_key, result)
+        return result, False
 
     async def _claim(
         self, name: str, args: Mapping[str, Any], context: InvocationContext
@@ -271,3 +285,17 @@ class ToolRunner:
             "OUTCOME_UNKNOWN",
             "an earlier invocation with this key never finished; whether it took effect is unknown",
         ).result()
+
+
+async def _attempt(
+    tool: Tool, args: Mapping[str, Any], env: ToolEnv, context: InvocationContext
+) -> ToolResult:
+    """Run the tool once; a tool's own failure is its result."""
+    try:
+        result: ToolResult = await tool.run(args, env)
+    except ToolFailure as failure:
+        return failure.result()
+    except PathRefused as e:  # the workspace itself cannot be opened safely (a link)
+        field = "context.workspace" if context.workspace else "context.agent_id"
+        raise PathOutsideWorkspace(field, str(e)) from None
+    return result
