@@ -384,3 +384,23 @@ async def test_a_run_submitted_while_the_broker_is_down_is_accepted_and_queued_l
         assert (await stack.ended(enqueued.record.run_id)).status is RunStatus.SUCCEEDED
     finally:
         await stack.close()
+
+
+async def test_a_retried_interrupting_submit_stops_nothing_again() -> None:
+    stack = Stack(latency_ms=300).start()
+    try:
+        interrupting = QueueOptions(multitask_strategy="interrupt")
+        first = await stack.queued.submit(
+            request("one", "agent-m", task_id="t1", run_id="r-1"), interrupting
+        )
+        later = await stack.queued.submit(
+            request("two", "agent-m", task_id="t1"), QueueOptions(multitask_strategy="enqueue")
+        )
+        again = await stack.queued.submit(
+            request("one", "agent-m", task_id="t1", run_id="r-1"), interrupting
+        )
+        assert again.created is False
+        assert (await stack.ended(first.record.run_id)).status is RunStatus.SUCCEEDED
+        assert (await stack.ended(later.record.run_id)).status is RunStatus.SUCCEEDED
+    finally:
+        await stack.close()

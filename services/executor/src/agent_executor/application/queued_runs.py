@@ -144,10 +144,9 @@ class QueuedRuns:
             multitask_strategy=strategy.value,
             webhook_url=options.webhook_url,
         )
-        if record.session_key and strategy in (
-            MultitaskStrategy.INTERRUPT,
-            MultitaskStrategy.ROLLBACK,
-        ):
+        stops_others = strategy in (MultitaskStrategy.INTERRUPT, MultitaskStrategy.ROLLBACK)
+        retried = request.run_id and await self.call_store(self.store.get, record.run_id)
+        if record.session_key and stops_others and not retried:
             live = await self.call_store(self.store.live_in_session, record.session_key, now)
             rollback = strategy is MultitaskStrategy.ROLLBACK
             for run_id in live:
