@@ -151,6 +151,7 @@ async def test_a_submitted_run_is_queued_then_run_once_and_acknowledged(stack: S
     events = stack.events(record.run_id)
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     assert events[0].body.type == "run_started"
+    assert "message_delta" in [e.body.type for e in events]  # followers see it being written
     assert events[-1].body.type == "run_completed"
     for _ in range(100):
         if (await stack.queue.stats()).depth == 0:
@@ -165,6 +166,9 @@ async def test_a_retried_submit_answers_the_first_run_and_a_different_one_is_ref
     first = await stack.queued.submit(request(run_id="r-1"), QueueOptions())
     again = await stack.queued.submit(request(run_id="r-1"), QueueOptions())
     assert (again.created, again.record.run_id) == (False, first.record.run_id)
+    # A retry that saw a later version of the agent is still the same request.
+    later = await stack.queued.submit(request(run_id="r-1", min_agent_version=1), QueueOptions())
+    assert later.created is False
     with pytest.raises(RunExists):
         await stack.queued.submit(request("other", run_id="r-1"), QueueOptions())
     await stack.ended("r-1")

@@ -27,6 +27,7 @@ from agent_executor.application.ports import Admission
 from agent_executor.application.run_queries import RunQueries
 from agent_executor.domain.runs import (
     MessageDelta,
+    RunCompleted,
     RunEvent,
     RunRecord,
     RunStarted,
@@ -395,10 +396,39 @@ async def test_the_events_of_an_ended_run_end_at_its_last_stored_one() -> None:
         endings=LocalRunEndings(),
         call_store=run_inline,
         event_log=MemoryRunEventLog(sink),
+        tail_seconds=0.05,
     )
     assert [e.sequence async for e in queries.events("run-1", 0)] == [1, 2]
     assert [e.sequence async for e in queries.events("run-1", 1)] == [2]
     assert [e.sequence async for e in queries.events("run-1", 2)] == []
+
+
+async def test_an_ended_runs_last_event_still_being_stored_is_waited_for() -> None:
+    store, sink = InMemoryRunStore(), ListEventSink()
+    store.admit(running("run-1"), Admission())
+    store.finish(
+        "run-1", RunStatus.SUCCEEDED, finished_at=datetime.now(UTC), usage=Usage(), tool_calls=0
+    )
+    stored_events(sink, "run-1", RunStarted("run-1", "agent-a", 1, "t", ""))
+    queries = RunQueries(
+        store=store,
+        endings=LocalRunEndings(),
+        call_store=run_inline,
+        event_log=MemoryRunEventLog(sink),
+        tail_seconds=10.0,
+    )
+
+    async def store_the_end() -> None:
+        await asyncio.sleep(0.1)
+        sink.publish(
+            RunEvent("run-1", 2, datetime.now(UTC), RunCompleted("stop", Usage())), "agent-a", 1
+        )
+
+    storing = asyncio.ensure_future(store_the_end())
+    assert [type(e.body) async for e in queries.events("run-1", 0)] == [RunStarted, RunCompleted]
+    await storing
+    # Once it is stored, a reader at the end is done at once.
+    assert [e async for e in queries.events("run-1", 2)] == []
 
 
 async def test_the_events_of_a_run_are_refused_when_unknown_gone_or_asked_badly() -> None:

@@ -356,8 +356,13 @@ class MemoryRunEventLog:
 
     async def last_sequence(self, run_id: str) -> int:
         """The sequence of the run's last kept event (0 when none)."""
+        last = await self.last_event(run_id)
+        return last.sequence if last is not None else 0
+
+    async def last_event(self, run_id: str) -> RunEvent | None:
+        """The run's last kept event (None when none)."""
         self._check()
-        return next((e.sequence for e in reversed(self.sink.events) if e.run_id == run_id), 0)
+        return next((e for e in reversed(self.sink.events) if e.run_id == run_id), None)
 
     async def read(self, run_id: str, after: int) -> AsyncGenerator[RunEvent]:
         """The run's events after `after`, kept then live, until its last event."""

@@ -344,17 +344,26 @@ class JetStreamRunEventLog:
         Raises:
             QueueUnavailable: NATS is not connected or does not answer.
         """
+        last = await self.last_event(run_id)
+        return last.sequence if last is not None else 0
+
+    async def last_event(self, run_id: str) -> RunEvent | None:
+        """The run's last stored event (None when none is stored).
+
+        Raises:
+            QueueUnavailable: NATS is not connected or does not answer.
+        """
         if not self._client.connected:
             raise QueueUnavailable("NATS is not connected")
         try:
             message = await self._client.js.get_last_msg(self.stream, self._subject(run_id))
         except nats.js.errors.NotFoundError:
-            return 0  # no event of the run stored (or no stream yet)
+            return None  # no event of the run stored (or no stream yet)
         except (nats.errors.Error, OSError, TimeoutError) as e:
             raise QueueUnavailable(f"run events cannot be read: {e}") from e
         try:
-            return int(run_events_pb2.RunEvent.FromString(message.data or b"").sequence)
-        except DecodeError as e:
+            return run_event_of(run_events_pb2.RunEvent.FromString(message.data or b""))
+        except (DecodeError, ValueError) as e:
             raise QueueUnavailable(f"run {run_id}'s last event is unreadable: {e}") from e
 
     async def read(self, run_id: str, after: int) -> AsyncGenerator[RunEvent]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -370,7 +370,15 @@ class RunEventLog(Protocol):
         """
         ...
 
-    def read(self, run_id: str, after: int) -> AsyncIterator[RunEvent]:
+    async def last_event(self, run_id: str) -> RunEvent | None:
+        """The run's last stored event (None when none is stored).
+
+        Raises:
+            QueueUnavailable: the store cannot be asked now.
+        """
+        ...
+
+    def read(self, run_id: str, after: int) -> AsyncGenerator[RunEvent, None]:
         """The run's events with sequence > `after`, in order, stored then live.
 
         Ends after the run's last event (`RunCompleted`/`RunFailed`). Each sequence

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import uuid
 from collections.abc import Mapping
@@ -152,10 +153,13 @@ class QueuedRuns:
             for run_id in live:
                 if run_id != record.run_id:
                     await self.runs.cancel(run_id, rollback=rollback)
+        # Kept without `min_agent_version` (the run's agent_version now stands for it), so
+        # a retry after a later update of the agent is still the same request.
+        kept = dataclasses.replace(request, min_agent_version=0)
         enqueued: Enqueued = await self.call_store(
             self.store.enqueue,
             record,
-            self.codec.encode(request),
+            self.codec.encode(kept),
             reject_busy=strategy is MultitaskStrategy.REJECT,
         )
         if not enqueued.created and not enqueued.same_request:
@@ -264,7 +268,12 @@ class QueuedRuns:
                 await self.queue.dead_letter(delivery, record.error_message)
             case ClaimOutcome.CLAIMED:
                 assert record is not None
-                await self._start(delivery, record, self.codec.decode(claim.request))
+                request = dataclasses.replace(
+                    self.codec.decode(claim.request),
+                    min_agent_version=record.agent_version,  # the version seen when submitted
+                    stream=True,  # followers of its events get the deltas
+                )
+                await self._start(delivery, record, request)
 
     async def _start(self, delivery: QueueDelivery, record: RunRecord, request: RunRequest) -> None:
         run_id = record.run_id

@@ -13,6 +13,7 @@ store's connections.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -35,6 +36,12 @@ MAX_WAIT_SECONDS = 300.0
 MAX_POLL_FACTOR = 10  # a wait re-reads at most every poll_seconds * this once it has waited
 MAX_TOKEN_CHARS = 1024
 MAX_FILTER_CHARS = 128
+TAIL_SECONDS = 5.0  # how long an ended run's missing last event is waited for
+
+
+def _at_end(after: int, last: RunEvent) -> bool:
+    """Whether a reader at `after` has read every event stored when it began."""
+    return after >= last.sequence
 
 
 class RunQueries:
@@ -47,6 +54,7 @@ class RunQueries:
         endings: RunEndings,
         call_store: BlockingCall,
         event_log: RunEventLog | None = None,
+        tail_seconds: float = TAIL_SECONDS,
         poll_seconds: float = 1.0,
         max_waits: int = 256,
         clock: Callable[[], float] = time.monotonic,
@@ -54,6 +62,7 @@ class RunQueries:
         self.store = store
         self.endings = endings
         self.event_log = event_log
+        self.tail_seconds = tail_seconds
         self.call_store = call_store
         self.poll_seconds = poll_seconds
         self.max_waits = max_waits
@@ -124,21 +133,34 @@ class RunQueries:
         record = await self.get(run_id)
         if self.event_log is None:
             raise Unavailable("this executor keeps no run events")
-        last = 0
-        if record.status.terminal:
-            last = await self.event_log.last_sequence(run_id)
-            if last == 0:
-                raise OutOfRange(
-                    f"the events of run {run_id} are no longer kept",
-                    reason="RUN_EVENTS_EXPIRED",
-                    metadata={"run_id": run_id},
-                )
-            if after >= last:
-                return
-        async for event in self.event_log.read(run_id, after):
-            yield event
-            if last and event.sequence >= last:
-                return  # an ended run's stored events end here, whatever the last one is
+        if not record.status.terminal:
+            async for event in self.event_log.read(run_id, after):
+                yield event
+            return
+        last = await self.event_log.last_event(run_id)
+        if last is None:
+            raise OutOfRange(
+                f"the events of run {run_id} are no longer kept",
+                reason="RUN_EVENTS_EXPIRED",
+                metadata={"run_id": run_id},
+            )
+        if last.terminal and after >= last.sequence:
+            return
+        # An ended run whose last event is not stored yet (it is being flushed) or never
+        # will be (lost): wait a little for it, then end where the stored events end.
+        tail = None if last.terminal else self.tail_seconds
+        reader = self.event_log.read(run_id, after)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(tail if tail and _at_end(after, last) else None):
+                        event = await anext(reader)
+                except (StopAsyncIteration, TimeoutError):
+                    return
+                after = event.sequence
+                yield event
+        finally:
+            await reader.aclose()
 
     async def wait(self, run_id: str, timeout: float) -> tuple[RunRecord, bool]:
         """The run's record once it has ended or `timeout` seconds passed, and whether it ended.
