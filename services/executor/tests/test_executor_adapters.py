@@ -953,3 +953,87 @@ async def test_a_bad_sessions_url_or_schema_is_refused(url: str, schema: str, me
     with pytest.raises(ValueError, match=message):
         async with open_checkpointer(url, schema=schema):
             pass
+
+
+# ------------------------------------------------------------------ gRPC servicer
+
+
+class CallContext:
+    """A gRPC call's server context, as far as the servicer uses it."""
+
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining = remaining
+        self.callbacks: list[Callable[[Any], None]] = []
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        self.callbacks.append(callback)
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+    def end(self) -> None:
+        for callback in self.callbacks:
+            callback(self)
+
+
+class SlowAdmission:
+    """A run service whose admission waits for `admit`; it records what is done to runs."""
+
+    def __init__(self) -> None:
+        self.admitting = asyncio.Event()
+        self.admit = asyncio.Event()
+        self.cancelled: list[str] = []
+        self.detached: list[str] = []
+
+    async def start(self, request: Any) -> Any:
+        self.admitting.set()
+        await self.admit.wait()
+        runs = self
+
+        class Handle:
+            run_id = request.run_id
+
+            def detach(self) -> None:
+                runs.detached.append(self.run_id)
+
+        return Handle()
+
+    def cancel_local(self, run_id: str, reason: str = "") -> bool:
+        self.cancelled.append(run_id)
+        return True
+
+
+async def left_while_admitted(remaining: float | None) -> SlowAdmission:
+    """An Execute call with `detach_on_disconnect` whose caller leaves during admission."""
+    from agent_executor.adapters.grpc_api import ExecutorServicer
+    from agentrt.executor.v1 import executor_pb2 as pb
+
+    runs = SlowAdmission()
+    unused: Any = None
+    servicer = ExecutorServicer(runs, unused, unused, unused, unused)  # type: ignore[arg-type]
+    context = CallContext(remaining)
+    request = pb.ExecuteRequest(
+        input=pb.RunInput(
+            agent_id="agt", run_id="named", messages=[pb.ChatMessage(role="user", content="hi")]
+        ),
+        detach_on_disconnect=True,
+    )
+    call = asyncio.create_task(servicer.Execute(request, context))
+    await runs.admitting.wait()
+    call.cancel()  # the caller went away: grpc cancels the handler and ends the call
+    with contextlib.suppress(asyncio.CancelledError):
+        await call
+    context.end()
+    runs.admit.set()
+    await eventually(lambda: runs.detached or runs.cancelled)
+    return runs
+
+
+async def test_a_detached_run_admitted_after_its_caller_left_starts_and_goes_on() -> None:
+    runs = await left_while_admitted(remaining=30.0)
+    assert (runs.detached, runs.cancelled) == (["named"], [])
+
+
+async def test_a_detached_run_admitted_after_its_calls_deadline_is_cancelled() -> None:
+    runs = await left_while_admitted(remaining=0.0)
+    assert (runs.detached, runs.cancelled) == ([], ["named"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -191,6 +192,97 @@ async def test_a_stream_whose_caller_goes_away_is_cancelled(make_system: StartSy
     except AssertionError:
         run = (await system.executor.GetRun(pb.GetRunRequest(run_id=run_id))).run
         raise AssertionError(f"{run}") from None
+
+
+async def run_of(system: Any, run_id: str) -> pb.Run:
+    return (await system.executor.GetRun(pb.GetRunRequest(run_id=run_id))).run
+
+
+async def ended(system: Any, run_id: str, timeout: float = 20) -> pb.Run:
+    """The run once it has ended (its record is read until then)."""
+
+    async def check() -> pb.Run | None:
+        run = await run_of(system, run_id)
+        return run if run.status not in ("queued", "running") else None
+
+    found: pb.Run = await eventually(check, timeout=timeout)
+    return found
+
+
+async def admitted(system: Any, run_id: str) -> None:
+    """Wait until the run has a record (it was admitted)."""
+
+    async def check() -> bool:
+        try:
+            await run_of(system, run_id)
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            return False
+        return True
+
+    await eventually(check, timeout=20)
+
+
+async def test_a_detached_stream_whose_caller_goes_away_runs_to_its_end(
+    make_system: StartSystem,
+) -> None:
+    system = await make_system(services_config=services_config(slow=SLOW))
+    agent = await system.create_agent(template_id="conversation")
+    call = system.executor.ExecuteStream(
+        pb.ExecuteStreamRequest(input=run_input(agent.id, "go"), detach_on_disconnect=True)
+    )
+    run_id = (await call.read()).run_started.run_id
+    assert (await call.read()).HasField("message_delta")
+    call.cancel()
+    run = await ended(system, run_id)
+    assert run.status == "succeeded", run
+    assert "word199" in run.output.content
+    # Nobody listened: its events were kept for whoever follows it.
+    events = await collect(
+        system.executor.StreamRunEvents(pb.StreamRunEventsRequest(run_id=run_id))
+    )
+    assert kinds(events)[0] == "run_started"
+    assert kinds(events)[-1] == "run_completed"
+
+
+async def test_a_detached_execute_whose_caller_goes_away_runs_to_its_end(
+    make_system: StartSystem,
+) -> None:
+    system = await make_system(
+        services_config=services_config(slow=offline({"content": "late"}, latency_ms=1500))
+    )
+    agent = await system.create_agent(template_id="conversation")
+    run_id = "detached-execute"
+    call = system.executor.Execute(
+        pb.ExecuteRequest(input=run_input(agent.id, "go", run_id=run_id), detach_on_disconnect=True)
+    )
+    await admitted(system, run_id)
+    call.cancel()
+    await asyncio.sleep(0.2)
+    assert (await run_of(system, run_id)).status == "running"
+    run = await ended(system, run_id)
+    assert (run.status, run.output.content) == ("succeeded", "late")
+
+
+async def test_a_detached_calls_deadline_still_cancels_its_run(make_system: StartSystem) -> None:
+    system = await make_system(
+        services_config=services_config(slow=offline({"content": "late"}, latency_ms=5000))
+    )
+    agent = await system.create_agent(template_id="conversation")
+    run_id = "detached-deadline"
+    call = system.executor.Execute(
+        pb.ExecuteRequest(
+            input=run_input(agent.id, "go", run_id=run_id), detach_on_disconnect=True
+        ),
+        timeout=2.0,
+    )
+    await admitted(system, run_id)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    run = await ended(system, run_id)
+    assert (run.status, run.error_code) == ("cancelled", "CANCELLED")
 
 
 async def test_cancel_reaches_the_replica_running_the_run(make_system: StartSystem) -> None:

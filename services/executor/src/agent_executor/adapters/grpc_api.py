@@ -1,12 +1,14 @@
 """Adapter: the `agentrt.executor.v1.Executor` gRPC servicer.
 
-Translation only: proto → request → one application call → proto. A
-streamed run whose caller goes away (cancel, deadline, disconnect) is cancelled
-and recorded as such.
+Translation only: proto → request → one application call → proto. A run
+whose caller goes away (cancel, deadline, disconnect) is cancelled and recorded
+as such, unless the call asked to detach it (`detach_on_disconnect`): then only
+the call's deadline ends it, and the run goes on without a listener.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,8 +27,9 @@ from agent_executor.adapters.proto_mapping import (
 )
 from agent_executor.application.compose import ComposeService
 from agent_executor.application.queued_runs import QueuedRuns, QueueOptions
+from agent_executor.application.run_driver import RunHandle
 from agent_executor.application.run_queries import RunQueries
-from agent_executor.application.runs import RunService
+from agent_executor.application.runs import RunRequest, RunService
 from agent_executor.application.templates import TemplateCatalog
 from agent_executor.domain.runs import MessageCompleted, RunCompleted, RunFailed
 from agentrt.executor.v1 import executor_pb2 as pb
@@ -54,8 +57,8 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
 
     async def Execute(self, request: pb.ExecuteRequest, context: Any) -> pb.ExecuteResponse:
         """Run to completion; the final message, or how the run failed."""
-        handle = await self.runs.start(run_request(request.input, stream=False))
-        self._cancel_when_done(context, handle.run_id)
+        detach = request.detach_on_disconnect
+        handle = await self._start(run_request(request.input, stream=False), context, detach)
         final = MessageCompleted("")
         terminal: RunCompleted | RunFailed | None = None
         try:
@@ -66,7 +69,8 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
                 elif isinstance(body, RunCompleted | RunFailed):
                     terminal = body
         finally:
-            await handle.aclose()
+            if not detach:
+                await handle.aclose()
         record = handle.record
         response = pb.ExecuteResponse(
             run_id=record.run_id,
@@ -94,21 +98,48 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
         self, request: pb.ExecuteStreamRequest, context: Any
     ) -> AsyncIterator[pb.ExecuteStreamResponse]:
         """Run and stream every event; the last is run_completed or run_failed."""
-        handle = await self.runs.start(run_request(request.input, stream=True))
-        self._cancel_when_done(context, handle.run_id)
+        detach = request.detach_on_disconnect
+        handle = await self._start(run_request(request.input, stream=True), context, detach)
         try:
             async for event in handle:
                 yield stream_event(event)
         finally:
-            await handle.aclose()
+            if not detach:
+                await handle.aclose()
 
-    def _cancel_when_done(self, context: Any, run_id: str) -> None:
-        """Cancel the run when the call ends first (the caller cancelled, timed out or left).
+    async def _start(self, run: RunRequest, context: Any, detach: bool) -> RunHandle:
+        """Start the call's run, bound to the call (cancelled when the call ends first).
+
+        A detached run outlives its call: only the call's deadline cancels it. Its
+        admission is not cancelled with the call either, so a caller that named the run
+        (`run_id`) and left meanwhile still finds it started.
 
         grpc.aio does not always cancel a handler parked between two messages when the
         client goes away; the call's done callback always fires.
         """
-        context.add_done_callback(lambda _: self.runs.cancel_local(run_id, "the caller went away"))
+        if not detach:
+            handle = await self.runs.start(run)
+            context.add_done_callback(
+                lambda _: self.runs.cancel_local(handle.run_id, "the caller went away")
+            )
+            return handle
+        starting = asyncio.ensure_future(self.runs.start(run))
+        context.add_done_callback(lambda _: self._call_ended(starting, _expired(context)))
+        return await asyncio.shield(starting)
+
+    def _call_ended(self, starting: asyncio.Future[RunHandle], expired: bool) -> None:
+        """A detached call ended: its run (once admitted) goes on, unless time ran out."""
+
+        def settle(admitted: asyncio.Future[RunHandle]) -> None:
+            if admitted.cancelled() or admitted.exception() is not None:
+                return  # refused: told to the caller, or nobody is left to tell
+            handle = admitted.result()
+            if expired:
+                self.runs.cancel_local(handle.run_id, "the call's deadline passed")
+            else:
+                handle.detach()
+
+        starting.add_done_callback(settle)
 
     async def StartRun(self, request: pb.StartRunRequest, context: Any) -> pb.StartRunResponse:
         """Queue a run; answers its record at once (an idempotent retry: the first run's)."""
@@ -199,3 +230,10 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
     async def Compose(self, request: pb.ComposeRequest, context: Any) -> pb.ComposeResponse:
         """Draft an agent with the model; nothing is created."""
         return compose_pb(await self.composer.compose(compose_request(request)))
+
+
+def _expired(context: Any) -> bool:
+    """Whether the call's deadline has passed (not just the caller gone)."""
+    remaining = context.time_remaining()
+    print("EXPIRED?", remaining, flush=True)
+    return remaining is not None and remaining <= 0

@@ -30,9 +30,10 @@ import contextlib
 import dataclasses
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from agent_executor.application.ports import (
     ClaimOutcome,
@@ -107,6 +108,7 @@ class QueuedRuns:
         self.webhooks = webhooks
         self.settings = settings or QueueSettings()
         self._heartbeats: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ submit
 
@@ -213,13 +215,16 @@ class QueuedRuns:
             except QueueUnavailable:
                 await wait_event(stop, 1.0)
                 continue
-            for delivery in deliveries:
-                try:
-                    await self._take(delivery)
-                except Exception:
-                    log.exception("taking a queued run failed", extra={"run_id": delivery.run_id})
-                    with contextlib.suppress(Exception):
-                        await delivery.retry(UNAVAILABLE_RETRY_SECONDS)
+            # Claimed and started side by side: each claim is a store round trip.
+            await asyncio.gather(*(self._take_safely(d) for d in deliveries))
+
+    async def _take_safely(self, delivery: QueueDelivery) -> None:
+        try:
+            await self._take(delivery)
+        except Exception:
+            log.exception("taking a queued run failed", extra={"run_id": delivery.run_id})
+            with contextlib.suppress(Exception):
+                await delivery.retry(UNAVAILABLE_RETRY_SECONDS)
 
     async def maintain(self, stop: asyncio.Event) -> None:
         """Sweep lost notices every `sweep_every_seconds` until `stop`."""
@@ -327,6 +332,7 @@ class QueuedRuns:
             request,
             thread_id=thread if self.runs.checkpointer is not None else "",
             resume=resumed,
+            fresh_thread=own_thread and not resumed,
         )
         self._heartbeats[run_id] = asyncio.create_task(
             self._keep_alive(delivery, handle), name=f"run-heartbeat-{run_id}"
@@ -349,16 +355,28 @@ class QueuedRuns:
         if not done:  # handed over: another executor takes it now
             await delivery.retry(0)
             return
-        if thread and self.runs.checkpointer is not None:
-            with contextlib.suppress(Exception):
-                await self.runs.checkpointer.adelete_thread(thread)
-        await self._after_end(record)
         try:
+            await self._after_end(record)
             await delivery.ack()
-        except QueueUnavailable as e:  # redelivered later: the claim sees it ended
+        except QueueUnavailable as e:  # redelivered later: the claim sees it ended, goes on
             log.warning(
                 "queued run not acknowledged", extra={"run_id": record.run_id, "error": str(e)}
             )
+        if thread and self.runs.checkpointer is not None:
+            # Off the run's path: its checkpoints are of no use once its end is stored.
+            self._spawn(self._forget_thread(thread), f"forget-{record.run_id}")
+
+    async def _forget_thread(self, thread: str) -> None:
+        assert self.runs.checkpointer is not None
+        try:
+            await self.runs.checkpointer.adelete_thread(thread)
+        except Exception as e:
+            log.warning("run checkpoints not deleted", extra={"thread": thread, "error": str(e)})
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _after_end(self, record: RunRecord) -> None:
         """What follows a run's end: its webhook (at least once)."""

@@ -76,8 +76,9 @@ class RunHandle:
     """A started run: its identity and, by iteration, its events up to the last.
 
     A background run has no listener (`listening=False`): its events only go to the
-    sink. `on_end(record, ended)` is awaited once the run has ended and been recorded
-    (`ended=True`) or was handed over unfinished (`ended=False`).
+    sink; nor has a run whose caller left it (`detach`). `on_end(record, ended)` is
+    awaited once the run has ended and been recorded (`ended=True`) or was handed
+    over unfinished (`ended=False`).
     """
 
     def __init__(
@@ -92,7 +93,8 @@ class RunHandle:
         self.record = record
         self.agent = agent
         self.listening = listening
-        self.queue: asyncio.Queue[RunEvent] = asyncio.Queue()
+        # None: the listener left (`detach`); the run goes on without it.
+        self.queue: asyncio.Queue[RunEvent | None] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
         self.sequence = after_sequence
         self.finished = False
@@ -107,9 +109,18 @@ class RunHandle:
     async def __aiter__(self) -> AsyncIterator[RunEvent]:
         while True:
             event = await self.queue.get()
+            if event is None:
+                return
             yield event
             if event.terminal:
                 return
+
+    def detach(self) -> None:
+        """Let the run go on without its listener (who left): its events go to the sink only."""
+        self.listening = False
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)  # a listener still parked on the queue stops
 
     async def aclose(self, reason: str = "the caller went away") -> None:
         """Cancel the run if it is still going and wait until it is recorded."""
@@ -138,6 +149,7 @@ class Drive:
     response_format_problem: Callable[[str], str | None]
     thread_id: str = ""  # the checkpointer thread (a session, or the queued run's own)
     resume: bool = False  # continue from the thread's last checkpoint of this run
+    fresh_thread: bool = False  # the thread is the run's own and new: nothing to read
 
 
 class RunDriver:
@@ -266,7 +278,7 @@ class RunDriver:
         """
         stored: Sequence[BaseMessage] = []
         graph = drive.graph
-        if drive.thread_id:
+        if drive.thread_id and not drive.fresh_thread:
             state = await graph.aget_state(config)
             if state is not None and not drive.resume:
                 state = await self._before_rolled_back(graph, config, state)

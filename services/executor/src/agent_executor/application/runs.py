@@ -302,8 +302,12 @@ class RunService:
         *,
         thread_id: str = "",
         resume: bool = False,
+        fresh_thread: bool = False,
     ) -> None:
-        """Start an admitted (recorded) run in its own task."""
+        """Start an admitted (recorded) run in its own task.
+
+        `fresh_thread`: the checkpointer thread is the run's own and new (nothing to read).
+        """
         record, agent = handle.record, prepared.agent
         self.active[record.run_id] = handle
         ctx = RunContext(
@@ -327,6 +331,7 @@ class RunService:
             response_format_problem=request.response_format.problem_with,
             thread_id=thread_id,
             resume=resume,
+            fresh_thread=fresh_thread,
         )
         handle.task = asyncio.create_task(
             self.driver.run(handle, drive), name=f"run-{record.run_id}"
