@@ -55,6 +55,7 @@ bench: $(VENV)/.synced ## Benchmarks; results go to docs/BENCHMARKS.md
 	$(PY) bench/tools_bench.py --write docs/BENCHMARKS.md
 	$(PY) bench/executor_bench.py --write docs/BENCHMARKS.md
 	$(PY) bench/gateway_bench.py --write docs/BENCHMARKS.md
+	$(PY) bench/durable_bench.py --write docs/BENCHMARKS.md
 
 clean: ## Remove the virtualenv, caches and ./var
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .coverage* var

@@ -21,6 +21,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,7 @@ async def create_agent(registry: rpb_grpc.AgentRegistryStub, **spec: Any) -> str
             reply = await registry.CreateAgent(
                 rpb.CreateAgentRequest(spec=message, status=rpb.AGENT_STATUS_ACTIVE), metadata=MD
             )
-            return reply.agent.id
+            return str(reply.agent.id)
         except grpc.aio.AioRpcError as e:
             if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
                 raise
@@ -202,20 +203,66 @@ async def session_memory(
     }
 
 
-def start_services(
-    tmp: str, nats_url: str, prefix: str, *, executors: int = 1, database_url: str = ""
-) -> list[ServiceProcess]:
-    """Registry, tools service and executor(s) as processes, running SCRIPT's agent.
+def executor_process(
+    n: int,
+    tmp: str,
+    nats_url: str,
+    prefix: str,
+    registry: ServiceProcess,
+    tools: ServiceProcess,
+    *,
+    database_url: str = "",
+    env: Mapping[str, str] | None = None,
+) -> ServiceProcess:
+    """Executor replica `n` (not started), running SCRIPT's agent; `env` adds settings."""
+    config = {
+        "llm": {"providers": {"offline": {"type": "offline", "metadata": {"script": SCRIPT}}}}
+    }
+    port = free_port()
+    return ServiceProcess(
+        "agent_executor",
+        {
+            **common_env(nats_url, prefix),
+            "SERVICES_CONFIG": json.dumps(config),
+            "AGENTRT_EXECUTOR_PORT": str(port),
+            "AGENTRT_EXECUTOR_EXECUTOR_ID": f"executor-{n}",
+            "AGENTRT_EXECUTOR_REGISTRY_TARGET": registry.address,
+            "AGENTRT_EXECUTOR_TOOLS_TARGET": tools.address,
+            "AGENTRT_EXECUTOR_DATABASE_URL": database_url or f"sqlite:///{tmp}/executor.sqlite3",
+            "AGENTRT_EXECUTOR_SESSIONS_URL": database_url or f"sqlite:///{tmp}/sessions.sqlite3",
+            "AGENTRT_EXECUTOR_MAX_CONCURRENT_RUNS": "256",
+            **(env or {}),
+        },
+        port,
+    )
 
-    Runs and sessions are in SQLite files by default (one executor); several executors share
-    `database_url` (PostgreSQL), as replicas must.
-    """
-    common = {
+
+def common_env(nats_url: str, prefix: str) -> dict[str, str]:
+    """The settings every service process of a benchmark shares."""
+    return {
         "AGENTRT_NATS_URL": nats_url,
         "AGENTRT_NATS_PREFIX": prefix,
         "AGENTRT_SERVICE_TOKEN": TOKEN,
         "AGENTRT_LOG_LEVEL": "WARNING",
     }
+
+
+def start_services(
+    tmp: str,
+    nats_url: str,
+    prefix: str,
+    *,
+    executors: int = 1,
+    database_url: str = "",
+    tools_database_url: str = "",
+) -> list[ServiceProcess]:
+    """Registry, tools service and executor(s) as processes, running SCRIPT's agent.
+
+    Runs and sessions are in SQLite files by default (one executor); several executors share
+    `database_url` (PostgreSQL), as replicas must. The tools service's ledger is in
+    `tools_database_url` (default: an SQLite file).
+    """
+    common = common_env(nats_url, prefix)
     ports = {name: free_port() for name in ("registry", "tools")}
     registry = ServiceProcess(
         "agent_registry",
@@ -232,34 +279,14 @@ def start_services(
             **common,
             "AGENTRT_TOOLS_PORT": str(ports["tools"]),
             "AGENTRT_TOOLS_WORKSPACE_ROOT": f"{tmp}/workspaces",
-            "AGENTRT_TOOLS_DATABASE_URL": f"sqlite:///{tmp}/tools.sqlite3",
+            "AGENTRT_TOOLS_DATABASE_URL": tools_database_url or f"sqlite:///{tmp}/tools.sqlite3",
         },
         ports["tools"],
     )
-    config = {
-        "llm": {"providers": {"offline": {"type": "offline", "metadata": {"script": SCRIPT}}}}
-    }
     processes = [registry, tools]
     for n in range(executors):
-        port = free_port()
         processes.append(
-            ServiceProcess(
-                "agent_executor",
-                {
-                    **common,
-                    "SERVICES_CONFIG": json.dumps(config),
-                    "AGENTRT_EXECUTOR_PORT": str(port),
-                    "AGENTRT_EXECUTOR_EXECUTOR_ID": f"executor-{n}",
-                    "AGENTRT_EXECUTOR_REGISTRY_TARGET": registry.address,
-                    "AGENTRT_EXECUTOR_TOOLS_TARGET": tools.address,
-                    "AGENTRT_EXECUTOR_DATABASE_URL": database_url
-                    or f"sqlite:///{tmp}/executor.sqlite3",
-                    "AGENTRT_EXECUTOR_SESSIONS_URL": database_url
-                    or f"sqlite:///{tmp}/sessions.sqlite3",
-                    "AGENTRT_EXECUTOR_MAX_CONCURRENT_RUNS": "256",
-                },
-                port,
-            )
+            executor_process(n, tmp, nats_url, prefix, registry, tools, database_url=database_url)
         )
     started: list[ServiceProcess] = []
     try:

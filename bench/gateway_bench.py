@@ -32,7 +32,16 @@ import grpc
 import psycopg
 import uvloop
 from bench_support import atimed, load, machine, options, publish, stats
-from executor_bench import MD, QUESTION, TOKEN, create_agent, plain_graph, run_input, start_services
+from executor_bench import (
+    MD,
+    QUESTION,
+    TOKEN,
+    common_env,
+    create_agent,
+    plain_graph,
+    run_input,
+    start_services,
+)
 from langchain_core.messages import HumanMessage
 
 from agentrt.executor.v1 import executor_pb2 as pb
@@ -137,12 +146,12 @@ async def both_paths(
 
 
 @contextlib.contextmanager
-def fresh_database() -> Iterator[str]:
+def fresh_database(prefix: str = "gwbench") -> Iterator[str]:
     """A new PostgreSQL database on the machine's server (dropped afterwards): its URL."""
     server = os.environ.get(
         "AGENTRT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
     )
-    name = f"gwbench_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
     try:
@@ -150,6 +159,29 @@ def fresh_database() -> Iterator[str]:
     finally:
         with psycopg.connect(server, autocommit=True) as admin:
             admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def gateway_process(
+    nats_url: str, prefix: str, registry_target: str, executor_target: str
+) -> ServiceProcess:
+    """The gateway (not started): rate limits and per-key bounds off, token RUNTIME_TOKEN."""
+    port = free_port()
+    return ServiceProcess(
+        "agent_gateway",
+        {
+            **common_env(nats_url, prefix),
+            "AGENTRT_RUNTIME_TOKEN": RUNTIME_TOKEN,
+            "AGENTRT_GATEWAY_PORT": str(port),
+            "AGENTRT_GATEWAY_REGISTRY_TARGET": registry_target,
+            "AGENTRT_GATEWAY_EXECUTOR_TARGET": executor_target,
+            "AGENTRT_GATEWAY_RATE_LIMIT_PER_SECOND": "0",
+            "AGENTRT_GATEWAY_ADDRESS_RATE_LIMIT_PER_SECOND": "0",
+            "AGENTRT_GATEWAY_MAX_STREAMS_PER_KEY": "0",
+            "AGENTRT_GATEWAY_MAX_WAITS_PER_KEY": "0",
+        },
+        port,
+        http_ready="/readyz",
+    )
 
 
 async def system(
@@ -166,25 +198,8 @@ async def system(
             registry, replicas = processes[0], processes[2:]
             # One target naming every replica; the kit's channels balance calls round-robin.
             target = "ipv4:" + ",".join(p.address for p in replicas)
-            port = free_port()
-            gateway = ServiceProcess(
-                "agent_gateway",
-                {
-                    "AGENTRT_NATS_URL": nats_server.url,
-                    "AGENTRT_NATS_PREFIX": "gwbench",
-                    "AGENTRT_SERVICE_TOKEN": TOKEN,
-                    "AGENTRT_LOG_LEVEL": "WARNING",
-                    "AGENTRT_RUNTIME_TOKEN": RUNTIME_TOKEN,
-                    "AGENTRT_GATEWAY_PORT": str(port),
-                    "AGENTRT_GATEWAY_REGISTRY_TARGET": registry.address,
-                    "AGENTRT_GATEWAY_EXECUTOR_TARGET": target,
-                    "AGENTRT_GATEWAY_RATE_LIMIT_PER_SECOND": "0",
-                    "AGENTRT_GATEWAY_ADDRESS_RATE_LIMIT_PER_SECOND": "0",
-                    "AGENTRT_GATEWAY_MAX_STREAMS_PER_KEY": "0",
-                },
-                port,
-                http_ready="/readyz",
-            ).start()
+            gateway = gateway_process(nats_server.url, "gwbench", registry.address, target)
+            gateway.start()
             processes.append(gateway)
             await asyncio.sleep(1.0)  # let everything settle (imports, first publications)
             async with grpc.aio.insecure_channel(registry.address) as rc:
@@ -196,7 +211,7 @@ async def system(
                 print(f"Execute and the gateway ({executors} executor(s)) ...", flush=True)
                 return await both_paths(
                     pb_grpc.ExecutorStub(channel),
-                    f"http://127.0.0.1:{port}",
+                    gateway.url,
                     agent_id,
                     args,
                     streams=streams,
