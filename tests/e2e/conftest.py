@@ -49,6 +49,8 @@ PROVIDERS = {
         "providers": {
             "offline": {"type": "offline"},  # echoes at once
             "slow": {"type": "offline", "metadata": {"token_latency_ms": 50}},
+            "late": {"type": "offline", "metadata": {"latency_ms": 2000}},  # answers after 2 s
+            "later": {"type": "offline", "metadata": {"latency_ms": 8000}},  # after 8 s
         },
         "default_provider": "offline",
     }

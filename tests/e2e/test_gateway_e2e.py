@@ -286,8 +286,18 @@ def test_health_reports_every_dependency_and_the_execution_numbers(http: httpx.C
     reply = http.get("/v1/health", headers=RT)
     assert reply.status_code == 200
     body = reply.json()
-    assert set(body) == {"status", "timestamp", "version", "uptime_seconds", "checks", "metrics"}
+    assert set(body) == {
+        "status",
+        "timestamp",
+        "version",
+        "uptime_seconds",
+        "checks",
+        "metrics",
+        "queue",
+    }
     assert body["status"] == "healthy"
+    assert body["queue"]["status"] == "ok"
+    assert body["queue"]["backend"] == "nats"
     assert set(body["checks"]) == {"registry", "executor", "nats"}
     for check in body["checks"].values():
         assert check["status"] == "ok"

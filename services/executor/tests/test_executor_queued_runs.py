@@ -113,6 +113,13 @@ class Stack:
             await asyncio.sleep(0.01)
         raise AssertionError(f"run {run_id} did not end: {self.store.get(run_id)}")
 
+    async def running(self, run_id: str) -> None:
+        for _ in range(500):
+            if run_id in self.runs.active:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"run {run_id} did not start")
+
     def events(self, run_id: str) -> list[Any]:
         return [e for e in self.sink.events if e.run_id == run_id]
 
@@ -228,10 +235,7 @@ async def test_interrupt_cancels_the_running_run_and_starts_the_new_one() -> Non
     stack = Stack(latency_ms=2000).start()
     try:
         first = await stack.queued.submit(request("one", "agent-m", task_id="t1"), QueueOptions())
-        for _ in range(200):
-            if first.record.run_id in stack.runs.active:
-                break
-            await asyncio.sleep(0.01)
+        await stack.running(first.record.run_id)
         second = await stack.queued.submit(
             request("two", "agent-m", task_id="t1"), QueueOptions(multitask_strategy="interrupt")
         )
@@ -304,10 +308,7 @@ async def test_a_run_going_at_shutdown_is_handed_over_to_another_replica() -> No
     stack = Stack(latency_ms=1500).start()
     enqueued = await stack.queued.submit(request(), QueueOptions())
     run_id = enqueued.record.run_id
-    for _ in range(200):
-        if run_id in stack.runs.active:
-            break
-        await asyncio.sleep(0.01)
+    await stack.running(run_id)
     stack.stop.set()
     assert stack.consumer is not None
     await stack.consumer
@@ -334,10 +335,7 @@ async def test_rollback_undoes_the_interrupted_run_in_the_conversation(strategy:
         first = await stack.queued.submit(request("one", "agent-m", task_id="t1"), QueueOptions())
         await stack.ended(first.record.run_id)
         second = await stack.queued.submit(request("two", "agent-m", task_id="t1"), QueueOptions())
-        for _ in range(200):
-            if second.record.run_id in stack.runs.active:
-                break
-            await asyncio.sleep(0.01)
+        await stack.running(second.record.run_id)
         await asyncio.sleep(0.1)  # its input is in the session: it is mid model call
         third = await stack.queued.submit(
             request("three", "agent-m", task_id="t1"), QueueOptions(multitask_strategy=strategy)
@@ -360,10 +358,7 @@ async def test_rolling_back_the_only_run_of_a_conversation_starts_it_afresh() ->
     stack = Stack(latency_ms=400).start()
     try:
         first = await stack.queued.submit(request("one", "agent-m", task_id="t1"), QueueOptions())
-        for _ in range(200):
-            if first.record.run_id in stack.runs.active:
-                break
-            await asyncio.sleep(0.01)
+        await stack.running(first.record.run_id)
         await asyncio.sleep(0.1)
         assert await stack.runs.cancel(first.record.run_id, rollback=True)
         assert (await stack.ended(first.record.run_id)).rolled_back

@@ -23,11 +23,13 @@ ERROR_KEYS = {"error", "message", "details", "detail"}
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """The gateway served on a free port, and an HTTP client to it."""
+async def running_gateway(
+    stop: asyncio.Event | None = None, **overrides: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The gateway served on a free port, and an HTTP client to it; setting `stop` stops it."""
     values: dict[str, Any] = {"port": 0, "runtime_token": TOKEN, "probe_timeout_seconds": 0.5}
     values.update(overrides)
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(serve(Settings(**values), stop=stop, on_ready=ready.set_result))
     try:
@@ -100,6 +102,29 @@ CONFIGURATION_KEYS = {
     "conversation_config",
     "toolsets",
     "template_config",
+}
+# A run as /v1/runs answers it.
+RUN_KEYS = {
+    "run_id",
+    "agent_id",
+    "agent_version",
+    "status",
+    "task_id",
+    "context_id",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "usage",
+    "tool_calls",
+    "error",
+    "executor_id",
+    "attempts",
+    "queued",
+    "metadata",
+    "multitask_strategy",
+    "output",
+    "finish_reason",
+    "rolled_back",
 }
 TEMPLATE_KEYS = {"id", "framework", "name", "description", "version", "config"}
 

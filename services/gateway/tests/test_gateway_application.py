@@ -1,7 +1,8 @@
-"""The gateway's use cases over an in-memory agent store (the `AgentStore` port's twin)."""
+"""The gateway's use cases over in-memory twins of their ports (agents, the run queue)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -9,9 +10,11 @@ from typing import Any
 import pytest
 
 from agent_gateway.application.agents import Agents, NewAgent, initial_status
+from agent_gateway.application.system import RunQueueWatch
 from agent_gateway.domain.agents import AgentRecord
 from agent_gateway.domain.auth import Principal
-from agentrt_kit.errors import Aborted, NotFound
+from agent_gateway.domain.run_queue import RunQueue, queue_body
+from agentrt_kit.errors import Aborted, NotFound, Unavailable
 
 
 class MemoryAgents:
@@ -121,3 +124,79 @@ async def test_an_owner_creates_for_itself_and_a_draft_status_is_a_warning() -> 
     assert len(created.warnings) == 1
     assert "'draft'" in created.warnings[0]
     assert initial_status("error") == ("error", [])
+
+
+class CountedQueue:
+    """The executor's run queue figures, counting the calls; `fail` makes them fail."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.timeouts: list[float] = []
+        self.fail = False
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def run_queue(self, *, timeout: float) -> RunQueue:
+        self.calls += 1
+        self.timeouts.append(timeout)
+        await self.gate.wait()
+        if self.fail:
+            raise Unavailable("the queue cannot be asked", reason="QUEUE_UNAVAILABLE")
+        return RunQueue("nats", self.calls, 1, 2.5, 0, 0, 3)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_run_queue_figures_are_asked_at_most_once_a_second() -> None:
+    source, clock = CountedQueue(), Clock()
+    watch = RunQueueWatch(source, timeout=0.25, clock=clock)
+    first = await watch.current()
+    assert first is not None
+    assert (first.depth, source.timeouts) == (1, [0.25])
+    clock.now += 0.9
+    assert await watch.current() == first
+    clock.now += 0.1
+    again = await watch.current()
+    assert again is not None
+    assert (again.depth, source.calls) == (2, 2)
+
+
+async def test_readers_arriving_while_the_queue_is_asked_share_the_call() -> None:
+    source = CountedQueue()
+    source.gate.clear()
+    watch = RunQueueWatch(source, timeout=1.0)
+    readers = [asyncio.create_task(watch.current()) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    source.gate.set()
+    found = await asyncio.gather(*readers)
+    assert source.calls == 1
+    assert all(f is not None and f.depth == 1 for f in found)
+
+
+async def test_figures_that_cannot_be_asked_are_none_and_not_asked_again_at_once() -> None:
+    source, clock = CountedQueue(), Clock()
+    source.fail = True
+    watch = RunQueueWatch(source, timeout=1.0, clock=clock)
+    assert await watch.current() is None
+    assert await watch.current() is None
+    assert source.calls == 1
+    source.fail = False
+    clock.now += 1.0
+    assert await watch.current() is not None
+    assert queue_body(None) == {"status": "unavailable"}
+    assert queue_body(RunQueue("nats", 4, 1, 2.5, 0, 0, 3)) == {
+        "status": "ok",
+        "backend": "nats",
+        "depth": 4,
+        "pending": 1,
+        "oldest_age_seconds": 2.5,
+        "redelivered": 0,
+        "dead_letters": 0,
+        "free_slots": 3,
+    }

@@ -316,8 +316,10 @@ async def test_health_reports_checks_and_execution_numbers(stack: Stack) -> None
             "uptime_seconds",
             "checks",
             "metrics",
+            "queue",
         }
         assert set(body["checks"]) == {"registry", "executor", "nats"}
+        assert body["queue"]["status"] == "ok"  # the run queue's figures (test_gateway_run_queue)
         assert all(
             c["status"] == "ok" and c["response_time_ms"] >= 0 for c in body["checks"].values()
         )
@@ -336,6 +338,7 @@ async def test_health_is_503_with_the_same_body_when_a_dependency_is_down(stack:
     assert body["status"] == "unhealthy"
     assert body["checks"]["executor"]["status"] == "down"
     assert body["checks"]["registry"]["status"] == "ok"
+    assert body["queue"] == {"status": "unavailable"}
     stack.system.executors.clear()
 
 

@@ -1,14 +1,16 @@
-"""The gateway's pure parts: keys, roles, token buckets, stream slots, audit actions."""
+"""The gateway's pure parts: keys, roles, token buckets, stream slots, audit actions, runs."""
 
 from __future__ import annotations
 
 import json
+import re
+import uuid
 
 import pytest
 
 from agent_gateway.adapters.http_errors import ApiError
 from agent_gateway.adapters.openai_render import ChunkWriter
-from agent_gateway.domain.agents import expected_version
+from agent_gateway.domain.agents import expected_version, idempotent_agent_id, same_spec
 from agent_gateway.domain.audit import action_of, audited, outcome_of
 from agent_gateway.domain.auth import (
     ApiKey,
@@ -17,8 +19,13 @@ from agent_gateway.domain.auth import (
     digest_of,
     new_key,
 )
-from agent_gateway.domain.chat import Finished, Started, Usage
+from agent_gateway.domain.chat import Finished, Message, Started, ToolCall, Usage
 from agent_gateway.domain.limits import RateLimiter, StreamSlots
+from agent_gateway.domain.runs import (
+    RunRecord,
+    idempotent_run_id,
+    valid_idempotency_key,
+)
 from agent_gateway.domain.stats import ExecutionStats
 from agent_gateway.main import keys_command
 
@@ -228,3 +235,109 @@ def test_if_match_star_means_any_version() -> None:
 def test_openai_errors_name_the_parameter_as_openai_does(field: str, param: str | None) -> None:
     error = ApiError(400, "VALIDATION_ERROR", "bad", details={"fields": [{"field": field}]})
     assert error.body("openai")["error"]["param"] == param
+
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def test_an_idempotency_key_names_one_run_of_one_caller() -> None:
+    run_id = idempotent_run_id("key:acme", "order-42")
+    assert run_id == idempotent_run_id("key:acme", "order-42")
+    assert RUN_ID.fullmatch(run_id)
+    assert run_id.startswith("idem-")
+    assert len(run_id) == len("idem-") + 32
+    assert idempotent_run_id("key:globex", "order-42") != run_id
+    assert idempotent_run_id("key:acme", "order-43") != run_id
+
+
+@pytest.mark.parametrize(
+    ("key", "valid"),
+    [
+        ("k", True),
+        ("x" * 255, True),
+        ("a b ~!", True),
+        ("", False),
+        ("x" * 256, False),
+        ("caf\xe9", False),
+        ("tab\t", False),
+        ("nul\x00", False),
+        ("line\n", False),
+    ],
+)
+def test_idempotency_keys_are_1_to_255_printable_ascii_characters(key: str, valid: bool) -> None:
+    assert valid_idempotency_key(key) is valid
+
+
+def _record(status: str, **fields: object) -> RunRecord:
+    values: dict[str, object] = {
+        "run_id": "r1",
+        "agent_id": "a1",
+        "agent_version": 2,
+        "status": status,
+        "task_id": "t1",
+        "context_id": "c1",
+        "owner_id": "",
+        "usage": Usage(3, 4, 7),
+        "tool_calls": 0,
+        "executor_id": "e1",
+        **fields,
+    }
+    return RunRecord(**values)  # type: ignore[arg-type]
+
+
+def test_an_ended_run_reports_its_result_as_a_completion_does() -> None:
+    call = ToolCall("c1", "lookup", '{"q": 1}')
+    done = _record(
+        "succeeded",
+        output=Message("assistant", "", tool_calls=(call,)),
+        finish_reason="tool_calls",
+    ).result()
+    assert (done.run_id, done.finish_reason, done.tool_calls, done.usage) == (
+        "r1",
+        "tool_calls",
+        (call,),
+        Usage(3, 4, 7),
+    )
+    assert (done.task_id, done.context_id, done.agent_version) == ("t1", "c1", 2)
+    failed = _record("timed_out", error_code="TIMEOUT", error_message="too slow").result()
+    assert (failed.finish_reason, failed.error_code, failed.content) == ("error", "TIMEOUT", "")
+    cancelled = _record("cancelled", error_code="CANCELLED").result()
+    assert cancelled.finish_reason == "cancelled"
+    assert _record("succeeded", output=Message("assistant", "hi")).result().finish_reason == "stop"
+
+
+def test_starting_and_cancelling_runs_are_audited_as_run_actions() -> None:
+    assert action_of("POST", "/v1/runs") == ("run.start", "")
+    assert action_of("POST", "/v1/runs/") == ("run.start", "")
+    assert action_of("POST", "/v1/runs/r1/cancel") == ("run.cancel", "r1")
+
+
+def test_an_agent_key_names_one_uuid_per_caller() -> None:
+    mine = idempotent_agent_id("key:ops", "k-1")
+    assert mine == idempotent_agent_id("key:ops", "k-1")
+    assert str(uuid.UUID(mine)) == mine
+    assert uuid.UUID(mine).version == 5
+    assert mine != idempotent_agent_id("runtime-token", "k-1")
+    assert mine != idempotent_agent_id("key:ops", "k-2")
+
+
+def test_a_create_is_compared_with_its_registration_as_the_registry_stores_it() -> None:
+    stored = {
+        "name": "Keyed",
+        "description": "",
+        "template_id": "simple-test",
+        "template_config": {"n": 1.0, "deep": [{"x": 2}]},
+        "toolsets": [],
+        "metadata": {"on": True},
+    }
+    asked = {
+        "name": " Keyed ",
+        "template_id": "simple-test",
+        "template_config": {"deep": [{"x": 2.0}], "n": 1},
+        "metadata": {"on": True},
+    }
+    assert same_spec(asked, stored)
+    assert not same_spec({**asked, "metadata": {"on": 1}}, stored)
+    assert not same_spec({**asked, "description": "x"}, stored)
+    assert not same_spec({**asked, "toolsets": ["custom"]}, stored)
+    assert not same_spec({**asked, "name": "keyed"}, stored)

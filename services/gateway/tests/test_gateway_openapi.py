@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import threading
 import uuid
 from collections.abc import Iterator
@@ -41,6 +42,7 @@ from agent_gateway.adapters.http_api import Services, create_app
 from agent_gateway.domain.auth import Authenticator
 from agent_gateway.domain.limits import RateLimiter
 
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # the document's run id pattern
 MAX_EXAMPLES = 12  # fuzzed cases per operation; the coverage phase adds its boundary cases
 SEED = 20_260_101
 CHECKS = [
@@ -132,6 +134,10 @@ class Running:
         """Point every other case at things that exist, keeping it as valid or invalid as it
         was made: ids are replaced only where the generated one was valid, and the body only
         of cases generated valid."""
+        headers = case.headers or {}
+        if "Idempotency-Key" in headers and not _negative(case):
+            # A key names one request: reused with another body it is rightly refused (422).
+            headers["Idempotency-Key"] = uuid.uuid4().hex
         if next(self._turn) % 2:
             return
         path = case.path_parameters or {}
@@ -145,13 +151,16 @@ class Running:
                 path["agent_id"] = self.reader
         if _valid_id(path.get("template_id")):
             path["template_id"] = "simple-test"
-        if _valid_id(path.get("run_id")):
+        if _valid_id(path.get("run_id")) and RUN_ID.fullmatch(path["run_id"]):
             path["run_id"] = self.run
         body = case.body
-        if not isinstance(body, dict) or case.meta is None or case.meta.generation.mode.is_negative:
+        if not isinstance(body, dict) or _negative(case):
             return
         if case.path.startswith("/v1/chat/"):
             body["model"] = self.reader
+            return
+        if case.path == "/v1/runs":
+            body["agent_id"] = self.reader
             return
         # What the registry and executor check beyond the document: the template, its
         # config, the model provider and toolsets named, the id's form.
@@ -171,6 +180,10 @@ class Running:
         )
         assert reply.status_code == 201, reply.text
         return str(reply.json()["agent_id"])
+
+
+def _negative(case: Case) -> bool:
+    return case.meta is None or case.meta.generation.mode.is_negative
 
 
 def _valid_id(value: Any) -> bool:
@@ -274,8 +287,10 @@ OPERATION_IDS = {
     ("GET", "/v1/models"): "listModels",
     ("GET", "/v1/models/{model}"): "getModel",
     ("GET", "/v1/runs"): "listRuns",
+    ("POST", "/v1/runs"): "createRun",
     ("GET", "/v1/runs/{run_id}"): "getRun",
     ("GET", "/v1/runs/{run_id}/wait"): "waitRun",
+    ("GET", "/v1/runs/{run_id}/events"): "streamRunEvents",
     ("POST", "/v1/runs/{run_id}/cancel"): "cancelRun",
     ("GET", "/v1/health"): "getHealth",
     ("GET", "/v1/schema"): "getSchema",

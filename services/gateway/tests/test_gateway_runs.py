@@ -7,26 +7,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from executor_support import offline, services_config
-from gateway_support import ERROR_KEYS, Stack, auth, code_of, keyring
+from gateway_support import ERROR_KEYS, RUN_KEYS, Stack, auth, code_of, keyring
 
 MakeStack = Callable[..., Awaitable[Stack]]
 SLOW = services_config(slow=offline(latency_ms=1500))
-RUN_KEYS = {
-    "run_id",
-    "agent_id",
-    "agent_version",
-    "status",
-    "task_id",
-    "context_id",
-    "created_at",
-    "started_at",
-    "finished_at",
-    "usage",
-    "tool_calls",
-    "error",
-    "executor_id",
-    "attempts",
-}
 
 
 def chat(agent_id: str, text: str = "hello", **extra: Any) -> dict[str, Any]:
@@ -60,6 +44,8 @@ async def test_a_chat_completion_is_a_run_that_can_be_read(stack: Stack) -> None
     assert run["executor_id"]
     assert run["attempts"] == 1
     assert run["created_at"] <= run["started_at"] <= run["finished_at"]
+    # A chat completion is a foreground run: not queued, no metadata or strategy of its own.
+    assert (run["queued"], run["metadata"], run["multitask_strategy"]) == (False, {}, None)
     missing = await stack.client.get("/v1/runs/no-such-run", headers=auth())
     assert missing.status_code == 404
     assert set(missing.json()) == ERROR_KEYS

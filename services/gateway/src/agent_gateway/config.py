@@ -90,6 +90,15 @@ class Settings(ServiceSettings):
     audit: bool = Field(
         True, description="Publish an audit record per mutating request and execution."
     )
+    drain_margin_seconds: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "On SIGTERM, how long before the shutdown grace ends the gateway answers what "
+            "still waits on a run (a completion: 503 naming its run; a stream: an error "
+            "chunk naming it; a join: the run as it is). At most half the grace."
+        ),
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -106,6 +115,11 @@ class Settings(ServiceSettings):
             except (OSError, ValueError, TypeError) as e:
                 raise ConfigError(f"AGENTRT_GATEWAY_API_KEYS_FILE: {e}") from None
         return keys
+
+    def drain_delay(self) -> float:
+        """Seconds from SIGTERM until what still waits on a run is answered (see above)."""
+        grace = self.shutdown_grace_seconds
+        return max(0.0, grace - min(self.drain_margin_seconds, grace / 2))
 
     def runtime_token_sha256(self) -> bytes | None:
         """Digest of the runtime token: the gateway keeps only this, never the token."""

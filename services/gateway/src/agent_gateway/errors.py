@@ -18,6 +18,7 @@ from agentrt_kit.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    Unavailable,
 )
 
 
@@ -30,6 +31,33 @@ class RunFailed(AgentrtError):
 
     code = ErrorCode.INTERNAL
     default_reason = "EXECUTION_ERROR"
+
+
+class GatewayStopping(Unavailable):
+    """The gateway is stopping and answers a request still waiting now (503).
+
+    A request whose run had started names it (`metadata`: `run_id`, `task_id`): the run
+    goes on, to be joined or followed. `retry_joins` says whether sending the request
+    again joins that run (it carried an Idempotency-Key) or would start another.
+    """
+
+    default_reason = "GATEWAY_STOPPING"
+
+    def __init__(self, run_id: str = "", task_id: str = "", *, retry_joins: bool = False) -> None:
+        if not run_id:
+            message = "the gateway is stopping; send the request again"
+            facts = {}
+        else:
+            message = (
+                f"the gateway is stopping; run {run_id!r} goes on: join it at "
+                f"/v1/runs/{run_id}/wait or follow it at /v1/runs/{run_id}/events"
+            )
+            if retry_joins:
+                message += " (sending the request again with its Idempotency-Key joins it too)"
+            facts = {"run_id": run_id, "task_id": task_id}
+        super().__init__(message, metadata=facts)
+        self.run_id = run_id
+        self.retry_joins = retry_joins
 
 
 def agent_not_found(agent_id: str) -> NotFound:
@@ -53,6 +81,26 @@ def bad_fields(violations: list[FieldViolation], *, reason: str = "") -> Invalid
     named = "; ".join(f"{v.field}: {v.description}" for v in violations[:3])
     return InvalidArgument(
         f"invalid request: {named}"[:1000], reason=reason or None, violations=violations
+    )
+
+
+def key_reused(run_id: str) -> InvalidArgument:
+    """An Idempotency-Key sent again with another request than the first (answered 422)."""
+    return InvalidArgument(
+        "the Idempotency-Key was used for another request; send a new key for a new request",
+        reason="IDEMPOTENCY_KEY_REUSED",
+        violations=[FieldViolation("header.idempotency-key", "was used for another request")],
+        metadata={"run_id": run_id},
+    )
+
+
+def agent_key_reused(agent_id: str) -> InvalidArgument:
+    """An Idempotency-Key sent again with another agent create than the first (422)."""
+    return InvalidArgument(
+        "the Idempotency-Key was used for another request; send a new key for a new request",
+        reason="IDEMPOTENCY_KEY_REUSED",
+        violations=[FieldViolation("header.idempotency-key", "was used for another request")],
+        metadata={"agent_id": agent_id},
     )
 
 

@@ -1,8 +1,11 @@
 """Composition root: settings → probes, catalogue watch, authenticator → the HTTP app.
 
 uvicorn runs inside the service's own event loop (uvloop), started and stopped by
-the kit's lifecycle: SIGTERM stops accepting connections and lets requests in
-flight finish for `AGENTRT_SHUTDOWN_GRACE_SECONDS`.
+the kit's lifecycle: SIGTERM stops accepting connections, ends the run event
+streams (`stopping`) and lets requests in flight finish for
+`AGENTRT_SHUTDOWN_GRACE_SECONDS`. `AGENTRT_GATEWAY_DRAIN_MARGIN_SECONDS` before the
+grace ends (`draining`), what still waits on a run is answered, naming the run, which
+goes on: uvicorn's own hard stop, at the end of the grace, finds nothing left to cut.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import math
 import sys
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -31,7 +35,7 @@ from agent_gateway.application.chat import Chat, ChatLimits
 from agent_gateway.application.models import Models
 from agent_gateway.application.ports import Probe
 from agent_gateway.application.runs import Runs
-from agent_gateway.application.system import Catalogue, Checks, System
+from agent_gateway.application.system import Catalogue, Checks, RunQueueWatch, System
 from agent_gateway.config import Settings
 from agent_gateway.domain.auth import (
     DIGEST_PREFIX,
@@ -121,6 +125,8 @@ async def serve(
             async def nats_connected() -> bool:
                 return client.connected
 
+            stopping = asyncio.Event()  # set first on shutdown: run event streams end
+            draining = asyncio.Event()  # set as the grace nearly ends: what waits is answered
             app = create_app(
                 Access(gate),
                 _services(
@@ -130,46 +136,68 @@ async def serve(
                     templates=templates,
                     probes=probes,
                     nats_connected=nats_connected,
+                    draining=draining,
                 ),
                 version=version("agentrt-gateway"),
                 max_body_bytes=settings.max_body_bytes,
                 keepalive_seconds=settings.stream_keepalive_seconds,
                 audit=audit,
+                stopping=stopping,
+                draining=draining,
             )
-            server = uvicorn.Server(
-                uvicorn.Config(
-                    app,
-                    host=settings.host,
-                    port=settings.port,
-                    lifespan="off",
-                    log_config=None,
-                    access_log=False,
-                    server_header=False,
-                    timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
-                    # The client's address (rate limits, audit) comes from X-Forwarded-For
-                    # only when the peer is a proxy listed here; nobody by default.
-                    proxy_headers=bool(settings.forwarded_allow_ips),
-                    forwarded_allow_ips=settings.forwarded_allow_ips or None,
-                )
+            await _serve_http(
+                app, settings, stop=stop, on_ready=on_ready, stopping=stopping, draining=draining
             )
-            # Server.serve() would also take over SIGINT/SIGTERM; the kit's lifecycle owns
-            # them, so the server is driven through its public steps instead.
-            server.config.load()
-            server.lifespan = server.config.lifespan_class(server.config)
-            await server.startup()
-            port = int(server.servers[0].sockets[0].getsockname()[1])
-            log.info("gateway listening", extra={"host": settings.host, "port": port})
-            serving = asyncio.create_task(server.main_loop(), name="http-server")
-            if on_ready is not None:
-                on_ready(port)
-            try:
-                await wait_for_shutdown(stop)
-            finally:
-                server.should_exit = True
-                await serving  # main_loop sees should_exit within 0.1 s
-                await server.shutdown()
     finally:
         telemetry.shutdown()
+
+
+async def _serve_http(
+    app: Any,
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None,
+    on_ready: Callable[[int], None] | None,
+    stopping: asyncio.Event,
+    draining: asyncio.Event,
+) -> None:
+    """Serve `app` with uvicorn until shutdown, then stop as the module docstring says."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            # Never before the grace (uvicorn takes a whole number of seconds).
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
+            # The client's address (rate limits, audit) comes from X-Forwarded-For
+            # only when the peer is a proxy listed here; nobody by default.
+            proxy_headers=bool(settings.forwarded_allow_ips),
+            forwarded_allow_ips=settings.forwarded_allow_ips or None,
+        )
+    )
+    # Server.serve() would also take over SIGINT/SIGTERM; the kit's lifecycle owns
+    # them, so the server is driven through its public steps instead.
+    server.config.load()
+    server.lifespan = server.config.lifespan_class(server.config)
+    await server.startup()
+    port = int(server.servers[0].sockets[0].getsockname()[1])
+    log.info("gateway listening", extra={"host": settings.host, "port": port})
+    serving = asyncio.create_task(server.main_loop(), name="http-server")
+    if on_ready is not None:
+        on_ready(port)
+    try:
+        await wait_for_shutdown(stop)
+    finally:
+        stopping.set()
+        drain = asyncio.get_running_loop().call_later(settings.drain_delay(), draining.set)
+        server.should_exit = True
+        await serving  # main_loop sees should_exit within 0.1 s
+        await server.shutdown()
+        drain.cancel()
 
 
 def _services(
@@ -180,8 +208,9 @@ def _services(
     templates: CatalogWatcher[dict[str, Any]],
     probes: dict[str, GrpcHealthProbe],
     nats_connected: Probe,
+    draining: asyncio.Event,
 ) -> Services:
-    """The application services, wired to their adapters."""
+    """The application services, wired to their adapters; `draining` ends their waits."""
     agents = Agents(registry)
     stats = ExecutionStats()
     limits = ChatLimits(
@@ -190,14 +219,12 @@ def _services(
         max_message_chars=settings.max_message_chars,
     )
     serving: dict[str, Probe] = {name: probe.serving for name, probe in probes.items()}
+    streams = StreamSlots(settings.max_streams_per_key)  # streamed chats and run followers
+    queue = RunQueueWatch(runner, timeout=settings.probe_timeout_seconds)
     return Services(
         agents=agents,
         chat=Chat(
-            agents,
-            runner,
-            slots=StreamSlots(settings.max_streams_per_key),
-            stats=stats,
-            limits=limits,
+            agents, runner, runner, slots=streams, stats=stats, limits=limits, draining=draining
         ),
         models=Models(agents),
         system=System(
@@ -207,9 +234,16 @@ def _services(
             version=version("agentrt-gateway"),
             limits=limits,
             max_concurrent_runs=settings.max_concurrent_runs,
+            queue=queue,
         ),
         readiness=Checks(serving),
-        runs=Runs(runner, waits=StreamSlots(settings.max_waits_per_key)),
+        runs=Runs(
+            runner,
+            waits=StreamSlots(settings.max_waits_per_key),
+            streams=streams,
+            draining=draining,
+        ),
+        queue=queue,
     )
 
 

@@ -2,7 +2,9 @@
 
 Each route parses, calls one `application.agents.Agents` method and renders. Reads
 need the viewer role, changes the admin role. Create refuses unknown keys (422, each
-named); PUT and PATCH ignore them, as the old runtime did.
+named); PUT and PATCH ignore them, as the old runtime did. `Idempotency-Key` makes a
+create safe to retry: a retry answers as the first request was answered, with
+`Idempotent-Replayed: true`.
 """
 
 # No `from __future__ import annotations`: the route signatures use dependencies
@@ -31,6 +33,7 @@ from agent_gateway.adapters.openapi import (
     documented,
 )
 from agent_gateway.adapters.routing import both
+from agent_gateway.adapters.run_request import IDEMPOTENCY_HEADER
 from agent_gateway.application.agents import AgentQuery, Agents, NewAgent
 from agent_gateway.domain.agents import (
     MAX_VERSION,
@@ -166,6 +169,24 @@ class StatusChange(BaseModel):
     status: Status
 
 
+# Read by hand, so that a bad key is a 400 (input refused after parsing), not a 422.
+IDEMPOTENCY_PARAMETER = {
+    "name": IDEMPOTENCY_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "Makes the create safe to retry: a retry with the same key answers "
+    "201 with the agent the first request created (`Idempotent-Replayed: true`); the key "
+    "sent with another body is 422. 1-255 printable ASCII characters (400 otherwise).",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
+}
+REPLAYED = {
+    "Idempotent-Replayed": {
+        "description": "`true` when an earlier request with this `Idempotency-Key` created "
+        "the agent.",
+        "required": False,
+        "schema": {"type": "string"},
+    }
+}
 AgentId = Annotated[str, Path(min_length=1, max_length=128)]
 # `_pinned` checks it (400 when it is not one of this API's entity tags).
 IfMatch = Annotated[
@@ -240,10 +261,13 @@ def agent_routes(v1: APIRouter, access: Access, agents: Agents) -> None:
             409,
             *SERVICE,
             status=201,
-            headers={**ETAG, **LOCATION},
+            description="The agent was created (or, for a retry with the same "
+            "`Idempotency-Key`, the first request created it; `ETag` is its version now).",
+            headers={**ETAG, **LOCATION, **REPLAYED},
             op="createAgent",
             tag="agents",
         ),
+        openapi_extra={"parameters": [IDEMPOTENCY_PARAMETER]},
     )
     async def create_agent(request: Request, caller: Admin, body: AgentCreate) -> JSONResponse:
         """Create an agent (201); the registry validates it; warnings say what to review."""
@@ -253,10 +277,15 @@ def agent_routes(v1: APIRouter, access: Access, agents: Agents) -> None:
                 spec=body.model_dump(exclude={"id", "status"}, exclude_none=True),
                 agent_id=body.id or "",
                 status=body.status,
+                idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
             ),
         )
         agent = created.agent
         note(request.state, target=agent.id, agent_id=agent.id)
+        headers = {"ETag": etag(agent), "Location": f"/v1/agents/{agent.id}"}
+        if created.replayed:
+            headers["Idempotent-Replayed"] = "true"
+            note(request.state, detail="HTTP 201: replayed, the Idempotency-Key's first create")
         return JSONResponse(
             {
                 "success": True,
@@ -265,7 +294,7 @@ def agent_routes(v1: APIRouter, access: Access, agents: Agents) -> None:
                 "validation_results": {"valid": True, "warnings": created.warnings},
             },
             status_code=201,
-            headers={"ETag": etag(agent), "Location": f"/v1/agents/{agent.id}"},
+            headers=headers,
         )
 
     @both(

@@ -7,7 +7,13 @@ parses, calls one `application.chat.Chat` method and renders.
 A streamed completion relays the run event by event, never buffered: the stream
 opens only once the run has started (an unknown agent is a 404 before any byte), a
 comment line keeps it alive while the run is quiet, and a client that goes away
-cancels the run.
+cancels the run. A gateway that is stopping (`draining`) ends a stream still open with
+an error chunk saying where to pick the run up, and answers a completion still waiting
+503 naming its run: the run goes on.
+
+A completion asked for in the background (`Prefer: respond-async`, or
+`metadata.background`) is queued instead and answered 202 with the run; nothing the
+client does afterwards cancels it. `Idempotency-Key` makes either kind safe to retry.
 """
 
 # No `from __future__ import annotations`: the route signatures use dependencies
@@ -16,18 +22,18 @@ cancels the run.
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from annotated_types import Len
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, StringConstraints
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse
 
 from agent_gateway.adapters.access import Access
-from agent_gateway.adapters.asgi import Receive, Scope, Send
 from agent_gateway.adapters.chat_request import ChatRequest
-from agent_gateway.adapters.edge import note
+from agent_gateway.adapters.edge import note, respond_with
+from agent_gateway.adapters.http_errors import RUN_ID_HEADER
 from agent_gateway.adapters.openai_render import (
     KEEPALIVE,
     ChunkWriter,
@@ -36,6 +42,7 @@ from agent_gateway.adapters.openai_render import (
 )
 from agent_gateway.adapters.openapi import (
     BODY,
+    RUN_ACCEPTED,
     SERVICE,
     STREAM,
     ChatCompletion,
@@ -43,6 +50,14 @@ from agent_gateway.adapters.openapi import (
     documented,
 )
 from agent_gateway.adapters.routing import both
+from agent_gateway.adapters.run_render import accepted
+from agent_gateway.adapters.run_request import (
+    IDEMPOTENCY_PARAMETER,
+    PREFER_PARAMETER,
+    keyed_run_id,
+    prefers_async,
+)
+from agent_gateway.adapters.streaming import RelayResponse, Stopping, paced
 from agent_gateway.application.chat import Chat, ChatStream
 from agent_gateway.domain.auth import Principal
 from agent_gateway.domain.chat import (
@@ -55,8 +70,8 @@ from agent_gateway.domain.chat import (
     Usage,
     failure_text,
 )
-from agent_gateway.errors import bad_fields
-from agentrt_kit.concurrency import cancel_and_wait
+from agent_gateway.domain.runs import RunStart
+from agent_gateway.errors import bad_field, bad_fields
 from agentrt_kit.errors import FieldViolation
 
 log = logging.getLogger(__name__)
@@ -77,25 +92,6 @@ class ComposeRequest(BaseModel):
     llm_config_id: Annotated[str, StringConstraints(max_length=128)] | None = None
 
 
-class RelayResponse(StreamingResponse):
-    """A stream whose `on_close` runs however the response ends, even before it began."""
-
-    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
-        super().__init__(
-            content,
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-        self._on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Send the stream; then release what it held."""
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._on_close()
-
-
 # Read from the request in the route (a declared header parameter costs every request a
 # resolution step); documented as a parameter of the operation.
 PROGRESS_PARAMETER = {
@@ -108,8 +104,10 @@ PROGRESS_PARAMETER = {
 }
 
 
-def chat_routes(v1: APIRouter, access: Access, chat: Chat, *, keepalive: float) -> None:
-    """Add the chat completion and compose routes to `v1`."""
+def chat_routes(
+    v1: APIRouter, access: Access, chat: Chat, *, keepalive: float, draining: asyncio.Event
+) -> None:
+    """Add the chat completion and compose routes to `v1`; `draining` ends open streams."""
     Operator = Annotated[Principal, Depends(access.operator)]
 
     @both(
@@ -123,6 +121,7 @@ def chat_routes(v1: APIRouter, access: Access, chat: Chat, *, keepalive: float) 
             404,
             409,
             413,
+            422,
             500,
             502,
             *SERVICE,
@@ -130,17 +129,34 @@ def chat_routes(v1: APIRouter, access: Access, chat: Chat, *, keepalive: float) 
             content=STREAM,
             op="createChatCompletion",
             tag="openai",
+            also=RUN_ACCEPTED,
         ),
-        openapi_extra={"parameters": [PROGRESS_PARAMETER]},
+        openapi_extra={"parameters": [PROGRESS_PARAMETER, IDEMPOTENCY_PARAMETER, PREFER_PARAMETER]},
     )
     async def chat_completions(request: Request, body: ChatRequest, caller: Operator) -> Any:
-        """Run the agent named by `model` on the messages; JSON, or SSE when `stream`."""
+        """Run the agent named by `model` on the messages; JSON, or SSE when `stream`.
+
+        In the background (`Prefer: respond-async` or `metadata.background`): 202 with the
+        run at once.
+        """
         note(request.state, target=body.model, agent_id=body.model)
         refused = body.refusals()
         if refused:
             raise bad_fields([FieldViolation(f"body.{f}", why) for f, why in refused])
-        run = body.to_run()
-        note(request.state, task_id=run.task_id)
+        run = body.to_run(keyed_run_id(request, caller))
+        note(request.state, task_id=run.task_id, run_id=run.run_id)
+        asked_async = prefers_async(request)
+        if asked_async or body.background:
+            if body.stream:
+                raise bad_field(
+                    "body.stream",
+                    "a background completion is not streamed: follow its events at "
+                    "/v1/runs/{run_id}/events",
+                )
+            record, new = await chat.start(caller, RunStart(run, metadata=body.tags()))
+            note(request.state, run_id=record.run_id)
+            applied = {"Preference-Applied": "respond-async"} if asked_async else {}
+            return accepted(record, new, applied)
         created = int(time.time())
         if body.stream:
             progress = request.headers.get(PROGRESS_HEADER, "").lower()
@@ -148,11 +164,14 @@ def chat_routes(v1: APIRouter, access: Access, chat: Chat, *, keepalive: float) 
             stream = await chat.stream(caller, run, progress=wanted)
             started = stream.started
             note(request.state, run_id=started.run_id, task_id=started.task_id)
+            respond_with(request.state, **{RUN_ID_HEADER: started.run_id})
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             writer = ChunkWriter(started, body.model, created, include_usage=include_usage)
-            return RelayResponse(_relay(request, stream, writer, keepalive), stream.close)
+            relay = _relay(request, stream, writer, keepalive, draining)
+            return RelayResponse(relay, stream.close)
         result = await chat.complete(caller, run)
         note(request.state, run_id=result.run_id, task_id=result.task_id)
+        respond_with(request.state, **{RUN_ID_HEADER: result.run_id})
         # A ready response: FastAPI's generic encoder would cost more than the rest of the route.
         return JSONResponse(completion_body(result, body.model, created))
 
@@ -183,41 +202,22 @@ def chat_routes(v1: APIRouter, access: Access, chat: Chat, *, keepalive: float) 
 
 
 async def _relay(
-    request: Request, stream: ChatStream, writer: ChunkWriter, keepalive: float
+    request: Request,
+    stream: ChatStream,
+    writer: ChunkWriter,
+    keepalive: float,
+    draining: asyncio.Event,
 ) -> AsyncIterator[bytes]:
     """The SSE frames of a run; a comment line every `keepalive` seconds while it is quiet.
 
-    The run's events are read by a task of their own into a queue, so waiting for the
-    next one can time out without cancelling the read of the gRPC stream.
+    Once `draining` is set the stream ends, detached from its run, which goes on.
     """
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def pump() -> None:
-        try:
-            async for event in stream.events():
-                queue.put_nowait(event)
-        except Exception:  # a gateway bug: end the stream as OpenAI's clients expect
-            log.exception("relaying a run failed", extra={"run_id": stream.started.run_id})
-            queue.put_nowait(Finished("error", Usage(), "INTERNAL", "the gateway failed"))
-        finally:
-            queue.put_nowait(None)
-
-    reader = asyncio.create_task(pump(), name="chat-stream-reader")
+    yield writer.opening()
     try:
-        yield writer.opening()
-        while True:
-            if queue.empty():
-                try:
-                    async with asyncio.timeout(keepalive):
-                        event = await queue.get()
-                except TimeoutError:
-                    yield KEEPALIVE
-                    continue
-            else:
-                event = queue.get_nowait()
+        async for event in paced(stream.events(), keepalive=keepalive, stopping=draining):
             if event is None:
-                return
-            if isinstance(event, Delta):
+                yield KEEPALIVE
+            elif isinstance(event, Delta):
                 yield writer.delta(event.content)
             elif isinstance(event, ToolCalls):
                 yield writer.tool_calls(event.calls)
@@ -227,5 +227,11 @@ async def _relay(
                 if event.finish_reason not in FINISHED_WELL:
                     note(request.state, failed="yes", detail=stream.failure or failure_text(event))
                 yield writer.closing(event)
-    finally:
-        await cancel_and_wait(reader)
+                return
+    except Stopping:
+        stream.detach()
+        note(request.state, failed="yes", detail="the gateway stopped; the run goes on")
+        yield writer.stopped(stream.sequence)
+    except Exception:  # a gateway bug: end the stream as OpenAI's clients expect
+        log.exception("relaying a run failed", extra={"run_id": stream.started.run_id})
+        yield writer.closing(Finished("error", Usage(), "INTERNAL", "the gateway failed"))

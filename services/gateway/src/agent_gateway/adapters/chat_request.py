@@ -28,6 +28,7 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+from pydantic.config import JsonDict
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
@@ -85,8 +86,31 @@ class ToolCallIn(Strict):
     function: FunctionCall
 
 
+# `_fits_role` in JSON Schema: a tool message names its call; only an assistant calls tools.
+_ROLE_RULES: JsonDict = {
+    "allOf": [
+        {
+            "if": {"properties": {"role": {"const": "tool"}}},
+            "then": {
+                "required": ["tool_call_id"],
+                "properties": {"tool_call_id": {"type": "string", "minLength": 1}},
+            },
+        },
+        {
+            "if": {
+                "required": ["tool_calls"],
+                "properties": {"tool_calls": {"type": "array", "minItems": 1}},
+            },
+            "then": {"properties": {"role": {"const": "assistant"}}},
+        },
+    ]
+}
+
+
 class ChatMessageIn(Strict):
     """One message (`developer` is taken as `system`, as OpenAI's newer clients send it)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=_ROLE_RULES)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Text | list[TextPart] | None = None
@@ -120,7 +144,9 @@ class StreamOptions(Strict):
 class ChatMetadata(BaseModel):
     """`metadata`: the conversation (`task_id`), the caller's context and user.
 
-    Other keys are OpenAI's free-form tags (strings, at most 16 keys): accepted.
+    `background` (true or "true") runs the completion in the background. Other keys are
+    OpenAI's free-form tags (strings, at most 16 keys): accepted, and kept on a
+    background run's record.
     """
 
     model_config = ConfigDict(extra="allow", strict=True)
@@ -128,6 +154,7 @@ class ChatMetadata(BaseModel):
     task_id: Id | None = None
     context_id: Label | None = None
     user_id: Label | None = None
+    background: bool | Literal["true", "false"] | None = None
 
     @model_validator(mode="after")
     def _tags(self) -> ChatMetadata:
@@ -194,24 +221,24 @@ class ResponseFormatIn(Strict):
 Unsupported = SkipJsonSchema[Any]  # known to OpenAI; refused when set (see `_refusals`)
 
 
-class ChatRequest(Strict):
-    """The request body (OpenAI's chat completions request)."""
+# A conversation: at least one user message (the JSON Schema says so with `contains`).
+Messages = Annotated[
+    list[ChatMessageIn],
+    Len(1, 1000),
+    Field(json_schema_extra={"contains": {"properties": {"role": {"const": "user"}}}}),
+]
 
-    model: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    messages: Annotated[
-        list[ChatMessageIn],
-        Len(1, 1000),
-        Field(
-            description="At least one `user` message; at most the gateway's `max_messages` "
-            "(100 by default, 400 beyond) of at most `max_message_chars` characters each.",
-            json_schema_extra={"contains": {"properties": {"role": {"const": "user"}}}},
-        ),
-    ]
-    stream: bool = False
-    stream_options: StreamOptions | None = None
+
+def has_user_message(messages: list[ChatMessageIn]) -> bool:
+    """Whether a conversation has a user message (a run needs one)."""
+    return any(m.role == "user" for m in messages)
+
+
+class Sampling(Strict):
+    """The sampling parameters of a run (chat completions and `POST /v1/runs`)."""
+
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     max_tokens: Annotated[int, Field(ge=1, le=1_000_000), Integral] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1, le=1_000_000), Integral] | None = None
     top_p: Annotated[float, Field(ge=0, le=1)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
@@ -220,6 +247,39 @@ class ChatRequest(Strict):
         | Annotated[list[Annotated[str, StringConstraints(max_length=256)]], Len(0, 4)]
         | None
     ) = None
+
+    def token_limit(self) -> int | None:
+        """The most tokens the answer may have."""
+        return self.max_tokens
+
+    def sampling(self) -> dict[str, Any]:
+        """The sampling parameters given."""
+        values: dict[str, Any] = {
+            "temperature": self.temperature,
+            "max_tokens": self.token_limit(),
+            "top_p": self.top_p,
+            "frequency_penalty": self.frequency_penalty,
+            "presence_penalty": self.presence_penalty,
+        }
+        if self.stop is not None:
+            values["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop)
+        return {k: v for k, v in values.items() if v is not None}
+
+
+class ChatRequest(Sampling):
+    """The request body (OpenAI's chat completions request)."""
+
+    model: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    messages: Annotated[
+        Messages,
+        Field(
+            description="At least one `user` message; at most the gateway's `max_messages` "
+            "(100 by default, 400 beyond) of at most `max_message_chars` characters each.",
+        ),
+    ]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=1_000_000), Integral] | None = None
     n: Annotated[int, Field(ge=1, le=1), Integral] | None = None
     user: Label | None = None
     safety_identifier: Label | None = None
@@ -249,7 +309,7 @@ class ChatRequest(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatRequest:
-        if not any(m.role == "user" for m in self.messages):
+        if not has_user_message(self.messages):
             raise ValueError("messages must include a user message")
         for key in self.logit_bias or {}:
             if not re.fullmatch(r"\d{1,9}", key):
@@ -324,36 +384,42 @@ class ChatRequest(Strict):
         spec = wanted.json_schema
         return ResponseFormat(wanted.type, spec.name, spec.schema_ or {}, bool(spec.strict))
 
-    def sampling(self) -> dict[str, Any]:
-        """The sampling parameters given (max_tokens, or else max_completion_tokens)."""
-        values: dict[str, Any] = {
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens or self.max_completion_tokens,
-            "top_p": self.top_p,
-            "frequency_penalty": self.frequency_penalty,
-            "presence_penalty": self.presence_penalty,
-        }
-        if self.stop is not None:
-            values["stop"] = [self.stop] if isinstance(self.stop, str) else list(self.stop)
-        return {k: v for k, v in values.items() if v is not None}
+    def token_limit(self) -> int | None:
+        """`max_tokens`, or else `max_completion_tokens`."""
+        return self.max_tokens or self.max_completion_tokens
 
-    def to_run(self) -> RunInput:
-        """The run this request asks for."""
+    @property
+    def background(self) -> bool:
+        """Whether `metadata.background` asks for a background run."""
+        return self.metadata is not None and self.metadata.background in (True, "true")
+
+    def tags(self) -> dict[str, str]:
+        """`metadata`'s free-form tags (kept on a background run's record)."""
+        return dict(self.metadata.model_extra or {}) if self.metadata is not None else {}
+
+    def to_run(self, run_id: str = "") -> RunInput:
+        """The run this request asks for.
+
+        A run id chosen for an idempotent request also names the conversation when the
+        request names none, so a retry asks for the very same run.
+        """
         meta = self.metadata or ChatMetadata()
         return RunInput(
             agent_id=self.model,
-            messages=tuple(_message(m) for m in self.messages),
+            messages=tuple(message_of(m) for m in self.messages),
             sampling=self.sampling(),
-            task_id=meta.task_id or new_task_id(),
+            task_id=meta.task_id or run_id or new_task_id(),
             context_id=meta.context_id or "",
             user_id=meta.user_id or self.user or self.safety_identifier or "",
             client_tools=tuple(self.client_tools()),
             tool_choice=self.choice(),
             response_format=self.format(),
+            run_id=run_id,
         )
 
 
-def _message(message: ChatMessageIn) -> Message:
+def message_of(message: ChatMessageIn) -> Message:
+    """A request's message as the run carries it."""
     return Message(
         role="system" if message.role == "developer" else message.role,
         content=message.text(),

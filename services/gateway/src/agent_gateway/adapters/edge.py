@@ -3,8 +3,8 @@
 - Every request gets a request id: the caller's `X-Request-ID` when it is short and
   safe, else a new one. It is echoed in the response, set for logs, and passed on
   to the registry and executor with every gRPC call.
-- Routes put headers they want on the answer (rate-limit headers) in
-  `request.state.response_headers`.
+- Routes put headers they want on the answer (rate-limit headers, a run's id) in
+  `request.state.response_headers` (`respond_with`); error answers carry them too.
 - Every mutating `/v1` request yields exactly one audit entry when it ends —
   answered, refused before routing (413, 400), or cut off by the client — with what
   the routes noted in `request.state.audit`.
@@ -46,6 +46,13 @@ def note(state: Any, **fields: str) -> None:
     state.audit = noted
 
 
+def respond_with(state: Any, **headers: str) -> None:
+    """Add headers to the request's answer, whatever it is (an error too)."""
+    extra: dict[str, str] = dict(getattr(state, "response_headers", None) or {})
+    extra.update(headers)
+    state.response_headers = extra
+
+
 class EdgeMiddleware:
     """Request id, extra response headers and the audit entry of each request."""
 
@@ -71,11 +78,12 @@ class EdgeMiddleware:
             nonlocal status, completed
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                headers = list(message.get("headers", ()))
-                headers.append((b"x-request-id", request_id.encode()))
                 extra: Mapping[str, str] = state.get("response_headers") or {}
-                headers.extend((k.lower().encode(), v.encode()) for k, v in extra.items())
-                message["headers"] = headers
+                added = [(k.lower().encode(), v.encode()) for k, v in extra.items()]
+                added.append((b"x-request-id", request_id.encode()))
+                names = {name for name, _ in added}
+                headers = [h for h in message.get("headers", ()) if h[0].lower() not in names]
+                message["headers"] = headers + added
             elif message["type"] == "http.response.body" and not message.get("more_body"):
                 completed = True
             await send(message)

@@ -9,6 +9,7 @@ and `/docs` do not.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Depends, FastAPI
@@ -31,7 +32,7 @@ from agent_gateway.application.agents import Agents
 from agent_gateway.application.chat import Chat
 from agent_gateway.application.models import Models
 from agent_gateway.application.runs import Runs
-from agent_gateway.application.system import Checks, System
+from agent_gateway.application.system import Checks, RunQueueWatch, System
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class Services:
     system: System
     runs: Runs
     readiness: Checks
+    queue: RunQueueWatch | None = None  # the run queue's figures, for /metrics
 
 
 def create_app(
@@ -54,8 +56,14 @@ def create_app(
     max_body_bytes: int = 1024 * 1024,
     keepalive_seconds: float = 15.0,
     audit: AuditLog | None = None,
+    stopping: asyncio.Event | None = None,
+    draining: asyncio.Event | None = None,
 ) -> FastAPI:
-    """The gateway's HTTP application."""
+    """The gateway's HTTP application.
+
+    `stopping`, once set, ends the run event streams; `draining`, once set, ends the
+    streamed completions (the gateway's shutdown grace is nearly over).
+    """
     app = FastAPI(
         title="Agent Runtime gateway",
         version=version,
@@ -66,17 +74,30 @@ def create_app(
     )
     app.add_middleware(Failsafe)  # innermost: errors no handler takes, in the request's context
     app.add_middleware(BodyGuard, max_bytes=max_body_bytes)
-    metrics = RequestMetrics()
+    metrics = RequestMetrics(services.queue)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(EdgeMiddleware, audit=audit)  # outermost: ids and audit of everything
     unauthenticated = APIRouter()
     open_routes(unauthenticated, metrics, services.readiness, version)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(access.caller)])
     # Routes are matched in order: the busiest (chat completions) first.
-    chat_routes(v1, access, services.chat, keepalive=keepalive_seconds)
+    chat_routes(
+        v1,
+        access,
+        services.chat,
+        keepalive=keepalive_seconds,
+        draining=draining or asyncio.Event(),
+    )
     agent_routes(v1, access, services.agents)
     model_routes(v1, access, services.models)
-    run_routes(v1, access, services.runs)
+    run_routes(
+        v1,
+        access,
+        services.runs,
+        services.chat,
+        keepalive=keepalive_seconds,
+        stopping=stopping or asyncio.Event(),
+    )
     system_routes(v1, access, services.system)
     app.include_router(v1)
     app.include_router(unauthenticated)
@@ -95,7 +116,11 @@ def create_app(
 TAGS = [
     {"name": "agents", "description": "Agents: create, read, change, delete (COMPAT)."},
     {"name": "openai", "description": "OpenAI-compatible chat completions and models."},
-    {"name": "runs", "description": "Runs (every chat completion is one): read, join, cancel."},
+    {
+        "name": "runs",
+        "description": "Runs (every chat completion is one): start in the background, read, "
+        "join, follow, cancel.",
+    },
     {"name": "templates", "description": "The templates agents are made from."},
     {"name": "system", "description": "Health, schema, identity, probes and metrics."},
 ]

@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 
 from agent_gateway.adapters.asgi import App, Message, Receive, Scope, Send
 from agent_gateway.adapters.edge import note
-from agent_gateway.errors import RunFailed
+from agent_gateway.errors import GatewayStopping, RunFailed
 from agentrt_kit.errors import AgentrtError, ErrorCode
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ _BY_REASON: dict[tuple[ErrorCode, str], tuple[int, str]] = {
     (ErrorCode.ABORTED, "VERSION_MISMATCH"): (412, "PRECONDITION_FAILED"),  # If-Match
     (ErrorCode.FAILED_PRECONDITION, "VERSION_MISMATCH"): (409, "VERSION_MISMATCH"),  # schema
     (ErrorCode.INVALID_ARGUMENT, "UNKNOWN_FIELD"): (422, "VALIDATION_ERROR"),
+    # An Idempotency-Key sent again with another request (the IETF draft's 422).
+    (ErrorCode.INVALID_ARGUMENT, "IDEMPOTENCY_KEY_REUSED"): (422, "VALIDATION_ERROR"),
 }
 # How a run that started ended without an answer (its error code) → HTTP.
 _RUN_FAILED = {
@@ -69,6 +71,7 @@ _OPENAI: dict[str, tuple[str, str | None]] = {
     "SERVICE_UNAVAILABLE": ("server_error", "service_unavailable"),
     "INTERNAL_ERROR": ("server_error", "internal_error"),
 }
+RUN_ID_HEADER = "X-Run-Id"  # the run a failed run's answer is about
 _OPENAI_ROUTES = re.compile(r"^/v1/(chat/completions|models)(/|$)")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -185,7 +188,15 @@ def http_error(error: AgentrtError) -> ApiError:
         details["fields"] = [
             {"field": v.field, "description": v.description} for v in error.violations
         ]
-    return ApiError(status, code, error.message, details=details, headers=_retry(status))
+    headers = _retry(status)
+    if isinstance(error, RunFailed) and error.metadata.get("run_id"):
+        headers[RUN_ID_HEADER] = error.metadata["run_id"]
+    if isinstance(error, GatewayStopping) and error.run_id:
+        headers[RUN_ID_HEADER] = error.run_id
+        headers["Location"] = f"/v1/runs/{error.run_id}"
+        if not error.retry_joins:  # an OpenAI client's own retry would run it a second time
+            headers["x-should-retry"] = "false"
+    return ApiError(status, code, error.message, details=details, headers=headers)
 
 
 def _retry(status: int) -> dict[str, str]:
@@ -284,6 +295,8 @@ def install_handlers(app: FastAPI, *, authenticated: Any, allowed: Any) -> None:
 
     @app.exception_handler(AgentrtError)
     async def refused(request: Request, error: AgentrtError) -> JSONResponse:
+        if run_id := error.metadata.get("run_id"):  # a failed or stopped run: audited with it
+            note(request.state, run_id=run_id)
         return http_error(error).response(request)
 
     @app.exception_handler(HTTPException)

@@ -6,6 +6,9 @@ relays each message delta as it comes, and ends with a chunk carrying
 `finish_reason` (`stop`, `length`, `tool_calls`, or `error` with the error text), the
 usage chunk when the client asked for it, and `[DONE]`.
 
+A stream the gateway leaves because it is stopping ends the same way, with an error
+chunk saying where to pick the run up (it goes on), and as data under `agentrt`.
+
 Progress (the agent's own tool calls, workflow and task steps) is sent only to
 clients that opt in, as SSE events named `agentrt.<type>` whose data is a
 `chat.completion.chunk` with no choices and the event under `agentrt`: OpenAI's
@@ -65,12 +68,18 @@ def usage_body(usage: Usage) -> dict[str, int]:
     }
 
 
+def message_body(content: str, tool_calls: Sequence[ToolCall]) -> dict[str, Any]:
+    """An assistant message: its text, or (with client tool calls) the calls and any text."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["content"] = content or None
+        message["tool_calls"] = _calls(tool_calls)
+    return message
+
+
 def completion_body(result: RunResult, model: str, created: int) -> dict[str, Any]:
     """The `chat.completion` object of a run that ended with a message or tool calls."""
-    message: dict[str, Any] = {"role": "assistant", "content": result.content}
-    if result.tool_calls:
-        message["content"] = result.content or None
-        message["tool_calls"] = _calls(result.tool_calls)
+    message = message_body(result.content, result.tool_calls)
     return {
         "id": completion_id(result.run_id),
         "object": "chat.completion",
@@ -174,6 +183,29 @@ class ChunkWriter:
             frames = self._frame({"content": failure_text(finished)}, "error")
         if self._include_usage:
             frames += self._frame(None, usage=finished.usage)
+        return frames + DONE
+
+    def stopped(self, sequence: int) -> bytes:
+        """The last frames of a stream a stopping gateway leaves while its run goes on.
+
+        The error text says where to pick the run up; `agentrt` says it as data: the run,
+        and the id of its last event relayed (`Last-Event-ID` for its event stream).
+        """
+        run_id = self._metadata["run_id"]
+        text = (
+            f"[GATEWAY_STOPPING] the gateway is stopping; run {run_id} goes on: follow it "
+            f"at /v1/runs/{run_id}/events with Last-Event-ID: {sequence}, or join it at "
+            f"/v1/runs/{run_id}/wait"
+        )
+        chunk = self._chunk({"content": text}, "error")
+        chunk["agentrt"] = {
+            "type": "gateway_stopping",
+            "run_id": run_id,
+            "last_event_id": sequence,
+        }
+        frames = _data(chunk)
+        if self._include_usage:  # the run has not ended: nothing is counted yet
+            frames += self._frame(None, usage=Usage())
         return frames + DONE
 
 

@@ -120,6 +120,13 @@ RATE = {
 }
 ETAG = {"ETag": _header('The agent\'s version, e.g. `"3"`; send it in `If-Match`.', required=True)}
 LOCATION = {"Location": _header("The new agent's URL.", required=True)}
+RUN_STARTED = {
+    "Location": _header("The run's URL, `/v1/runs/{run_id}`.", required=True),
+    "Idempotent-Replayed": _header(
+        "`true` when an earlier request with this `Idempotency-Key` started the run."
+    ),
+    "X-Run-Id": _header("The run's id, when an `Idempotency-Key` named it."),
+}
 _ERROR_HEADERS: dict[int, dict[str, Any]] = {
     401: {"WWW-Authenticate": _header("`Bearer`.", required=True)},
     429: {"Retry-After": _header("Seconds to wait.", required=True, kind="integer")},
@@ -138,6 +145,7 @@ def documented(
     unavailable: str | None = None,
     op: str | None = None,
     tag: str | None = None,
+    also: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The `add_api_route` keywords that document a route's answers.
 
@@ -153,6 +161,7 @@ def documented(
         unavailable: the route answers 503 with the success body; what that means.
         op: the stable `operationId`.
         tag: the group the operation is listed under.
+        also: other success answers by status (`model`, `description`, `headers`).
     """
     common = dict(REQUEST_ID) if open_route else {**REQUEST_ID, **RATE}
     ok: dict[str, Any] = {"description": description, "headers": {**common, **(headers or {})}}
@@ -161,6 +170,8 @@ def documented(
     if content:
         ok["content"] = dict(content)
     responses: dict[int | str, dict[str, Any]] = {status: ok}
+    for other, answer in (also or {}).items():
+        responses[other] = {**answer, "headers": {**common, **answer.get("headers", {})}}
     for code in sorted(set(errors) | (set() if open_route else set(V1))):
         responses[code] = {
             "model": ErrorBody,
@@ -227,6 +238,35 @@ class ExecutionMetrics(Strict):
     error_rate: float
 
 
+class RunQueueHealth(Strict):
+    """The run queue, as an executor replica answers for it (`unavailable`: no figures)."""
+
+    status: Literal["ok", "unavailable"] = Field(
+        description="`unavailable` when the executor could not be asked within "
+        "`PROBE_TIMEOUT_SECONDS` (the other keys are then absent); it never makes the "
+        "health `unhealthy`."
+    )
+    backend: str | SkipJsonSchema[None] = Field(None, description="The broker: `nats`.")
+    depth: int | SkipJsonSchema[None] = Field(
+        None, description="Runs waiting or in progress, not yet acknowledged."
+    )
+    pending: int | SkipJsonSchema[None] = Field(
+        None, description="Runs waiting for a first delivery."
+    )
+    oldest_age_seconds: float | SkipJsonSchema[None] = Field(
+        None, description="Age of the oldest run waiting for its first delivery (0: none)."
+    )
+    redelivered: int | SkipJsonSchema[None] = Field(
+        None, description="Deliveries in progress that are redeliveries."
+    )
+    dead_letters: int | SkipJsonSchema[None] = Field(
+        None, description="Runs given up (dead-lettered) and still kept."
+    )
+    free_slots: int | SkipJsonSchema[None] = Field(
+        None, description="Free run slots on the executor replica that answered."
+    )
+
+
 class Health(Strict):
     """`GET /v1/health` (COMPAT); the same body with 503 when a dependency is down."""
 
@@ -236,6 +276,7 @@ class Health(Strict):
     uptime_seconds: float
     checks: dict[str, Check]
     metrics: ExecutionMetrics
+    queue: RunQueueHealth
 
 
 class Constraints(Strict):
@@ -526,7 +567,7 @@ class RunError(Strict):
 
 
 class Run(Strict):
-    """A run: every chat completion is one."""
+    """A run: every chat completion is one; background runs are queued first."""
 
     run_id: str
     agent_id: str
@@ -542,6 +583,34 @@ class Run(Strict):
     error: RunError | None
     executor_id: str | None = Field(description="The executor replica that ran it.")
     attempts: int = Field(description="How many times the run was started.")
+    queued: bool = Field(description="Started in the background (through the run queue).")
+    metadata: dict[str, Any] = Field(description="The caller's own data, given at the start.")
+    multitask_strategy: Literal["reject", "enqueue", "interrupt", "rollback"] | None = Field(
+        description="How a background run treats a run in progress in its conversation."
+    )
+    output: AssistantMessage | None = Field(
+        description="The final assistant message, once the run has succeeded."
+    )
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = Field(
+        description="Why the model stopped, once the run has succeeded."
+    )
+    rolled_back: bool = Field(
+        description="Cancelled and undone in its conversation (`multitask_strategy: "
+        "rollback` of a later run): the conversation goes on as if it had not run."
+    )
+
+
+RUN_ACCEPTED = {
+    202: {
+        "model": Run,
+        "description": "Run in the background (`Prefer: respond-async` or `metadata.background`): "
+        "the run, queued.",
+        "headers": {
+            **RUN_STARTED,
+            "Preference-Applied": _header("`respond-async`, when `Prefer` asked for it."),
+        },
+    }
+}
 
 
 class RunList(Strict):
@@ -599,6 +668,50 @@ STREAM = {
                         },
                     ]
                 }
+            },
+        },
+    }
+}
+
+
+RUN_EVENT_TYPES = [
+    "run_started",
+    "message_delta",
+    "tool_call_started",
+    "tool_call_finished",
+    "step_progress",
+    "message_completed",
+    "run_completed",
+    "run_failed",
+]
+# OpenAPI 3.1 has a stream's `schema` describe each event (3.2 calls that `itemSchema`).
+RUN_EVENTS = {
+    "text/event-stream": {
+        "schema": {
+            "type": "object",
+            "description": "One server-sent event: `id: <sequence>`, `event: <type>`, `data: "
+            "<JSON>`, for each event of the run up to its last (`run_completed` or "
+            "`run_failed`); `event: error` (no `id`) when the stream cannot go on. "
+            "`: keepalive` comments come while the run is quiet.",
+            "required": ["event", "data"],
+            "properties": {
+                "id": {"type": "string", "description": "The event's sequence number."},
+                "event": {"enum": [*RUN_EVENT_TYPES, "error"]},
+                "retry": {"type": "integer"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {
+                        "type": "object",
+                        "required": ["type", "run_id"],
+                        "properties": {
+                            "type": {"enum": [*RUN_EVENT_TYPES, "error"]},
+                            "run_id": {"type": "string"},
+                            "sequence": {"type": "integer"},
+                            "occurred_at": {"type": ["string", "null"]},
+                        },
+                    },
+                },
             },
         },
     }

@@ -64,8 +64,8 @@ def open_routes(
         ),
     )
     async def prometheus() -> Response:
-        """Request counts and latencies (Prometheus text format)."""
-        return Response(metrics.exposition(), media_type=METRICS_TYPE)
+        """Request counts and latencies, and the run queue's figures (Prometheus text)."""
+        return Response(await metrics.scrape(), media_type=METRICS_TYPE)
 
     @both(router, "/healthz", **documented(Alive, open_route=True, op="healthz", tag="system"))
     async def healthz() -> dict[str, str]:
@@ -120,7 +120,7 @@ def system_routes(v1: APIRouter, access: Access, system: System) -> None:
         ),
     )
     async def health() -> JSONResponse:
-        """Each dependency's check and this replica's execution numbers; 503 when one is down."""
+        """Dependency checks, execution numbers, the run queue; 503 if a dependency is down."""
         healthy, facts = await system.health()
         body = {
             "status": facts["status"],
@@ -129,6 +129,7 @@ def system_routes(v1: APIRouter, access: Access, system: System) -> None:
             "uptime_seconds": facts["uptime_seconds"],
             "checks": facts["checks"],
             "metrics": facts["metrics"],
+            "queue": facts["queue"],
         }
         return JSONResponse(body, status_code=200 if healthy else 503)
 

@@ -4,6 +4,11 @@ A key bound to an owner lists only that owner's agents, creates agents for that
 owner, and is told an agent of another owner does not exist (the same 404 as for a
 missing one). It sees the versions and history of the agent's current lifecycle only:
 a deleted id may have been registered again by someone else.
+
+A create with an idempotency key names its agent by the caller and the key, so a retry
+finds the agent registered (the registry's AGENT_ALREADY_EXISTS) and answers it, once
+the registration it reads back — who made it, the spec and the initial status — is the
+one this request would have made; another request with the key is refused.
 """
 
 from __future__ import annotations
@@ -13,13 +18,28 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from agent_gateway.application.ports import AgentStore
-from agent_gateway.domain.agents import STATUSES, AgentChange, AgentRecord
+from agent_gateway.domain.agents import (
+    REGISTRATIONS,
+    STATUSES,
+    AgentChange,
+    AgentRecord,
+    idempotent_agent_id,
+    same_spec,
+)
 from agent_gateway.domain.auth import Principal
-from agent_gateway.errors import agent_not_found, forbidden
-from agentrt_kit.errors import Aborted, FailedPrecondition, FieldViolation
+from agent_gateway.domain.runs import valid_idempotency_key
+from agent_gateway.errors import agent_key_reused, agent_not_found, bad_field, forbidden
+from agentrt_kit.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    NotFound,
+)
 
 T = TypeVar("T")
 OWNER_ATTEMPTS = 3
+HISTORY_PAGE = 1000  # the registry's largest page
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,19 +54,28 @@ class AgentQuery:
 
 @dataclass(frozen=True, slots=True)
 class NewAgent:
-    """A create request: the spec fields given, the id and the status as sent."""
+    """A create request: the spec fields given, the id and the status as sent.
+
+    `idempotency_key` (None: not sent) makes it safe to retry.
+    """
 
     spec: Mapping[str, Any]
     agent_id: str = ""
     status: str | None = None
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Created:
-    """The new agent and what its creator should review."""
+    """The new agent and what its creator should review.
+
+    `replayed`: an earlier request with the same idempotency key created it; `agent` is
+    as it is now.
+    """
 
     agent: AgentRecord
     warnings: list[str] = field(default_factory=list)
+    replayed: bool = False
 
 
 def initial_status(status: str | None) -> tuple[str | None, list[str]]:
@@ -117,14 +146,81 @@ class Agents:
         return events, next_token
 
     async def create(self, caller: Principal, request: NewAgent) -> Created:
-        """Create an agent (the registry validates its template config)."""
+        """Create an agent (the registry validates its template config).
+
+        With an idempotency key and no id of its own, the agent's id is the one the
+        caller's key names; a retry answers the agent the first request created.
+
+        Raises:
+            InvalidArgument: a bad idempotency key (naming `header.idempotency-key`);
+                IDEMPOTENCY_KEY_REUSED, the key created an agent of another request.
+            AlreadyExists: the name or id is taken (by another request than this one).
+        """
+        key = request.idempotency_key
+        if key is not None and not valid_idempotency_key(key):
+            raise bad_field(
+                "header.idempotency-key",
+                "must be 1-255 printable ASCII characters",
+                "Idempotency-Key must be 1-255 printable ASCII characters",
+            )
         spec = dict(request.spec)
         if caller.owner is not None:
             _own(caller, spec.get("owner_id"))
             spec["owner_id"] = caller.owner
         status, warnings = initial_status(request.status)
-        agent, found = await self._store.create(request.agent_id, spec, status)
+        agent_id = request.agent_id
+        if key is not None and not agent_id:
+            agent_id = idempotent_agent_id(caller.id, key)
+        try:
+            agent, found = await self._store.create(agent_id, spec, status)
+        except AlreadyExists as e:
+            if key is None or e.reason != "AGENT_ALREADY_EXISTS":
+                raise
+            agent = await self._replayed(caller, agent_id, spec, status or "created", e)
+            return Created(agent, warnings, replayed=True)
         return Created(agent, [*warnings, *found])
+
+    async def _replayed(
+        self,
+        caller: Principal,
+        agent_id: str,
+        spec: Mapping[str, Any],
+        status: str,
+        taken: AlreadyExists,
+    ) -> AgentRecord:
+        """The agent a keyed create made before, as it is now — if it made this one.
+
+        Raises:
+            AlreadyExists: `taken`, when another caller registered the id (a client-chosen
+                id), or the agent was deleted since the registry refused the id.
+            InvalidArgument: IDEMPOTENCY_KEY_REUSED, it was registered for another request.
+        """
+        try:
+            latest = await self._store.get(agent_id)
+        except NotFound:
+            raise taken from None
+        registration = await self._registration(agent_id, latest)
+        if registration is None or registration.actor != caller.id:
+            raise taken
+        if registration.to_status != status or not same_spec(spec, registration.changes):
+            raise agent_key_reused(agent_id)
+        return latest
+
+    async def _registration(self, agent_id: str, latest: AgentRecord) -> AgentChange | None:
+        """The history event that started the agent's current lifecycle.
+
+        Usually the agent's first event (one short read); after a deletion and a new
+        registration of the id, a later one.
+        """
+        token, size = "", 1
+        while True:
+            events, token = await self._store.history(agent_id, page_size=size, page_token=token)
+            for event in events:
+                if event.type in REGISTRATIONS and event.occurred_at == latest.created_at:
+                    return event
+            if not token:
+                return None
+            size = HISTORY_PAGE
 
     async def update(
         self,

@@ -23,7 +23,8 @@ from agent_gateway.domain.chat import (
     Started,
     ToolCalls,
 )
-from agent_gateway.domain.runs import RunQuery, RunRecord
+from agent_gateway.domain.run_queue import RunQueue
+from agent_gateway.domain.runs import RunQuery, RunRecord, RunStart, StoredEvent
 
 Probe = Callable[[], Awaitable[bool]]
 TemplateView = dict[str, Any]
@@ -73,18 +74,24 @@ class RunStream(Protocol):
     """A streamed run that has started."""
 
     started: Started
+    sequence: int  # the sequence number of the last of the run's events read (0: none)
 
     def events(self) -> AsyncIterator[Delta | ToolCalls | Progress | Finished]:
         """Its events until `Finished` (raises when the stream breaks off)."""
         ...
 
     def close(self) -> None:
-        """Stop listening; the executor cancels the run if it still runs."""
+        """Stop listening; the run goes on if it still runs (`RunRecords.cancel_run`)."""
         ...
 
 
 class Runner(Protocol):
-    """Where agents run (the executor)."""
+    """Where agents run (the executor).
+
+    A run started here outlives the call that started it: a caller that stops waiting
+    (a stopping gateway) leaves it running, to be joined or followed as any run is;
+    `RunRecords.cancel_run` stops it. Only the call's deadline ends it with the call.
+    """
 
     async def execute(self, run: RunInput, *, timeout: float) -> RunResult:
         """Run to the end."""
@@ -92,6 +99,21 @@ class Runner(Protocol):
 
     async def stream(self, run: RunInput, *, timeout: float, progress: bool) -> RunStream:
         """Open a streamed run (returns once it started); `progress` keeps Progress events."""
+        ...
+
+    async def replay(self, run_id: str, *, timeout: float, progress: bool) -> RunStream:
+        """An existing run's stream from its first event (returns once its start is read).
+
+        Closing it stops listening; the run goes on.
+        """
+        ...
+
+    async def start(self, start: RunStart) -> tuple[RunRecord, bool]:
+        """Queue a run: its record, and whether it is new.
+
+        A run id naming a run the same request started answers that run (not new); one
+        another request started is AlreadyExists (RUN_EXISTS).
+        """
         ...
 
     async def compose(self, request: ComposeInput, *, timeout: float) -> Composed:
@@ -114,8 +136,15 @@ class RunRecords(Protocol):
         """The run once ended, or as it is after `timeout` seconds."""
         ...
 
-    async def cancel_run(self, run_id: str) -> bool:
-        """Ask the run to stop; False when it had ended already."""
+    async def cancel_run(self, run_id: str, *, rollback: bool = False) -> bool:
+        """Ask the run to stop; False when it had ended already (`rollback`: undo it too)."""
+        ...
+
+    def run_events(self, run_id: str, after: int) -> AsyncIterator[StoredEvent]:
+        """The run's stored events after sequence `after`, live until its last one.
+
+        Raises (while iterating): the kit error of a stream that broke off.
+        """
         ...
 
 
@@ -133,4 +162,12 @@ class Templates(Protocol):
 
     async def lookup(self, template_id: str) -> TemplateView | None:
         """One template read from the source itself (it may be newer than the copy held)."""
+        ...
+
+
+class QueueFigures(Protocol):
+    """The run queue's figures (the executor; any replica answers for the whole queue)."""
+
+    async def run_queue(self, *, timeout: float) -> RunQueue:
+        """The figures now, asked within `timeout` seconds (raises when they cannot be)."""
         ...

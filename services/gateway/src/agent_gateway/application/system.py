@@ -2,25 +2,31 @@
 
 Templates come from the catalogue the executors publish (503 until it has been read
 once). Health times a check of every dependency; `/readyz` uses those a request
-needs, `/v1/health` adds the ones it only reports (NATS).
+needs, `/v1/health` adds the ones it only reports (NATS) and the run queue's figures,
+which `/metrics` exposes too (`RunQueueWatch`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent_gateway.application.chat import ChatLimits
-from agent_gateway.application.ports import Probe, Templates, TemplateView
+from agent_gateway.application.ports import Probe, QueueFigures, Templates, TemplateView
+from agent_gateway.domain.run_queue import RunQueue, queue_body
 from agent_gateway.domain.stats import ExecutionStats
 from agent_gateway.errors import bad_field
 from agentrt_kit.concurrency import wait_event
-from agentrt_kit.errors import FailedPrecondition, NotFound, Unavailable
+from agentrt_kit.errors import AgentrtError, FailedPrecondition, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
 
 SYNC_WAIT_SECONDS = 2.0
+QUEUE_FRESH_SECONDS = 1.0  # run queue figures are asked of the executor at most this often
 SCHEMA_VERSION = "1.0.0"
 SCHEMA_MAJOR, SCHEMA_MINOR = 1, 0
 SCHEMA_UPDATED = "2026-11-25T00:00:00Z"
@@ -52,6 +58,53 @@ class Checks:
         return all(c["status"] == "ok" for c in found.values()), {
             name: c["status"] for name, c in found.items()
         }
+
+
+class RunQueueWatch:
+    """The run queue's figures, asked of the executor at most once per `fresh` seconds.
+
+    Health and every metrics scrape read them: however many there are, the executor is
+    asked at most once per `fresh` seconds (readers arriving meanwhile share the call),
+    and never for longer than `timeout`. Figures that could not be asked are None, and
+    that answer is kept as long as figures are, so a struggling executor is not pressed.
+    """
+
+    def __init__(
+        self,
+        source: QueueFigures,
+        *,
+        timeout: float,
+        fresh: float = QUEUE_FRESH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._source = source
+        self._timeout = timeout
+        self._fresh = fresh
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._asked_at: float | None = None
+        self._last: RunQueue | None = None
+
+    async def current(self) -> RunQueue | None:
+        """The figures, at most `fresh` seconds old; None when they could not be asked."""
+        if not self._stale():
+            return self._last
+        async with self._lock:
+            if self._stale():  # else another reader asked while this one waited
+                self._last = await self._ask()
+                self._asked_at = self._clock()
+        return self._last
+
+    def _stale(self) -> bool:
+        return self._asked_at is None or self._clock() - self._asked_at >= self._fresh
+
+    async def _ask(self) -> RunQueue | None:
+        try:
+            return await self._source.run_queue(timeout=self._timeout)
+        except AgentrtError as e:
+            if self._last is not None or self._asked_at is None:  # said once per outage
+                log.warning("the run queue's figures cannot be asked: %s", e.message)
+            return None
 
 
 class Catalogue:
@@ -111,9 +164,11 @@ class System:
         version: str,
         limits: ChatLimits,
         max_concurrent_runs: int,
+        queue: RunQueueWatch,
     ) -> None:
         self.catalogue = catalogue
         self._checks = checks
+        self._queue = queue
         self._stats = stats
         self.version = version
         self._limits = limits
@@ -121,8 +176,12 @@ class System:
         self._started = time.monotonic()
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
-        """Whether every dependency is up, and the `/v1/health` facts."""
-        found = await self._checks.run()
+        """Whether every dependency is up, and the `/v1/health` facts.
+
+        The run queue's figures are reported, never judged: a deep queue, or figures
+        that cannot be asked, leave the status as the dependency checks make it.
+        """
+        found, queue = await asyncio.gather(self._checks.run(), self._queue.current())
         healthy = all(c["status"] == "ok" for c in found.values())
         return healthy, {
             "status": "healthy" if healthy else "unhealthy",
@@ -130,6 +189,7 @@ class System:
             "version": self.version,
             "checks": found,
             "metrics": self._stats.snapshot(),
+            "queue": queue_body(queue),
         }
 
     async def schema(self, requested: str | None = None) -> dict[str, Any]:

@@ -3,11 +3,15 @@
 The body has exactly `id, name, template_id, template_version, status, configuration{
 system_prompt, llm_config_id, conversation_config, toolsets, template_config}, created_at,
 updated_at, metadata`: the old SDK rejects unknown keys (COMPAT.md). The agent's version
-travels in the `ETag` header instead.
+travels in the `ETag` header instead. A create made safe to retry with an idempotency key
+names its agent by the caller and the key (`idempotent_agent_id`), and a retry is told
+from another request by the spec the registry stored (`same_spec`).
 """
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -57,6 +61,7 @@ def agent_body(agent: AgentRecord) -> dict[str, Any]:
 
 
 STATUSES = ("created", "active", "inactive", "error")
+REGISTRATIONS = frozenset({"registered", "reregistered"})  # history events starting a lifecycle
 RUNNABLE = frozenset({"created", "active"})  # the statuses the executor runs
 MAX_VERSION = 2**63 - 1  # versions are int64 in the registry's messages
 
@@ -118,3 +123,45 @@ def etag(agent: AgentRecord) -> str:
 def iso(value: datetime | None) -> str | None:
     """A time as the HTTP API writes it (ISO 8601, `Z` for UTC); None stays None."""
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+# The UUID v5 namespace of agent ids named by idempotency keys. Never change it: every
+# retry of a keyed create made before would create another agent.
+KEYED_AGENTS = uuid.UUID("65495504-090f-4ad2-8751-9c03b8377636")
+
+
+def idempotent_agent_id(principal_id: str, key: str) -> str:
+    """The agent id a caller's idempotency key names: a UUID, as generated ids are.
+
+    The same for every retry, and for no other caller: it is derived from the caller's
+    id and the key, never from the key alone.
+    """
+    return str(uuid.uuid5(KEYED_AGENTS, f"{principal_id}\0{key}"))
+
+
+def same_spec(asked: Mapping[str, Any], stored: Mapping[str, Any]) -> bool:
+    """Whether a create's spec is the one the registry stored when it registered an agent.
+
+    The registry keeps every field (empty where none was given), the name trimmed, and
+    numbers as doubles (a protobuf Struct's): both sides are compared in that form, and
+    `true` is never `1`.
+    """
+    return _stored_form(asked) == _stored_form(stored)
+
+
+def _stored_form(spec: Mapping[str, Any]) -> str:
+    given = {k: v for k, v in spec.items() if v is not None and v not in ("", [], {})}
+    if isinstance(given.get("name"), str):
+        given["name"] = given["name"].strip()
+    return json.dumps(_doubles(given), sort_keys=True)
+
+
+def _doubles(value: Any) -> Any:
+    """`value` with its numbers as a Struct holds them (doubles); booleans stay booleans."""
+    if isinstance(value, Mapping):
+        return {k: _doubles(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_doubles(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value

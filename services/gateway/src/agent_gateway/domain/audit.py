@@ -22,6 +22,7 @@ _ACTIONS: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         ("PUT", r"^/v1/agents/(?P<id>[^/]+)/?$", "agent.update"),
         ("DELETE", r"^/v1/agents/(?P<id>[^/]+)/?$", "agent.delete"),
         ("PATCH", r"^/v1/agents/(?P<id>[^/]+)/status/?$", "agent.status"),
+        ("POST", r"^/v1/runs/?$", "run.start"),
         ("POST", r"^/v1/runs/(?P<id>[^/]+)/cancel/?$", "run.cancel"),
     )
 )

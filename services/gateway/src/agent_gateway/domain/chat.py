@@ -77,6 +77,8 @@ class RunInput:
     client_tools: Sequence[ClientTool] = ()
     tool_choice: ToolChoice | None = None
     response_format: ResponseFormat | None = None
+    run_id: str = ""  # chosen by the gateway for an idempotent request; else the executor's
+    min_agent_version: int = 0  # read-your-writes: this agent version or a later one
 
 
 @dataclass(frozen=True, slots=True)

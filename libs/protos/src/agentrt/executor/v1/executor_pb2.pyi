@@ -343,16 +343,26 @@ class ExecuteRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INPUT_FIELD_NUMBER: _builtins.int
+    DETACH_ON_DISCONNECT_FIELD_NUMBER: _builtins.int
+    detach_on_disconnect: _builtins.bool
+    """What becomes of the run when the call ends before it (the caller cancels or
+    goes away): false (the default) cancels the run; true lets it run on to its
+    end, without a listener (read it with GetRun, WaitRun, StreamRunEvents; stop
+    it with CancelRun). The call's deadline still ends the run either way. A run
+    admitted after its caller left still starts: the caller may have named it
+    (RunInput.run_id) to its own client already.
+    """
     @_builtins.property
     def input(self) -> Global___RunInput: ...
     def __init__(
         self,
         *,
         input: Global___RunInput | None = ...,
+        detach_on_disconnect: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detach_on_disconnect", b"detach_on_disconnect", "input", b"input"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -416,16 +426,20 @@ class ExecuteStreamRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INPUT_FIELD_NUMBER: _builtins.int
+    DETACH_ON_DISCONNECT_FIELD_NUMBER: _builtins.int
+    detach_on_disconnect: _builtins.bool
+    """As ExecuteRequest.detach_on_disconnect."""
     @_builtins.property
     def input(self) -> Global___RunInput: ...
     def __init__(
         self,
         *,
         input: Global___RunInput | None = ...,
+        detach_on_disconnect: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["detach_on_disconnect", b"detach_on_disconnect", "input", b"input"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
