@@ -197,13 +197,11 @@ class InMemoryRunStore:
                     self.heartbeats[run_id] = now
                 return Claim(ClaimOutcome.BUSY, copy.copy(record))
         if record.attempts >= max_attempts:
-            record.end(
+            record.stopped(
                 RunStatus.FAILED,
                 now,
-                usage=record.usage,
-                tool_calls=record.tool_calls,
-                error_code=FailureCode.ATTEMPTS_EXHAUSTED,
-                error_message=f"the run was started {record.attempts} times without ending",
+                FailureCode.ATTEMPTS_EXHAUSTED,
+                f"the run was started {record.attempts} times without ending",
             )
             return Claim(ClaimOutcome.EXHAUSTED, copy.copy(record))
         record.claimed(executor_id, now)
@@ -275,15 +273,11 @@ class InMemoryRunStore:
         record.rolled_back = record.rolled_back or rollback
         queued = record.status is RunStatus.QUEUED
         if queued or self.heartbeats[run_id] < now - timedelta(seconds=self.lease_seconds):
-            record.end(
+            record.stopped(
                 RunStatus.CANCELLED,
                 now,
-                usage=record.usage,
-                tool_calls=record.tool_calls,
-                error_code="CANCELLED",
-                error_message="cancelled before it started"
-                if queued
-                else "cancelled after its executor stopped",
+                "CANCELLED",
+                "cancelled before it started" if queued else "cancelled after its executor stopped",
             )
             return copy.copy(record), True
         self.cancel_flags.add(run_id)
@@ -305,13 +299,11 @@ class InMemoryRunStore:
             beat = self.heartbeats.get(run_id, record.created_at)
             bound = queued_stale_before if record.queued and queued_stale_before else stale_before
             if record.status is RunStatus.RUNNING and beat < bound:
-                record.end(
+                record.stopped(
                     RunStatus.FAILED,
                     now,
-                    usage=record.usage,
-                    tool_calls=record.tool_calls,
-                    error_code="EXECUTOR_LOST",
-                    error_message="the executor running it stopped renewing its lease",
+                    "EXECUTOR_LOST",
+                    "the executor running it stopped renewing its lease",
                 )
                 ended.append(copy.copy(record))
         return ended

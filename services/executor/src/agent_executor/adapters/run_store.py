@@ -379,14 +379,7 @@ class SqlRunStore:
                     f" error_message = {ph}, request = '' WHERE run_id = {ph}",
                     (at, message, run_id),
                 )
-                record.end(
-                    RunStatus.FAILED,
-                    now,
-                    usage=record.usage,
-                    tool_calls=record.tool_calls,
-                    error_code=FailureCode.ATTEMPTS_EXHAUSTED,
-                    error_message=message,
-                )
+                record.stopped(RunStatus.FAILED, now, FailureCode.ATTEMPTS_EXHAUSTED, message)
                 return Claim(ClaimOutcome.EXHAUSTED, record)
             record.claimed(executor_id, now)
             cur.execute(
@@ -524,14 +517,7 @@ class SqlRunStore:
                     f" WHERE run_id = {ph}",
                     (now.timestamp(), message, run_id),
                 )
-                record.end(
-                    RunStatus.CANCELLED,
-                    now,
-                    usage=record.usage,
-                    tool_calls=record.tool_calls,
-                    error_code=FailureCode.CANCELLED,
-                    error_message=message,
-                )
+                record.stopped(RunStatus.CANCELLED, now, FailureCode.CANCELLED, message)
                 return record, True
             cur.execute(
                 f"UPDATE {t} SET cancel_requested = 1 WHERE run_id = {ph}",  # noqa: S608
@@ -583,12 +569,5 @@ class SqlRunStore:
                     f" request = '' WHERE run_id = {ph} AND status = '{LIVE}'",
                     (now.timestamp(), message, record.run_id),
                 )
-                record.end(
-                    RunStatus.FAILED,
-                    now,
-                    usage=record.usage,
-                    tool_calls=record.tool_calls,
-                    error_code=FailureCode.EXECUTOR_LOST,
-                    error_message=message,
-                )
+                record.stopped(RunStatus.FAILED, now, FailureCode.EXECUTOR_LOST, message)
         return records

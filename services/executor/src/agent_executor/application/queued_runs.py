@@ -293,13 +293,8 @@ class QueuedRuns:
             await delivery.retry(UNAVAILABLE_RETRY_SECONDS)
             return
         except AgentrtError as e:  # the agent cannot run (deleted, misconfigured, ...)
-            record.end(
-                RunStatus.FAILED,
-                self.runs.clock(),
-                usage=record.usage,
-                tool_calls=record.tool_calls,
-                error_code=e.reason or FailureCode.INTERNAL,
-                error_message=e.message,
+            record.stopped(
+                RunStatus.FAILED, self.runs.clock(), e.reason or FailureCode.INTERNAL, e.message
             )
             await self.call_store(
                 self.store.finish,

@@ -133,6 +133,17 @@ class RunRecord:
         self.error_code, self.error_message = error_code, error_message
         self.output, self.finish_reason = output, finish_reason
 
+    def stopped(self, status: RunStatus, at: datetime, code: str, message: str) -> None:
+        """The run ended without its driver (cancelled, given up, lost): usage as counted."""
+        self.end(
+            status,
+            at,
+            usage=self.usage,
+            tool_calls=self.tool_calls,
+            error_code=code,
+            error_message=message,
+        )
+
     def claimed(self, executor_id: str, at: datetime) -> None:
         """An executor took the queued run (again, after one that stopped)."""
         if self.status.terminal:
