@@ -44,8 +44,10 @@ test: lint ## Lint, then the whole suite (unit, integration, e2e) with coverage
 test-fast: $(VENV)/.synced ## The suite without lint and coverage
 	$(PY) -m pytest -q -x $(PYTEST_ARGS)
 
-run: $(VENV)/.synced ## Start NATS and the services on embedded defaults (Ctrl-C stops)
-	$(PY) scripts/dev.py
+QUEUE ?=
+BUS ?=
+run: $(VENV)/.synced ## Start NATS and the services on embedded defaults (QUEUE=redis|rabbitmq, BUS=redis; Ctrl-C stops)
+	QUEUE=$(QUEUE) BUS=$(BUS) $(PY) scripts/dev.py
 
 demo: $(VENV)/.synced ## Create an agent and chat with it (curl, openai package) via the gateway
 	$(PY) scripts/demo.py
@@ -56,6 +58,7 @@ bench: $(VENV)/.synced ## Benchmarks; results go to docs/BENCHMARKS.md
 	$(PY) bench/executor_bench.py --write docs/BENCHMARKS.md
 	$(PY) bench/gateway_bench.py --write docs/BENCHMARKS.md
 	$(PY) bench/durable_bench.py --write docs/BENCHMARKS.md
+	$(PY) bench/queue_bench.py --write docs/BENCHMARKS.md
 
 clean: ## Remove the virtualenv, caches and ./var
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .coverage* var

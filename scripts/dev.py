@@ -24,6 +24,10 @@ Nothing starts over another stack: when a port it would bind already listens, or
 ./var/nats.pid names a live nats-server on the store, dev.py names the holder and
 exits 1.
 
+QUEUE=redis|rabbitmq (`make run QUEUE=redis`) puts the run and webhook queues on the
+machine's Redis or RabbitMQ, BUS=redis the run events (AGENTRT_QUEUE_URL /
+AGENTRT_BUS_URL for another address); the broker must already run.
+
 Each service's port can be overridden with its env var (AGENTRT_REGISTRY_PORT, ...);
 AGENTRT_DEV_ROOT moves ./var and ./plugins to another folder (the tests use it).
 """
@@ -44,6 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "libs" / "testkit" / "src"))
@@ -324,6 +329,53 @@ def plugin_dirs(root: Path, configured: str | None) -> str:
     return json.dumps(dirs)
 
 
+BROKERS = {
+    "redis": (
+        "redis://127.0.0.1:6379/0",
+        "Redis",
+        "start it with `service redis-server start` (Debian package redis-server), or "
+        "`redis-server --daemonize yes --appendonly yes`",
+    ),
+    "rabbitmq": (
+        "amqp://guest:guest@127.0.0.1:5672/",
+        "RabbitMQ",
+        "start it with `service rabbitmq-server start` (Debian package rabbitmq-server)",
+    ),
+}
+
+
+def choose_brokers(env: dict[str, str]) -> str | None:
+    """Point the executor at QUEUE's and BUS's broker; a problem to report, or None.
+
+    QUEUE=redis|rabbitmq (`make run QUEUE=redis`) moves the run and webhook queues
+    there, BUS=redis the run events; both default to NATS. The broker must already
+    run (the machine's own, at its default address unless AGENTRT_QUEUE_URL /
+    AGENTRT_BUS_URL say otherwise).
+    """
+    queue = os.environ.get("QUEUE") or env.get("AGENTRT_QUEUE_BACKEND") or "nats"
+    bus = os.environ.get("BUS") or env.get("AGENTRT_BUS_BACKEND") or "nats"
+    if queue not in ("nats", *BROKERS) or bus not in ("nats", "redis"):
+        return f"QUEUE must be nats, redis or rabbitmq and BUS nats or redis (got {queue}, {bus})"
+    env["AGENTRT_QUEUE_BACKEND"], env["AGENTRT_BUS_BACKEND"] = queue, bus
+    bus_url = env.get("AGENTRT_BUS_URL") or (env.get("AGENTRT_QUEUE_URL") if bus == queue else None)
+    wanted = {(queue, env.get("AGENTRT_QUEUE_URL")), (bus, bus_url)}
+    for backend, url in sorted(wanted, key=str):
+        if backend == "nats":
+            continue
+        default, name, how = BROKERS[backend]
+        split = urlsplit(url or default)
+        port = split.port or (6379 if backend == "redis" else 5672)
+        try:
+            socket.create_connection((split.hostname or "127.0.0.1", port), timeout=2).close()
+        except OSError:
+            return f"{name} is not answering at {split.hostname}:{port}: {how}."
+        roles = [
+            role for role, b in (("the queues", queue), ("the run events", bus)) if b == backend
+        ]
+        say(f"{name} at {split.hostname}:{port} carries {' and '.join(roles)}")
+    return None
+
+
 def main() -> int:
     root = Path(os.environ.get("AGENTRT_DEV_ROOT") or ROOT).resolve()
     var = root / "var"
@@ -394,6 +446,10 @@ def main() -> int:
     env["AGENTRT_RUNTIME_TOKEN"] = runtime_token
     env["AGENTRT_GATEWAY_REGISTRY_TARGET"] = f"127.0.0.1:{registry_port}"
     env["AGENTRT_GATEWAY_EXECUTOR_TARGET"] = f"127.0.0.1:{executor_port}"
+
+    if problem := choose_brokers(env):
+        say(problem, err=True)
+        return 1
 
     modules = {
         "agent-registry": "agent_registry",

@@ -188,3 +188,32 @@ def test_the_gateway_believes_forwarded_addresses_from_cluster_proxies_only(
     trusted = [ipaddress.ip_network(n.strip()) for n in env[name].split(",")]
     assert trusted  # behind an ingress, the client's address comes from X-Forwarded-For
     assert all(n.is_private for n in trusted)  # never `*`: only the cluster's own proxies
+
+
+BROKER_COMPONENTS = ["queue-redis", "queue-rabbitmq", "bus-redis"]
+
+
+@pytest.mark.parametrize("name", BROKER_COMPONENTS)
+def test_each_broker_component_patches_the_executor_with_settings_it_reads(name: str) -> None:
+    """Added to the base, a queue or bus component sets the backend and its URL."""
+    resources, _ = collect(K8S / "base")
+    _, patches = collect(K8S / "components" / name)
+    names = {(r["kind"], r["metadata"]["name"]) for r in resources}
+    known = known_variables()
+    backend = "AGENTRT_BUS_BACKEND" if name.startswith("bus") else "AGENTRT_QUEUE_BACKEND"
+    set_to: dict[str, Any] = {}
+    for patch in patches:
+        assert (patch["target"]["kind"], patch["target"]["name"]) in names, patch["target"]
+        for op in yaml.safe_load(patch["patch"]):
+            value = op["value"]
+            if isinstance(value, dict):
+                set_to[value["name"]] = value["valueFrom"]["secretKeyRef"]
+            else:
+                set_to[op["path"].removeprefix("/data/")] = value
+    assert set(set_to) <= known, set(set_to) - known
+    assert set_to[backend] == name.partition("-")[2]
+    url = backend.replace("BACKEND", "URL")
+    assert set_to[url]["name"] in ("agentrt-queue", "agentrt-bus")
+    example = {"redis": "redis://r:6379/0", "rabbitmq": "amqp://u:p@r:5672/v"}[set_to[backend]]
+    settings = ExecutorSettings(**{backend: set_to[backend], url: example})
+    assert getattr(settings, backend.removeprefix("AGENTRT_").lower()) == set_to[backend]

@@ -114,3 +114,35 @@ def test_make_run_names_the_process_listening_on_a_port_it_needs(tmp_path: Path)
     assert len(found) == 1
     assert found[0].startswith(f"port {port} (gateway) is in use by pid {os.getpid()} (")
     assert dev.conflicts({"gateway": port}, tmp_path / "nats.pid") == []
+
+
+def test_make_run_puts_the_queue_on_the_chosen_broker_and_names_one_that_is_down(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dev = script("dev")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        up = listener.getsockname()[1]
+        monkeypatch.setenv("QUEUE", "redis")
+        monkeypatch.setenv("BUS", "redis")
+        env = {"AGENTRT_QUEUE_URL": f"redis://127.0.0.1:{up}/3"}
+        assert dev.choose_brokers(env) is None
+        assert (env["AGENTRT_QUEUE_BACKEND"], env["AGENTRT_BUS_BACKEND"]) == ("redis", "redis")
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        down = closed.getsockname()[1]
+    monkeypatch.setenv("QUEUE", "rabbitmq")
+    monkeypatch.delenv("BUS")
+    problem = dev.choose_brokers({"AGENTRT_QUEUE_URL": f"amqp://g:g@127.0.0.1:{down}/"})
+    assert problem is not None
+    assert f"RabbitMQ is not answering at 127.0.0.1:{down}" in problem
+    assert "service rabbitmq-server start" in problem
+
+    monkeypatch.setenv("QUEUE", "kafka")
+    assert "QUEUE must be nats, redis or rabbitmq" in (dev.choose_brokers({}) or "")
+    monkeypatch.delenv("QUEUE")
+    env = {}
+    assert dev.choose_brokers(env) is None
+    assert (env["AGENTRT_QUEUE_BACKEND"], env["AGENTRT_BUS_BACKEND"]) == ("nats", "nats")

@@ -1,7 +1,8 @@
-"""Chaos, end to end: executors and NATS killed under load, a run's SSE resumed elsewhere.
+"""Chaos, end to end: executors and the queue broker killed under load, SSE resumed elsewhere.
 
 Real processes (registry, tools service, executor replicas, gateways), a NATS server the
-test owns, and one PostgreSQL schema for the run records, the sessions checkpointer and
+test owns (and, for the Redis and RabbitMQ run queues, a private redis-server or
+RabbitMQ node), and one PostgreSQL schema for the run records, the sessions checkpointer and
 the tools ledger. Each schedule is drawn from a seeded `random.Random` and each phase is
 bounded; what a test saw (kills, resumed runs, recovery times, refusals) goes to its
 captured output as one `chaos:` line, for the report.
@@ -21,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import httpx
@@ -63,6 +64,7 @@ TIMINGS = {
 # Five Python processes importing at once on two cores take their time.
 STARTUP_SECONDS = 90.0
 TERMINAL = ("run_completed", "run_failed")
+QUEUES = ["nats", "redis", "rabbitmq"]
 ENDED = ("succeeded", "failed", "cancelled", "timed_out")
 
 
@@ -108,11 +110,24 @@ class Replica:
         return self.executor_id
 
 
+class Broker(Protocol):
+    """A server the test can crash and bring back with what it stored."""
+
+    def kill(self) -> None: ...
+
+    def start(self) -> Any: ...
+
+
 @dataclass
 class Cluster:
-    """Registry, tools service and executor replicas on one NATS and one PostgreSQL schema."""
+    """Registry, tools service and executor replicas on one NATS and one PostgreSQL schema.
+
+    The run queue is on `queue_backend`'s `queue_broker` (NATS itself by default).
+    """
 
     nats: NatsServer
+    queue_backend: str
+    queue_broker: Broker
     prefix: str
     tmp: Path
     db: PostgresDatabase
@@ -183,6 +198,7 @@ MakeCluster = Callable[..., Cluster]
 
 @pytest.fixture
 def make_cluster(
+    request: pytest.FixtureRequest,
     make_nats_server: Callable[[], NatsServer],
     postgres_db: PostgresDatabase,
     postgres_schema: str,
@@ -191,10 +207,18 @@ def make_cluster(
     """Start a cluster of `executors` replicas whose model answers after `latency_ms`."""
     made: list[Cluster] = []
 
-    def make(*, executors: int, latency_ms: float, **settings: str) -> Cluster:
+    def make(*, executors: int, latency_ms: float, queue: str = "nats", **settings: str) -> Cluster:
         server = make_nats_server()
         prefix = f"chaos{uuid.uuid4().hex[:8]}"
         common = common_env(server.url, prefix)
+        broker: Broker = server
+        if queue == "redis":
+            redis = request.getfixturevalue("make_redis_server")()
+            broker, settings = redis, {**settings, "AGENTRT_QUEUE_URL": redis.url()}
+        elif queue == "rabbitmq":
+            rabbit = request.getfixturevalue("make_rabbitmq_server")()
+            broker, settings = rabbit, {**settings, "AGENTRT_QUEUE_URL": rabbit.url}
+        settings = {**settings, "AGENTRT_QUEUE_BACKEND": queue}
         ports = {name: free_port() for name in ("registry", "tools")}
         registry = ServiceProcess(
             "agent_registry",
@@ -239,7 +263,16 @@ def make_cluster(
             env = {**executor_env, "AGENTRT_EXECUTOR_PORT": str(port)}
             replicas.append(Replica(index, port, env, tmp_path))
         cluster = Cluster(
-            server, prefix, tmp_path, postgres_db, postgres_schema, registry, tools, replicas
+            server,
+            queue,
+            broker,
+            prefix,
+            tmp_path,
+            postgres_db,
+            postgres_schema,
+            registry,
+            tools,
+            replicas,
         )
         made.append(cluster)
         start_all(
@@ -449,11 +482,16 @@ async def check_runs(
     return records
 
 
-async def test_runs_survive_executors_killed_under_load(make_cluster: MakeCluster) -> None:
+@pytest.mark.parametrize("queue", QUEUES)
+async def test_runs_survive_executors_killed_under_load(
+    make_cluster: MakeCluster, queue: str
+) -> None:
     rng = random.Random(SEED)
     # Two slots per replica: the queue holds a backlog throughout and a kill strands runs
     # mid-way (two model calls of 700 ms and a tool call each).
-    cluster = make_cluster(executors=3, latency_ms=700, AGENTRT_EXECUTOR_MAX_CONCURRENT_RUNS="2")
+    cluster = make_cluster(
+        executors=3, latency_ms=700, queue=queue, AGENTRT_EXECUTOR_MAX_CONCURRENT_RUNS="2"
+    )
     agent_id = await create_agent(cluster, toolsets=["create_file"])
     async with executor_stubs(cluster) as stubs:
         runs: dict[str, int] = {}
@@ -518,11 +556,16 @@ async def test_runs_survive_executors_killed_under_load(make_cluster: MakeCluste
         again = watch.resumed_at(run_id, attempt)
         assert again is not None, (kill, run_id)
         recoveries.append(again - kill.at)
-    assert max(recoveries) <= RECOVERY_BOUND, sorted(recoveries)
+    if queue != "rabbitmq":
+        assert max(recoveries) <= RECOVERY_BOUND, sorted(recoveries)
+    # RabbitMQ (3.10 quorum queues) returns a dead consumer's runs to the *tail* of the
+    # queue: they resume once the backlog ahead of them is taken, not within the bound
+    # (docs/DECISIONS.md, "Queue backends"); they must still all resume and end once.
     # Last (the side effects matter more): what the records say the runs did.
     miscounted = {r.run_id: (r.attempts, r.tool_calls) for r in resumed if r.tool_calls != 1}
     print(
-        f"chaos: seed={SEED} runs={len(runs)} load={load_seconds:.1f}s kills={len(kills)}"
+        f"chaos: queue={queue} seed={SEED} runs={len(runs)} load={load_seconds:.1f}s"
+        f" kills={len(kills)}"
         f" restart_max={max(restart_seconds, default=0):.1f}s stranded={len(stranded)}"
         f" attempts>1={len(resumed)} max_attempts={max(r.attempts for r in records.values())}"
         f" recovery_max={max(recoveries):.2f}s"
@@ -535,17 +578,22 @@ async def test_runs_survive_executors_killed_under_load(make_cluster: MakeCluste
     )
 
 
-# ---------------------------------------------------------------- 2. NATS killed
+# ---------------------------------------------------------------- 2. the queue broker killed
 
 
-async def test_runs_accepted_while_nats_is_killed_all_succeed(make_cluster: MakeCluster) -> None:
+@pytest.mark.parametrize("queue", QUEUES)
+async def test_runs_accepted_while_the_queue_broker_is_killed_all_succeed(
+    make_cluster: MakeCluster, queue: str
+) -> None:
     rng = random.Random(SEED + 1)
     # The sweep queues again what the broker never got (a short period for the test).
-    cluster = make_cluster(executors=2, latency_ms=300, AGENTRT_EXECUTOR_QUEUE_SWEEP_SECONDS="4")
+    cluster = make_cluster(
+        executors=2, latency_ms=300, queue=queue, AGENTRT_EXECUTOR_QUEUE_SWEEP_SECONDS="4"
+    )
     agent_id = await create_agent(cluster, toolsets=["create_file"])
-    kill_at = rng.randrange(6, 12)  # NATS dies before this StartRun
+    kill_at = rng.randrange(6, 12)  # the broker dies before this StartRun
     outage: dict[str, float] = {}
-    during = Counter[str]()  # how StartRun calls made while NATS was away were answered
+    during = Counter[str]()  # how StartRun calls made while the broker was away were answered
 
     def phase() -> str:
         """Where the outage is: NATS "down", "reconnecting" (up for under 3 s), or "up"."""
@@ -557,7 +605,7 @@ async def test_runs_accepted_while_nats_is_killed_all_succeed(make_cluster: Make
 
     async def restart_nats(after: float) -> None:
         await asyncio.sleep(after)
-        await asyncio.to_thread(cluster.nats.start)
+        await asyncio.to_thread(cluster.queue_broker.start)
         outage["up"] = time.monotonic()
 
     async with executor_stubs(cluster) as stubs:
@@ -567,7 +615,7 @@ async def test_runs_accepted_while_nats_is_killed_all_succeed(make_cluster: Make
         for i in range(30):
             if i == kill_at:
                 outage["down"] = time.monotonic()
-                await asyncio.to_thread(cluster.nats.kill)
+                await asyncio.to_thread(cluster.queue_broker.kill)
                 crash = asyncio.create_task(restart_nats(rng.uniform(2.0, 2.5)))
             when = phase()
             try:
@@ -583,7 +631,7 @@ async def test_runs_accepted_while_nats_is_killed_all_succeed(make_cluster: Make
             await asyncio.sleep(0.2)
         assert crash is not None
         await crash
-        # Refused only while NATS was away, and as UNAVAILABLE: a caller may retry.
+        # Refused only while the broker was away, and as UNAVAILABLE: a caller may retry.
         assert all(
             when != "up" and code == grpc.StatusCode.UNAVAILABLE for _, when, code, _ in refused
         ), refused
@@ -604,9 +652,9 @@ async def test_runs_accepted_while_nats_is_killed_all_succeed(make_cluster: Make
         assert not lost, lost
         await check_runs(cluster, stubs[0], agent_id, runs)
     print(
-        f"chaos: seed={SEED + 1} runs_submitted=30 accepted={len(runs)}"
-        f" nats_down_for={outage['up'] - outage['down']:.1f}s"
-        f" nats_down: accepted={during['accepted_down']} unavailable={during['unavailable_down']}"
+        f"chaos: queue={queue} seed={SEED + 1} runs_submitted=30 accepted={len(runs)}"
+        f" broker_down_for={outage['up'] - outage['down']:.1f}s"
+        f" broker_down: accepted={during['accepted_down']} unavailable={during['unavailable_down']}"
         f" reconnecting: accepted={during['accepted_reconnecting']}"
         f" unavailable={during['unavailable_reconnecting']} accepted_runs_lost={len(lost)}"
     )

@@ -26,7 +26,7 @@ from agent_executor.adapters.memory import (
 from agent_executor.adapters.models import ProviderModels
 from agent_executor.adapters.proto_mapping import ProtoRequestCodec
 from agent_executor.application.builtin.conversation import Conversation
-from agent_executor.application.ports import QueueUnavailable
+from agent_executor.application.ports import ClaimOutcome, QueueUnavailable
 from agent_executor.application.queued_runs import QueuedRuns, QueueOptions, QueueSettings
 from agent_executor.application.runs import InputMessage, RunRequest, RunService, RunSettings
 from agent_executor.application.templates import TemplateCatalog
@@ -401,5 +401,41 @@ async def test_a_retried_interrupting_submit_stops_nothing_again() -> None:
         assert again.created is False
         assert (await stack.ended(first.record.run_id)).status is RunStatus.SUCCEEDED
         assert (await stack.ended(later.record.run_id)).status is RunStatus.SUCCEEDED
+    finally:
+        await stack.close()
+
+
+async def test_a_notice_of_a_run_held_elsewhere_comes_back_once_its_lease_could_lapse() -> None:
+    # RabbitMQ returns a dead executor's runs at once, while their lease still runs: the
+    # notice comes back when the lease would have lapsed, not a whole ack-wait later.
+    stack = Stack(ack_wait=300.0)
+    enqueued = await stack.queued.submit(request(), QueueOptions())
+    run_id = enqueued.record.run_id
+    claim = stack.store.claim(run_id, "e2", stack.runs.clock(), max_attempts=3)
+    assert claim.outcome is ClaimOutcome.CLAIMED
+    delays: list[float] = []
+    pull = stack.queue.pull
+
+    async def recording_pull(max_count: int, timeout: float) -> Any:
+        deliveries = await pull(max_count, timeout)
+        for delivery in deliveries:
+            retry = delivery.retry
+
+            async def recorded(delay: float, retry: Any = retry) -> None:
+                delays.append(delay)
+                await retry(delay)
+
+            delivery.retry = recorded  # type: ignore[method-assign]
+        return deliveries
+
+    stack.queue.pull = recording_pull  # type: ignore[method-assign]
+    stack.start()
+    try:
+        for _ in range(500):
+            if delays:
+                break
+            await asyncio.sleep(0.01)
+        assert delays == [stack.runs.settings.lease_seconds]
+        assert stack.store.get(run_id).executor_id == "e2"  # type: ignore[union-attr]
     finally:
         await stack.close()

@@ -1,9 +1,11 @@
-"""The run event log: a run's events read back, resumed after an id, from any replica.
+"""The run event bus: a run's events read back, resumed after an id, from any replica.
 
 One scenario suite runs against the in-memory twin (`ListEventSink` +
-`MemoryRunEventLog`) and the real thing (`JetStreamRunEvents` +
-`JetStreamRunEventLog` on a real nats-server); the tests after it take NATS away
-or look inside the NATS client, so they run on JetStream only.
+`MemoryRunEventLog`) and both real buses (`JetStreamRunEvents` +
+`JetStreamRunEventLog` on a real nats-server, `RedisRunEvents` + `RedisRunEventLog`
+on a real redis-server); cancel requests and run endings between replicas run on
+both buses. The tests after those take the broker away or look inside it, so they
+run on one bus each: JetStream, then Redis.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -20,9 +22,20 @@ import pytest
 from executor_support import eventually
 
 from agent_executor.adapters.memory import ListEventSink, MemoryRunEventLog
-from agent_executor.adapters.nats_runs import JetStreamRunEventLog, JetStreamRunEvents
-from agent_executor.adapters.proto_mapping import run_event_of, stream_event, timestamp
-from agent_executor.application.ports import QueueUnavailable, RunEventLog
+from agent_executor.adapters.nats_runs import (
+    JetStreamRunEventLog,
+    JetStreamRunEvents,
+    NatsCancelBus,
+    NatsRunEndings,
+)
+from agent_executor.adapters.proto_mapping import (
+    run_event_of,
+    stored_run_event,
+    stream_event,
+    timestamp,
+)
+from agent_executor.adapters.redis_runs import RedisBus, RedisRunEventLog, RedisRunEvents
+from agent_executor.application.ports import QueueUnavailable, RunEndings, RunEventLog
 from agent_executor.domain.client_tools import ToolCall
 from agent_executor.domain.runs import (
     MessageCompleted,
@@ -37,8 +50,10 @@ from agent_executor.domain.runs import (
     Usage,
 )
 from agentrt.events.v1 import run_events_pb2
+from agentrt_kit.concurrency import wait_event
 from agentrt_kit.nats import Names, NatsClient
 from agentrt_testkit.nats_server import NatsServer
+from agentrt_testkit.redis_server import RedisServer
 
 NOW = datetime(2025, 5, 1, 9, 30, 0, 123_456, tzinfo=UTC)
 WAIT = 30.0  # a generous bound, so a broken read fails instead of hanging
@@ -137,13 +152,20 @@ async def jetstream(
         await sink.stop(timeout=1.0)
 
 
-@pytest.fixture(params=["memory", "jetstream"])
+@pytest.fixture(params=["memory", "jetstream", "redis"])
 async def store(
-    request: pytest.FixtureRequest, nats_server: NatsServer, nats_prefix: str
+    request: pytest.FixtureRequest,
+    nats_server: NatsServer,
+    redis_server: RedisServer,
+    nats_prefix: str,
 ) -> AsyncIterator[EventStore]:
     if request.param == "memory":
         sink = ListEventSink()
         yield EventStore(sink, MemoryRunEventLog(sink))
+        return
+    if request.param == "redis":
+        async with RedisBus(redis_server.url(), prefix=nats_prefix) as bus:
+            yield EventStore(bus.events, bus.log)
         return
     async with connected(nats_server.url) as client, jetstream(client, nats_prefix) as (s, log):
         yield EventStore(s, log)
@@ -179,6 +201,21 @@ async def test_a_reader_after_the_last_event_gets_nothing_and_is_done(
 
     assert await read_all(store.log, "run-c", after=len(run)) == []
     assert await read_all(store.log, "run-c", after=len(run) + 10) == []
+
+
+async def test_a_reader_after_a_sequence_the_run_has_not_reached_still_ends_with_it(
+    store: EventStore,
+) -> None:
+    run = events_of("run-c2")
+    await store.publish(*run[:2])
+    reader = Reader(store.log, "run-c2", after=len(run) + 3)
+    try:
+        await asyncio.sleep(0.3)  # the reader waits: nothing after its sequence yet
+        assert not reader.task.done()
+        await store.publish(*run[2:])
+        assert await reader.ended()  # the run's end ends it, with nothing to yield
+    finally:
+        await reader.cancel()
 
 
 async def test_a_live_reader_gets_each_event_as_it_is_published(store: EventStore) -> None:
@@ -295,6 +332,109 @@ async def test_the_memory_log_refuses_reads_while_unavailable_as_nats_does() -> 
         await read_all(log, "away")
     log.available = True
     assert await read_all(log, "away") == events_of("away")
+
+
+# ------------------------------------------------------------------ between replicas, every bus
+
+
+class CancelListener(Protocol):
+    async def start(self, on_cancel: Callable[[str], bool]) -> None: ...
+
+    async def broadcast(self, run_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Replica:
+    """One executor replica's ends of the bus, and the cancel requests it heard."""
+
+    sink: Sink
+    log: RunEventLog
+    cancel: CancelListener
+    endings: RunEndings
+    heard: list[str] = field(default_factory=list)
+    listening: bool = False
+
+    def on_cancel(self, run_id: str) -> bool:
+        if run_id == "warm-up":
+            self.listening = True
+            return False
+        self.heard.append(run_id)
+        return run_id.startswith("mine")
+
+    async def publish(self, *events: RunEvent) -> None:
+        await EventStore(self.sink, self.log).publish(*events)
+
+
+@pytest.fixture(params=["nats", "redis"])
+async def replicas(
+    request: pytest.FixtureRequest,
+    nats_server: NatsServer,
+    redis_server: RedisServer,
+    nats_prefix: str,
+) -> AsyncIterator[Callable[[], Awaitable[Replica]]]:
+    """Start replicas, each with its own connection to the bus, all on the test's prefix."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def replica() -> Replica:
+            if request.param == "redis":
+                bus = RedisBus(redis_server.url(), prefix=nats_prefix)
+                await stack.enter_async_context(bus)
+                one = Replica(bus.events, bus.log, bus.cancel, bus.endings)
+            else:
+                client = await stack.enter_async_context(connected(nats_server.url))
+                sink, log = await stack.enter_async_context(jetstream(client, nats_prefix))
+                names = Names(nats_prefix)
+                one = Replica(
+                    sink, log, NatsCancelBus(client, names), NatsRunEndings(client, names)
+                )
+            await one.cancel.start(one.on_cancel)
+            stack.push_async_callback(one.cancel.close)
+            return one
+
+        yield replica
+
+
+async def test_a_cancel_broadcast_reaches_every_replica(
+    replicas: Callable[[], Awaitable[Replica]],
+) -> None:
+    a, b = await replicas(), await replicas()
+
+    async def both_listen() -> bool:
+        await a.cancel.broadcast("warm-up")
+        await b.cancel.broadcast("warm-up")
+        await asyncio.sleep(0.05)
+        return a.listening and b.listening
+
+    await eventually(both_listen, timeout=WAIT)
+    await b.cancel.broadcast("run-42")
+    await a.cancel.broadcast("mine-44")
+    await eventually(lambda: len(a.heard) >= 2 and len(b.heard) >= 2, timeout=WAIT)
+    await asyncio.sleep(0.1)  # nothing else arrives
+    assert sorted(a.heard) == ["mine-44", "run-42"]  # two senders: no order between them
+    assert sorted(b.heard) == ["mine-44", "run-42"]
+
+
+async def test_a_run_end_is_heard_on_another_replica_and_only_by_its_watchers(
+    replicas: Callable[[], Awaitable[Replica]],
+) -> None:
+    runner, waiter = await replicas(), await replicas()
+    run = events_of("ending")
+    async with (
+        waiter.endings.watch("ending") as ended,
+        waiter.endings.watch("ending") as also_ended,
+        waiter.endings.watch("other") as other,
+    ):
+        await runner.publish(*run[:-1])
+        await asyncio.sleep(0.2)
+        assert not ended.is_set()  # events before the last are no end
+        await runner.publish(*events_of("unrelated"))
+        await runner.publish(run[-1])
+
+        assert await wait_event(ended, WAIT)
+        assert await wait_event(also_ended, WAIT)
+        assert not other.is_set()  # the unrelated run's end came first, and was not its
 
 
 # ------------------------------------------------------------------ JetStream only
@@ -538,6 +678,250 @@ async def test_the_stream_is_unbounded_in_bytes_by_default(
 async def nats_client(nats_server: NatsServer) -> AsyncIterator[NatsClient]:
     async with connected(nats_server.url) as client:
         yield client
+
+
+# ------------------------------------------------------------------ Redis only
+
+REDIS_LOGGER = "agent_executor.adapters.redis_runs"
+
+
+@contextlib.asynccontextmanager
+async def on_redis(
+    url: str, prefix: str, **sink_options: Any
+) -> AsyncIterator[tuple[RedisRunEvents, RedisRunEventLog]]:
+    """A sink with `sink_options` and the log, on one bus's connections."""
+    async with RedisBus(url, prefix=prefix) as bus:
+        sink = RedisRunEvents(bus.client, prefix=prefix, **sink_options)
+        await sink.start()
+        try:
+            yield sink, bus.log
+        finally:
+            await sink.stop(timeout=1.0)
+
+
+async def test_a_run_is_one_stream_of_its_serialized_events_by_sequence(
+    redis_server: RedisServer, nats_prefix: str
+) -> None:
+    first, second, third, fourth, last = events_of("laid-out")
+    async with RedisBus(redis_server.url(), prefix=nats_prefix, retention_seconds=3600) as bus:
+        for event in (first, second, first, third, second, fourth, last):
+            bus.events.publish(event, "agent-1", 4)
+        await bus.events.flush("laid-out")
+
+        key = f"{nats_prefix}:runs:events:laid-out"
+        entries = await bus.client.xrange(key)
+        ttl = await bus.client.pttl(key)
+
+    assert [entry_id for entry_id, _ in entries] == [b"1-1", b"2-1", b"3-1", b"4-1", b"5-1"]
+    stored = [run_events_pb2.RunEvent.FromString(fields[b"event"]) for _, fields in entries]
+    assert [m.event_id for m in stored] == [f"laid-out:{i}" for i in range(1, 6)]
+    assert {(m.agent_id, m.agent_version) for m in stored} == {("agent-1", 4)}
+    assert [m.type for m in stored] == ["run_started", *["message_delta"] * 3, "run_completed"]
+    assert [run_event_of(m) for m in stored] == [first, second, third, fourth, last]
+    assert 3_500_000 < ttl <= 3_600_000
+    assert (bus.events.published, bus.events.dropped) == (7, 0)  # repeats are held already
+
+
+async def test_each_write_keeps_the_run_for_the_retention_window_then_it_expires(
+    redis_server: RedisServer, nats_prefix: str
+) -> None:
+    run = events_of("kept")
+    key = f"{nats_prefix}:runs:events:kept"
+    async with RedisBus(redis_server.url(), prefix=nats_prefix, retention_seconds=2.0) as bus:
+        store = EventStore(bus.events, bus.log)
+        await store.publish(*run[:2])
+        await asyncio.sleep(0.3)
+        before = await bus.client.pttl(key)
+        await store.publish(*run[2:])
+        assert await bus.client.pttl(key) > before  # the last write pushed the expiry back
+        assert await bus.log.last_sequence("kept") == len(run)
+
+        await eventually(lambda: last_is(bus.log, "kept", 0), timeout=WAIT)
+        assert await bus.log.last_event("kept") is None
+
+
+async def test_max_bytes_keeps_the_newest_events_of_a_run_and_the_read_spans_the_gap(
+    redis_server: RedisServer, nats_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=REDIS_LOGGER)
+    run = events_of("bounded", deltas=20)
+    max_bytes = 500
+    async with RedisBus(redis_server.url(), prefix=nats_prefix, max_bytes=max_bytes) as bus:
+        await EventStore(bus.events, bus.log).publish(*run)
+        sizes = {
+            int(entry_id.split(b"-")[0]): len(fields[b"event"])
+            for entry_id, fields in await bus.client.xrange(f"{nats_prefix}:runs:events:bounded")
+        }
+        got = await read_all(bus.log, "bounded")
+
+    first_kept = min(sizes)
+    assert first_kept > 1
+    assert got == run[first_kept - 1 :]  # the newest events, up to the run's end
+    assert sum(sizes.values()) <= max_bytes
+    newest_trimmed = stored_run_event(run[first_kept - 2], "agent-1", 2).SerializeToString()
+    assert sum(sizes.values()) + len(newest_trimmed) > max_bytes  # no more than it had to
+    missing = [r for r in caplog.records if r.getMessage() == "run events missing"]
+    assert [(r.run_id, r.after, r.next) for r in missing] == [("bounded", 0, first_kept)]  # type: ignore[attr-defined]
+
+
+async def test_a_run_taken_over_keeps_its_earlier_events_while_within_max_bytes(
+    redis_server: RedisServer, nats_prefix: str
+) -> None:
+    run = events_of("taken-over", deltas=4)
+    async with (
+        RedisBus(redis_server.url(), prefix=nats_prefix, max_bytes=5_000) as first,
+        RedisBus(redis_server.url(), prefix=nats_prefix, max_bytes=5_000) as second,
+    ):
+        await EventStore(first.events, first.log).publish(*run[:3])  # then its executor stopped
+        await EventStore(second.events, second.log).publish(*run[3:])
+
+        assert await read_all(second.log, "taken-over") == run
+
+
+@pytest.mark.parametrize("outage", ["stop", "kill"])
+async def test_events_published_while_redis_is_down_are_held_and_arrive_in_order(
+    make_redis_server: Callable[[], RedisServer], outage: str
+) -> None:
+    server = make_redis_server()
+    run = events_of("outage", deltas=6)
+    async with on_redis(server.url(), "outage", flush_timeout=0.5) as (sink, log):
+        store = EventStore(sink, log)
+        live = Reader(log, "outage")
+        try:
+            await store.publish(*run[:2])
+            assert await live.take(2) == run[:2]
+
+            getattr(server, outage)()  # same port and append-only file when it comes back
+            for event in run[2:]:
+                sink.publish(event, "agent-1", 2)
+            # flush gives up while Redis is away (bounded by flush_timeout), keeping the events.
+            await asyncio.wait_for(sink.flush("outage"), WAIT)
+            assert (sink.published, sink.unsent, sink.dropped) == (2, len(run) - 2, 0)
+
+            server.start()
+            # The reader that was waiting across the outage gets the rest, in order.
+            assert await live.take(len(run) - 2) == run[2:]
+            assert await live.ended()
+            # And so does a reader from the start: no gap, no repeat.
+            assert await read_all(log, "outage") == run
+            assert await log.last_sequence("outage") == len(run)
+            assert (sink.published, sink.unsent) == (len(run), 0)
+        finally:
+            await live.cancel()
+
+
+async def test_a_run_started_while_redis_is_down_is_stored_once_it_is_back(
+    make_redis_server: Callable[[], RedisServer],
+) -> None:
+    server = make_redis_server()
+    run = events_of("cold")
+    async with on_redis(server.url(), "cold") as (sink, log):
+        server.stop()
+        # The log says so at once (a few quick reconnects), rather than waiting for Redis.
+        async with asyncio.timeout(5):
+            with pytest.raises(QueueUnavailable):
+                await log.last_sequence("cold")
+            with pytest.raises(QueueUnavailable):
+                await log.last_event("cold")
+            with pytest.raises(QueueUnavailable):
+                await read_all(log, "cold")
+        for event in run:
+            sink.publish(event, "agent-1", 2)
+
+        server.start()
+        assert await read_all(log, "cold") == run
+
+
+async def test_a_full_redis_sink_queue_drops_events_and_counts_them(
+    make_redis_server: Callable[[], RedisServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=REDIS_LOGGER)
+    server = make_redis_server()
+    run = events_of("full", deltas=4)
+    async with on_redis(server.url(), "full", max_queued=3, flush_timeout=0.5) as (sink, log):
+        server.stop()
+        for event in run:
+            sink.publish(event, "agent-1", 2)
+        assert sink.dropped == 3  # the queue holds three
+        await asyncio.wait_for(sink.flush("full"), WAIT)
+
+        server.start()
+        await eventually(lambda: last_is(log, "full", 3), timeout=WAIT)
+
+    lost = [r.lost for r in caplog.records if r.getMessage() == "run events lost"]  # type: ignore[attr-defined]
+    assert lost == [3]
+
+
+async def test_stopping_while_redis_never_comes_back_gives_up_and_says_so(
+    make_redis_server: Callable[[], RedisServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=REDIS_LOGGER)
+    server = make_redis_server()
+    async with RedisBus(server.url(), prefix="gone") as bus:
+        sink = RedisRunEvents(bus.client, prefix="gone", flush_timeout=0.2)
+        await sink.start()
+        server.stop()
+        for event in events_of("gone"):
+            sink.publish(event, "agent-1", 2)
+        await asyncio.wait_for(sink.flush("gone"), WAIT)
+        await asyncio.wait_for(sink.stop(timeout=0.2), WAIT)
+
+    unsent = [r for r in caplog.records if r.getMessage() == "run events not sent before stopping"]
+    assert [r.events for r in unsent] == [5]  # type: ignore[attr-defined]
+    assert [r.run_id for r in caplog.records if r.getMessage() == "run events not sent yet"] == [  # type: ignore[attr-defined]
+        "gone"
+    ]
+
+
+async def test_a_reader_cancelled_while_it_waits_gives_its_connection_back(
+    redis_server: RedisServer, nats_prefix: str
+) -> None:
+    async with RedisBus(redis_server.url(), prefix=nats_prefix) as bus:
+        pool = bus.client.connection_pool
+        await EventStore(bus.events, bus.log).publish(*events_of("open")[:3])  # a run going on
+        before = len(pool._in_use_connections)
+
+        reader = Reader(bus.log, "open")
+        assert len(await reader.take(3)) == 3
+        await eventually(lambda: len(pool._in_use_connections) == before + 1, timeout=WAIT)
+        await reader.cancel()  # while blocked in XREAD
+        assert len(pool._in_use_connections) == before
+
+
+async def test_replicas_hear_cancel_requests_and_run_ends_again_after_redis_restarts(
+    make_redis_server: Callable[[], RedisServer],
+) -> None:
+    server = make_redis_server()
+    heard: list[str] = []
+    async with (
+        RedisBus(server.url(), prefix="again") as runner,
+        RedisBus(server.url(), prefix="again") as waiter,
+    ):
+        await waiter.cancel.start(lambda run_id: bool(heard.append(run_id)))
+        async with waiter.endings.watch("restarted") as ended:
+            server.stop()
+            server.start()
+
+            async def cancel_heard() -> bool:
+                await runner.cancel.broadcast("run-9")
+                await asyncio.sleep(0.1)
+                return "run-9" in heard
+
+            await eventually(cancel_heard, timeout=WAIT)
+            await EventStore(runner.events, runner.log).publish(*events_of("restarted"))
+            assert await wait_event(ended, WAIT)
+
+
+async def test_watching_and_cancelling_while_redis_is_down_never_fail(
+    make_redis_server: Callable[[], RedisServer],
+) -> None:
+    server = make_redis_server()
+    server.stop()
+    async with RedisBus(server.url(), prefix="down") as bus, asyncio.timeout(WAIT):
+        await bus.cancel.start(lambda run_id: False)
+        async with bus.endings.watch("run-1") as ended:
+            await bus.cancel.broadcast("run-1")
+            assert not ended.is_set()
 
 
 # ------------------------------------------------------------------ proto mapping

@@ -78,6 +78,8 @@ READS = [
         ("operator", "DELETE", "/v1/agents/{id}", None, False),
         ("admin", "DELETE", "/v1/agents/{id}", None, True),
         ("viewer", "GET", "/v1/agents/{id}", None, True),
+        ("operator", "GET", "/v1/queues", None, False),
+        ("admin", "GET", "/v1/queues", None, True),
         ("viewer", "GET", "/v1/agents/{id}/history", None, True),
     ],
 )

@@ -1,4 +1,4 @@
-"""The gateway's use cases over in-memory twins of their ports (agents, the run queue)."""
+"""The gateway's use cases over in-memory twins of their ports (agents, the queues)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from agent_gateway.application.agents import Agents, NewAgent, initial_status
-from agent_gateway.application.system import RunQueueWatch
+from agent_gateway.application.system import QueueWatch
 from agent_gateway.domain.agents import AgentRecord
 from agent_gateway.domain.auth import Principal
-from agent_gateway.domain.run_queue import RunQueue, queue_body
+from agent_gateway.domain.queues import QueueFigures, Queues, health_queue, queues_body
 from agentrt_kit.errors import Aborted, NotFound, Unavailable
 
 
@@ -126,8 +126,8 @@ async def test_an_owner_creates_for_itself_and_a_draft_status_is_a_warning() -> 
     assert initial_status("error") == ("error", [])
 
 
-class CountedQueue:
-    """The executor's run queue figures, counting the calls; `fail` makes them fail."""
+class CountedQueues:
+    """The executor's queue figures, counting the calls; `fail` makes them fail."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -136,13 +136,26 @@ class CountedQueue:
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def run_queue(self, *, timeout: float) -> RunQueue:
+    async def queues(self, *, timeout: float) -> Queues:
         self.calls += 1
         self.timeouts.append(timeout)
         await self.gate.wait()
         if self.fail:
-            raise Unavailable("the queue cannot be asked", reason="QUEUE_UNAVAILABLE")
-        return RunQueue("nats", self.calls, 1, 2.5, 0, 0, 3)
+            raise Unavailable("the executor cannot be asked", reason="UNAVAILABLE")
+        return Queues("nats", 3, (run_figures(depth=self.calls),))
+
+
+def run_figures(**figures: Any) -> QueueFigures:
+    """The run queue on NATS, available, with these figures (the rest as an idle queue's)."""
+    idle = {"depth": 0, "pending": 0, "oldest_age_seconds": 0.0, "redelivered": 0}
+    return QueueFigures("run", "nats", True, **{**idle, "dead_letters": 0, **figures})
+
+
+def depth(found: Queues | None) -> int | None:
+    assert found is not None
+    run = found.named("run")
+    assert run is not None
+    return run.depth
 
 
 class Clock:
@@ -153,50 +166,108 @@ class Clock:
         return self.now
 
 
-async def test_run_queue_figures_are_asked_at_most_once_a_second() -> None:
-    source, clock = CountedQueue(), Clock()
-    watch = RunQueueWatch(source, timeout=0.25, clock=clock)
+async def test_queue_figures_are_asked_at_most_once_a_second() -> None:
+    source, clock = CountedQueues(), Clock()
+    watch = QueueWatch(source, timeout=0.25, clock=clock)
     first = await watch.current()
-    assert first is not None
-    assert (first.depth, source.timeouts) == (1, [0.25])
+    assert (depth(first), source.timeouts) == (1, [0.25])
     clock.now += 0.9
     assert await watch.current() == first
     clock.now += 0.1
     again = await watch.current()
-    assert again is not None
-    assert (again.depth, source.calls) == (2, 2)
+    assert (depth(again), source.calls) == (2, 2)
 
 
-async def test_readers_arriving_while_the_queue_is_asked_share_the_call() -> None:
-    source = CountedQueue()
+async def test_readers_arriving_while_the_queues_are_asked_share_the_call() -> None:
+    source = CountedQueues()
     source.gate.clear()
-    watch = RunQueueWatch(source, timeout=1.0)
+    watch = QueueWatch(source, timeout=1.0)
     readers = [asyncio.create_task(watch.current()) for _ in range(5)]
     await asyncio.sleep(0.01)
     source.gate.set()
     found = await asyncio.gather(*readers)
     assert source.calls == 1
-    assert all(f is not None and f.depth == 1 for f in found)
+    assert [depth(f) for f in found] == [1] * 5
 
 
 async def test_figures_that_cannot_be_asked_are_none_and_not_asked_again_at_once() -> None:
-    source, clock = CountedQueue(), Clock()
+    source, clock = CountedQueues(), Clock()
     source.fail = True
-    watch = RunQueueWatch(source, timeout=1.0, clock=clock)
+    watch = QueueWatch(source, timeout=1.0, clock=clock)
     assert await watch.current() is None
     assert await watch.current() is None
     assert source.calls == 1
     source.fail = False
     clock.now += 1.0
     assert await watch.current() is not None
-    assert queue_body(None) == {"status": "unavailable"}
-    assert queue_body(RunQueue("nats", 4, 1, 2.5, 0, 0, 3)) == {
+
+
+def test_health_shows_the_run_queue_with_unknown_figures_as_null() -> None:
+    assert health_queue(None) == {"status": "unavailable"}
+    no_run_queue = Queues("nats", 1, (QueueFigures("webhook", "nats", True),))
+    assert health_queue(no_run_queue) == {"status": "unavailable"}
+    rabbit = run_figures(depth=None, pending=4, oldest_age_seconds=None, redelivered=None)
+    assert health_queue(Queues("redis", 3, (dataclasses.replace(rabbit, backend="rabbitmq"),))) == {
         "status": "ok",
-        "backend": "nats",
-        "depth": 4,
-        "pending": 1,
-        "oldest_age_seconds": 2.5,
-        "redelivered": 0,
+        "backend": "rabbitmq",
+        "bus_backend": "redis",
+        "depth": None,
+        "pending": 4,
+        "oldest_age_seconds": None,
+        "redelivered": None,
         "dead_letters": 0,
         "free_slots": 3,
+    }
+    down = QueueFigures("run", "redis", False, "refused")
+    assert health_queue(Queues("nats", 0, (down,)))["status"] == "unavailable"
+    assert "error" not in health_queue(Queues("nats", 0, (down,)))  # for admins only
+
+
+def test_the_queue_list_says_why_a_queue_is_unavailable() -> None:
+    found = Queues(
+        "nats",
+        2,
+        (
+            run_figures(pending=1),
+            QueueFigures("webhook", "redis", False, "refused"),
+            QueueFigures("webhook", "redis", False),
+        ),
+    )
+    assert queues_body(found) == {
+        "bus_backend": "nats",
+        "free_slots": 2,
+        "queues": [
+            {
+                "name": "run",
+                "backend": "nats",
+                "status": "ok",
+                "depth": 0,
+                "pending": 1,
+                "oldest_age_seconds": 0.0,
+                "redelivered": 0,
+                "dead_letters": 0,
+            },
+            {
+                "name": "webhook",
+                "backend": "redis",
+                "status": "unavailable",
+                "error": "refused",
+                "depth": None,
+                "pending": None,
+                "oldest_age_seconds": None,
+                "redelivered": None,
+                "dead_letters": None,
+            },
+            {  # the executor did not say why
+                "name": "webhook",
+                "backend": "redis",
+                "status": "unavailable",
+                "error": "the broker could not be asked",
+                "depth": None,
+                "pending": None,
+                "oldest_age_seconds": None,
+                "redelivered": None,
+                "dead_letters": None,
+            },
+        ],
     }

@@ -319,7 +319,7 @@ async def test_health_reports_checks_and_execution_numbers(stack: Stack) -> None
             "queue",
         }
         assert set(body["checks"]) == {"registry", "executor", "nats"}
-        assert body["queue"]["status"] == "ok"  # the run queue's figures (test_gateway_run_queue)
+        assert body["queue"]["status"] == "ok"  # the run queue's figures (test_gateway_queues)
         assert all(
             c["status"] == "ok" and c["response_time_ms"] >= 0 for c in body["checks"].values()
         )

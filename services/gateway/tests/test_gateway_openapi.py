@@ -293,6 +293,7 @@ OPERATION_IDS = {
     ("GET", "/v1/runs/{run_id}/events"): "streamRunEvents",
     ("POST", "/v1/runs/{run_id}/cancel"): "cancelRun",
     ("GET", "/v1/health"): "getHealth",
+    ("GET", "/v1/queues"): "listQueues",
     ("GET", "/v1/schema"): "getSchema",
     ("GET", "/v1/whoami"): "whoami",
     ("GET", "/v1/templates"): "listTemplates",

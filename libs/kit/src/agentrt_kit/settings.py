@@ -108,7 +108,10 @@ def load_settings(settings_cls: type[S], **overrides: Any) -> S:
     except ValidationError as e:
         problems = []
         for err in e.errors():
-            loc = str(err["loc"][0]) if err["loc"] else "?"  # "?": a model-level check
-            name = loc if loc == "?" or loc.isupper() else env_name(settings_cls, loc)
+            if not err["loc"]:  # a check across settings: its message names the variables
+                problems.append(err["msg"].removeprefix("Value error, "))
+                continue
+            loc = str(err["loc"][0])
+            name = loc if loc.isupper() else env_name(settings_cls, loc)
             problems.append(f"{name}: {err['msg']}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

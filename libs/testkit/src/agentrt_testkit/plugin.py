@@ -5,6 +5,10 @@ Fixtures:
 - `nats_prefix`: a subject/stream prefix unique to the test (isolation on the
   shared server).
 - `make_nats_server`: factory for servers a test owns (to stop and restart).
+- `redis_server` (session): a redis-server (append-only, fsync always) on a free port.
+- `make_redis_server`: factory for Redis servers a test owns (to stop and restart).
+- `rabbitmq_server` (session): a private RabbitMQ node (management API on) on free ports.
+- `make_rabbitmq_server`: factory for RabbitMQ nodes a test owns (to stop and restart).
 - `postgres_db` (session): a fresh PostgreSQL database for the run.
 - `postgres_schema`: an empty schema unique to the test in that database.
 """
@@ -18,6 +22,8 @@ import pytest
 
 from agentrt_testkit.nats_server import NatsServer
 from agentrt_testkit.postgres import PostgresDatabase, create_schema, drop_schema, test_database
+from agentrt_testkit.rabbitmq_server import RabbitServer
+from agentrt_testkit.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +49,60 @@ def make_nats_server() -> Iterator[Callable[[], NatsServer]]:
 
     def make() -> NatsServer:
         server = NatsServer().start()
+        servers.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in servers:
+            server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server shared by the whole run (tests keep apart by key prefix)."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def make_redis_server() -> Iterator[Callable[[], RedisServer]]:
+    """Start Redis servers owned by one test; all are closed after it."""
+    servers: list[RedisServer] = []
+
+    def make() -> RedisServer:
+        server = RedisServer().start()
+        servers.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in servers:
+            server.close()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> Iterator[RabbitServer]:
+    """A RabbitMQ node shared by the whole run (tests keep apart by name prefix)."""
+    server = RabbitServer().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def make_rabbitmq_server() -> Iterator[Callable[[], RabbitServer]]:
+    """Start RabbitMQ nodes owned by one test (slow: ~5 s each); all are closed after it."""
+    servers: list[RabbitServer] = []
+
+    def make() -> RabbitServer:
+        server = RabbitServer().start()
         servers.append(server)
         return server
 

@@ -13,9 +13,9 @@ import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from agent_executor.adapters.webhooks import signing_key
@@ -30,6 +30,13 @@ from agentrt_kit.settings import ConfigError, ServiceSettings
 from agentrt_kit.urls import parse_networks
 
 StrList = Annotated[list[str], NoDecode]
+QueueBackend = Literal["nats", "redis", "rabbitmq"]
+BusBackend = Literal["nats", "redis"]
+SCHEMES = {"redis": ("redis", "rediss", "unix"), "rabbitmq": ("amqp", "amqps")}
+DEFAULT_URLS = {
+    "redis": "redis://127.0.0.1:6379/0",
+    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/",
+}
 
 
 def _default_executor_id() -> str:
@@ -148,6 +155,48 @@ class Settings(ServiceSettings):
         "queue again (the broker lost it); a run the broker refused is re-queued at the "
         "next sweep (every 5 s) once the broker is back.",
     )
+    queue_backend: QueueBackend = Field(
+        "nats",
+        validation_alias=AliasChoices("AGENTRT_QUEUE_BACKEND", "AGENTRT_EXECUTOR_QUEUE_BACKEND"),
+        description="Broker of the run and webhook queues: nats (JetStream, the default), "
+        "redis (Streams; the server must keep what it acknowledged: appendonly yes) or "
+        "rabbitmq (quorum queues).",
+    )
+    queue_url: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("AGENTRT_QUEUE_URL", "AGENTRT_EXECUTOR_QUEUE_URL"),
+        description="The queue broker when not NATS: redis://[:password@]host:6379/0 "
+        "(rediss:// for TLS) or amqp://user:password@host:5672/vhost (amqps:// for TLS); "
+        "unset: the local server's default address.",
+    )
+    queue_management_url: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices(
+            "AGENTRT_QUEUE_MANAGEMENT_URL", "AGENTRT_EXECUTOR_QUEUE_MANAGEMENT_URL"
+        ),
+        description="RabbitMQ only: its management API (http://user:password@host:15672), "
+        "for the depth, oldest-message age and redelivery figures AMQP does not tell.",
+    )
+    queue_max_length: int = Field(
+        0,
+        ge=0,
+        description="Redis and RabbitMQ: most messages a queue holds; when full, new runs "
+        "are refused rather than queued ones dropped (0: no limit). NATS: see "
+        "QUEUE_MAX_BYTES.",
+    )
+    bus_backend: BusBackend = Field(
+        "nats",
+        validation_alias=AliasChoices("AGENTRT_BUS_BACKEND", "AGENTRT_EXECUTOR_BUS_BACKEND"),
+        description="Where run events (resumable streams), cancel requests and run endings "
+        "travel: nats or redis. Registry events, the template catalogue and audit stay on "
+        "NATS.",
+    )
+    bus_url: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("AGENTRT_BUS_URL", "AGENTRT_EXECUTOR_BUS_URL"),
+        description="The Redis of the event bus (redis://host:6379/0); unset: "
+        "AGENTRT_QUEUE_URL when the queue is on Redis too, else the local server.",
+    )
     queue_max_age_seconds: float = Field(
         7 * 86_400.0, gt=0, description="A run still queued this long is dropped unprocessed."
     )
@@ -211,6 +260,37 @@ class Settings(ServiceSettings):
         if value is not None:
             signing_key(value.get_secret_value())  # its ValueError never repeats the secret
         return value
+
+    @model_validator(mode="after")
+    def _broker_urls(self) -> Settings:
+        for backend, url, variable in (
+            (self.queue_backend, self.queue_url, "AGENTRT_QUEUE_URL"),
+            (self.bus_backend, self.bus_url, "AGENTRT_BUS_URL"),
+        ):
+            if url is None or backend == "nats":
+                continue
+            scheme = url.get_secret_value().partition("://")[0].lower()
+            if scheme not in SCHEMES[backend]:
+                allowed = ", ".join(f"{s}://" for s in SCHEMES[backend])
+                # The URL may carry a password: only its scheme is repeated.
+                raise ValueError(
+                    f"{variable}: a {backend} URL starts with {allowed}, not {scheme!r}"
+                )
+        return self
+
+    def queue_broker_url(self) -> str:
+        """The queue broker's URL (Redis or RabbitMQ; the local default when unset)."""
+        if self.queue_url is not None:
+            return self.queue_url.get_secret_value()
+        return DEFAULT_URLS[self.queue_backend]
+
+    def bus_broker_url(self) -> str:
+        """The event bus's Redis URL (the queue's when it is on Redis too)."""
+        if self.bus_url is not None:
+            return self.bus_url.get_secret_value()
+        if self.queue_backend == "redis":
+            return self.queue_broker_url()
+        return DEFAULT_URLS["redis"]
 
     def published_limits(self) -> dict[str, float]:
         """The ceilings every run here is held to, by setting name, for the catalogue.

@@ -18,8 +18,9 @@ import logging
 import os
 from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -45,6 +46,13 @@ from agent_executor.application.builtin.simple_test import SimpleTest
 from agent_executor.application.builtin.task import Task
 from agent_executor.application.builtin.workflow import Workflow
 from agent_executor.application.compose import ComposeService
+from agent_executor.application.ports import (
+    CancelBus,
+    RunEndings,
+    RunEventLog,
+    RunEventSink,
+    RunQueue,
+)
 from agent_executor.application.queued_runs import QueuedRuns, QueueSettings
 from agent_executor.application.run_queries import RunQueries
 from agent_executor.application.runs import RunService, RunSettings
@@ -138,28 +146,151 @@ async def _templates(
     return catalog
 
 
+class ManagedCancelBus(CancelBus, Protocol):
+    """A cancel bus as the composition root drives it."""
+
+    async def start(self, on_cancel: Callable[[str], bool]) -> None:
+        """Start hearing cancel requests; `on_cancel(run_id)` for each."""
+        ...
+
+    async def close(self) -> None:
+        """Stop hearing them."""
+        ...
+
+
+@dataclass(frozen=True)
+class Bus:
+    """Where run events, cancel requests and run endings travel."""
+
+    backend: str
+    events: RunEventSink
+    log: RunEventLog
+    cancel: ManagedCancelBus
+    endings: RunEndings
+
+
+async def _bus(stack: AsyncExitStack, settings: Settings, client: NatsClient) -> Bus:
+    """The event bus on the configured backend, started now and stopped with the stack."""
+    if settings.bus_backend == "redis":
+        from agent_executor.adapters.redis_runs import RedisBus
+
+        redis = await stack.enter_async_context(
+            RedisBus(
+                settings.bus_broker_url(),
+                prefix=settings.nats_prefix,
+                retention_seconds=settings.run_events_retention_seconds,
+                max_bytes=settings.run_events_max_bytes,
+            )
+        )
+        return Bus("redis", redis.events, redis.log, redis.cancel, redis.endings)
+    names = Names(settings.nats_prefix)
+    events = JetStreamRunEvents(
+        client,
+        names,
+        retention_seconds=settings.run_events_retention_seconds,
+        max_bytes=settings.run_events_max_bytes,
+    )
+    await events.start()
+    stack.push_async_callback(events.stop)
+    return Bus(
+        "nats",
+        events,
+        JetStreamRunEventLog(client, names),
+        NatsCancelBus(client, names),
+        NatsRunEndings(client, names),
+    )
+
+
+class ManagedQueue(RunQueue, Protocol):
+    """A run-queue adapter as the composition root drives it."""
+
+    async def start(self) -> None:
+        """Connect and declare what the queue needs (a broker that is down is retried)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop taking deliveries and disconnect."""
+        ...
+
+
+async def _queue(
+    stack: AsyncExitStack,
+    settings: Settings,
+    client: NatsClient,
+    *,
+    name: str,
+    ack_wait: float,
+    max_attempts: int,
+    max_deliver: int | None = None,
+) -> ManagedQueue:
+    """A queue on the configured broker, started now and closed with the stack.
+
+    The Redis and RabbitMQ clients are imported only when chosen.
+    """
+    queue: ManagedQueue
+    if settings.queue_backend == "redis":
+        from agent_executor.adapters.redis_queue import RedisRunQueue
+
+        queue = RedisRunQueue(
+            settings.queue_broker_url(),
+            prefix=settings.nats_prefix,
+            ack_wait=ack_wait,
+            max_attempts=max_attempts,
+            max_deliver=max_deliver,
+            max_age=settings.queue_max_age_seconds,
+            max_len=settings.queue_max_length or None,
+            name=name,
+        )
+    elif settings.queue_backend == "rabbitmq":
+        from agent_executor.adapters.rabbitmq_queue import RabbitRunQueue
+
+        management = settings.queue_management_url
+        queue = RabbitRunQueue(
+            settings.queue_broker_url(),
+            prefix=settings.nats_prefix,
+            ack_wait=ack_wait,
+            max_attempts=max_attempts,
+            max_deliver=max_deliver,
+            max_length=settings.queue_max_length or None,
+            name=name,
+            management_url=management.get_secret_value() if management else None,
+        )
+    else:
+        queue = JetStreamRunQueue(
+            client,
+            Names(settings.nats_prefix),
+            ack_wait=ack_wait,
+            max_attempts=max_attempts,
+            max_deliver=max_deliver,
+            max_age=settings.queue_max_age_seconds,
+            max_bytes=settings.queue_max_bytes,
+            name=name,
+        )
+    await queue.start()
+    stack.push_async_callback(queue.close)
+    return queue
+
+
 async def _webhooks(
     stack: AsyncExitStack,
     settings: Settings,
     *,
     client: NatsClient,
-    names: Names,
     store: SqlRunStore,
     call_store: Callable[..., Any],
-) -> JetStreamRunQueue | None:
+) -> RunQueue | None:
     """The queue of runs whose webhook is due and its worker (None: no webhook secret)."""
     if settings.webhook_secret is None:
         return None
-    queue = JetStreamRunQueue(
+    queue = await _queue(
+        stack,
+        settings,
         client,
-        names,
         name="webhook",
         # An attempt is not extended while it runs: the ack-wait outlasts its timeout.
         ack_wait=settings.webhook_timeout_seconds + 30.0,
         max_attempts=settings.webhook_max_attempts,
     )
-    await queue.start()
-    stack.push_async_callback(queue.close)
     sender = HttpWebhookSender(
         settings.webhook_secret.get_secret_value(),
         timeout=settings.webhook_timeout_seconds,
@@ -187,8 +318,8 @@ async def _run_service(
     catalog: TemplateCatalog,
     client: NatsClient,
     run_blocking: BlockingRunner,
-) -> tuple[RunService, RunQueries, QueuedRuns]:
-    """The run service, the queued runs, the run queries and everything they talk to."""
+) -> tuple[RunService, RunQueries, QueuedRuns, str]:
+    """The run service, the queued runs, the run queries and the bus backend's name."""
     token = settings.service_token.get_secret_value() if settings.service_token else None
     names = Names(settings.nats_prefix)
     db = SqlDatabase(settings.database_url.get_secret_value(), schema=settings.postgres_schema)
@@ -215,16 +346,8 @@ async def _run_service(
         list_ttl=settings.tools_list_ttl_seconds,
     )
     stack.push_async_callback(tools.close)
-    events = JetStreamRunEvents(
-        client,
-        names,
-        retention_seconds=settings.run_events_retention_seconds,
-        max_bytes=settings.run_events_max_bytes,
-    )
-    await events.start()
-    stack.push_async_callback(events.stop)
-    cancel_bus = NatsCancelBus(client, names)
-    event_log = JetStreamRunEventLog(client, names)
+    bus = await _bus(stack, settings, client)
+    events, event_log, cancel_bus = bus.events, bus.log, bus.cancel
     runs = RunService(
         agents=agents,
         catalog=catalog,
@@ -242,19 +365,17 @@ async def _run_service(
     await cancel_bus.start(runs.cancel_local)
     stack.push_async_callback(cancel_bus.close)
     await _background(stack, "run-maintenance", runs.maintain)
-    queue = JetStreamRunQueue(
+    queue = await _queue(
+        stack,
+        settings,
         client,
-        names,
+        name="run",
         ack_wait=settings.queue_ack_wait_seconds,
         max_attempts=settings.queue_max_attempts,
         max_deliver=-1,  # the run store counts starts; waiting for a turn is not one
-        max_age=settings.queue_max_age_seconds,
-        max_bytes=settings.queue_max_bytes,
     )
-    await queue.start()
-    stack.push_async_callback(queue.close)
     webhooks = await _webhooks(
-        stack, settings, client=client, names=names, store=store, call_store=db.calls(run_blocking)
+        stack, settings, client=client, store=store, call_store=db.calls(run_blocking)
     )
     queued = QueuedRuns(
         runs,
@@ -272,13 +393,13 @@ async def _run_service(
     await _background(stack, "run-queue-sweep", queued.maintain)
     queries = RunQueries(
         store=store,
-        endings=NatsRunEndings(client, names),
+        endings=bus.endings,
         call_store=db.calls(run_blocking),
         event_log=event_log,
         poll_seconds=settings.wait_poll_seconds,
         max_waits=settings.max_waits,
     )
-    return runs, queries, queued
+    return runs, queries, queued, bus.backend
 
 
 async def serve(
@@ -308,7 +429,7 @@ async def serve(
                 services=services,
             )
             models = _models(settings, services)
-            runs, queries, queued = await _run_service(
+            runs, queries, queued, bus_backend = await _run_service(
                 stack,
                 settings,
                 services=services,
@@ -321,7 +442,9 @@ async def serve(
             composer = ComposeService(
                 catalog=catalog, models=models, tools=runs.tools, services=services
             )
-            servicer = ExecutorServicer(runs, queries, catalog, composer, queued)
+            servicer = ExecutorServicer(
+                runs, queries, catalog, composer, queued, bus_backend=bus_backend
+            )
 
             def register(server: grpc.aio.Server) -> None:
                 executor_pb2_grpc.add_ExecutorServicer_to_server(servicer, server)

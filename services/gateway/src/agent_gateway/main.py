@@ -35,7 +35,7 @@ from agent_gateway.application.chat import Chat, ChatLimits
 from agent_gateway.application.models import Models
 from agent_gateway.application.ports import Probe
 from agent_gateway.application.runs import Runs
-from agent_gateway.application.system import Catalogue, Checks, RunQueueWatch, System
+from agent_gateway.application.system import Catalogue, Checks, QueueWatch, System
 from agent_gateway.config import Settings
 from agent_gateway.domain.auth import (
     DIGEST_PREFIX,
@@ -220,7 +220,7 @@ def _services(
     )
     serving: dict[str, Probe] = {name: probe.serving for name, probe in probes.items()}
     streams = StreamSlots(settings.max_streams_per_key)  # streamed chats and run followers
-    queue = RunQueueWatch(runner, timeout=settings.probe_timeout_seconds)
+    queue = QueueWatch(runner, timeout=settings.probe_timeout_seconds)
     return Services(
         agents=agents,
         chat=Chat(

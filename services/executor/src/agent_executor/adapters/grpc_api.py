@@ -18,6 +18,7 @@ from agent_executor.adapters.proto_mapping import (
     compose_request,
     failed_run,
     problem_pb,
+    queue_figures,
     run_pb,
     run_request,
     stream_event,
@@ -52,8 +53,11 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
         catalog: TemplateCatalog,
         composer: ComposeService,
         queued: QueuedRuns,
+        *,
+        bus_backend: str = "nats",
     ) -> None:
         self.runs = runs
+        self.bus_backend = bus_backend
         self.queued = queued
         self.queries = queries
         self.catalog = catalog
@@ -158,18 +162,13 @@ class ExecutorServicer(pb_grpc.ExecutorServicer):
         enqueued = await self.queued.submit(run_request(request.input, stream=False), options)
         return pb.StartRunResponse(run=run_pb(enqueued.record), created=enqueued.created)
 
-    async def GetRunQueue(
-        self, request: pb.GetRunQueueRequest, context: Any
-    ) -> pb.GetRunQueueResponse:
-        """The run queue's figures (UNAVAILABLE while the broker cannot be asked)."""
-        stats = await self.queued.queue.stats()
-        return pb.GetRunQueueResponse(
-            backend="nats",
-            depth=stats.depth,
-            pending=stats.pending,
-            oldest_age_seconds=stats.oldest_age_seconds,
-            redelivered=stats.redelivered,
-            dead_letters=stats.dead_letters,
+    async def ListQueues(
+        self, request: pb.ListQueuesRequest, context: Any
+    ) -> pb.ListQueuesResponse:
+        """Each queue's figures; a queue whose broker cannot be asked says unavailable."""
+        return pb.ListQueuesResponse(
+            queues=[queue_figures(report) for report in await self.queued.reports()],
+            bus_backend=self.bus_backend,
             free_slots=self.runs.free_slots,
         )
 

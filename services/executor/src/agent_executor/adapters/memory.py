@@ -447,6 +447,8 @@ class MemoryRunQueue:
     broker being down: calls raise `QueueUnavailable`, `extend` and `retry` are lost.
     """
 
+    backend = "memory"
+
     def __init__(self, *, ack_wait: float = 30.0, max_attempts: int = 5) -> None:
         self.ack_wait = ack_wait
         self.max_attempts = max_attempts

@@ -80,6 +80,8 @@ class JetStreamRunQueue:
     waits on NATS longer than `REQUEST_TIMEOUT` (or a pull's own timeout).
     """
 
+    backend = "nats"
+
     def __init__(
         self,
         client: NatsClient,

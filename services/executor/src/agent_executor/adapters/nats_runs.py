@@ -42,7 +42,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
-from agent_executor.adapters.proto_mapping import run_event_of, stream_event, timestamp
+from agent_executor.adapters.proto_mapping import parse_run_event, stored_run_event
 from agent_executor.application.ports import QueueUnavailable
 from agent_executor.domain.runs import RunEvent
 from agentrt.events.v1 import run_events_pb2
@@ -226,16 +226,7 @@ class JetStreamRunEvents:
 
     async def _send(self, event: RunEvent, agent_id: str, agent_version: int) -> None:
         """Send one event, waiting while NATS is away; drop it only if NATS refuses it."""
-        message = run_events_pb2.RunEvent(
-            event_id=f"{event.run_id}:{event.sequence}",
-            run_id=event.run_id,
-            sequence=event.sequence,
-            occurred_at=timestamp(event.occurred_at),
-            type=event.body.type,
-            agent_id=agent_id,
-            agent_version=agent_version,
-            event=stream_event(event),
-        )
+        message = stored_run_event(event, agent_id, agent_version)
         subject = self._names.subject("runs", "events", event.run_id)
         data = message.SerializeToString()
         headers = {MSG_ID_HEADER: message.event_id}
@@ -362,8 +353,8 @@ class JetStreamRunEventLog:
         except (nats.errors.Error, OSError, TimeoutError) as e:
             raise QueueUnavailable(f"run events cannot be read: {e}") from e
         try:
-            return run_event_of(run_events_pb2.RunEvent.FromString(message.data or b""))
-        except (DecodeError, ValueError) as e:
+            return parse_run_event(message.data or b"")
+        except ValueError as e:
             raise QueueUnavailable(f"run {run_id}'s last event is unreadable: {e}") from e
 
     async def read(self, run_id: str, after: int) -> AsyncGenerator[RunEvent]:
@@ -422,8 +413,8 @@ class JetStreamRunEventLog:
 def _decoded(msg: Msg) -> RunEvent | None:
     """The run event in a stored message (None, logged, when it cannot be read)."""
     try:
-        return run_event_of(run_events_pb2.RunEvent.FromString(msg.data))
-    except (DecodeError, ValueError) as e:
+        return parse_run_event(msg.data)
+    except ValueError as e:
         log.warning("run event unreadable", extra={"subject": msg.subject, "error": str(e)})
         return None
 

@@ -6,9 +6,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError
 
 from agent_executor.application.compose import ComposeResult
 from agent_executor.application.context import Sampling
+from agent_executor.application.ports import QueueReport
 from agent_executor.application.runs import InputMessage, RunRequest
 from agent_executor.application.templates import LoadedTemplate, TemplateProblem
 from agent_executor.domain.client_tools import ClientTool, ResponseFormat, ToolCall, ToolChoice
@@ -239,6 +241,20 @@ def stream_event(event: RunEvent) -> pb.ExecuteStreamResponse:
     return out
 
 
+def stored_run_event(event: RunEvent, agent_id: str, agent_version: int) -> run_events_pb2.RunEvent:
+    """The `agentrt.events.v1.RunEvent` a run event is stored as, whichever bus keeps it."""
+    return run_events_pb2.RunEvent(
+        event_id=f"{event.run_id}:{event.sequence}",
+        run_id=event.run_id,
+        sequence=event.sequence,
+        occurred_at=timestamp(event.occurred_at),
+        type=event.body.type,
+        agent_id=agent_id,
+        agent_version=agent_version,
+        event=stream_event(event),
+    )
+
+
 def run_event_of(message: run_events_pb2.RunEvent) -> RunEvent:
     """The run event a stored `agentrt.events.v1.RunEvent` carries (`stream_event` reversed).
 
@@ -283,6 +299,40 @@ def run_event_of(message: run_events_pb2.RunEvent) -> RunEvent:
     # The reverse of `timestamp`, for the same reason (ToDatetime is slow pure Python).
     occurred_at = _EPOCH + timedelta(seconds=at.seconds, microseconds=at.nanos // 1000)
     return RunEvent(message.run_id, message.sequence, occurred_at, body)
+
+
+def parse_run_event(data: bytes) -> RunEvent:
+    """The run event a stored `agentrt.events.v1.RunEvent` carries, from its bytes.
+
+    Raises:
+        ValueError: the bytes are not a run event this executor can read.
+    """
+    try:
+        message = run_events_pb2.RunEvent.FromString(data)
+    except DecodeError as e:
+        raise ValueError(f"not a stored run event: {e}") from e
+    return run_event_of(message)
+
+
+def queue_figures(report: QueueReport) -> pb.QueueFigures:
+    """A queue's report as `QueueFigures` (a figure the broker does not tell stays unset)."""
+    figures = pb.QueueFigures(
+        name=report.name,
+        backend=report.backend,
+        available=report.stats is not None,
+        error=report.error,
+    )
+    stats = report.stats
+    if stats is not None:
+        figures.pending = stats.pending
+        figures.dead_letters = stats.dead_letters
+        if stats.depth is not None:
+            figures.depth = stats.depth
+        if stats.oldest_age_seconds is not None:
+            figures.oldest_age_seconds = stats.oldest_age_seconds
+        if stats.redelivered is not None:
+            figures.redelivered = stats.redelivered
+    return figures
 
 
 def run_pb(record: RunRecord) -> pb.Run:

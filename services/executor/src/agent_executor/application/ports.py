@@ -301,13 +301,28 @@ class QueueDelivery(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """How the run queue is doing, for health and metrics."""
+    """How the run queue is doing, for health and metrics.
 
-    depth: int = 0  # runs waiting or in progress, not yet acknowledged
+    None: the broker does not tell this figure (RabbitMQ: the oldest age and the
+    redeliveries in progress never, the depth only through its management API; see
+    each adapter).
+    """
+
+    depth: int | None = 0  # runs waiting or in progress, not yet acknowledged
     pending: int = 0  # runs waiting for a first delivery
-    oldest_age_seconds: float = 0.0  # age of the oldest run awaiting a first delivery, or 0
-    redelivered: int = 0  # deliveries in progress that are not first deliveries
+    oldest_age_seconds: float | None = 0.0  # age of the oldest run awaiting a first delivery
+    redelivered: int | None = 0  # deliveries in progress that are not first deliveries
     dead_letters: int = 0  # runs given up after max_attempts
+
+
+@dataclass(frozen=True, slots=True)
+class QueueReport:
+    """One queue's figures for monitoring, or why they could not be had."""
+
+    name: str  # run | webhook
+    backend: str
+    stats: QueueStats | None  # None: the broker could not be asked (`error` says why)
+    error: str = ""
 
 
 class RunQueue(Protocol):
@@ -316,10 +331,11 @@ class RunQueue(Protocol):
     At-least-once: a run is delivered until an executor acknowledges it, which it
     does only after the run's terminal state is stored; a run id submitted twice
     is delivered once (while the broker remembers it; the run store decides anyway).
-    Adapters: NATS JetStream (a work-queue stream and one durable pull consumer);
-    Redis Streams and RabbitMQ fit the same four verbs.
+    Adapters: NATS JetStream (a work-queue stream and one durable pull consumer),
+    Redis Streams (a consumer group) and RabbitMQ (a quorum queue).
     """
 
+    backend: str  # the broker: nats, redis, rabbitmq (memory in tests)
     ack_wait: float
     max_attempts: int
 

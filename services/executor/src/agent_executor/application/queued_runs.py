@@ -39,6 +39,7 @@ from agent_executor.application.ports import (
     ClaimOutcome,
     Enqueued,
     QueueDelivery,
+    QueueReport,
     QueueUnavailable,
     RequestCodec,
     RunEventLog,
@@ -199,6 +200,23 @@ class QueuedRuns:
             log.warning("queued runs queued again", extra={"count": len(run_ids)})
         return len(run_ids)
 
+    async def reports(self) -> list[QueueReport]:
+        """Each queue's figures (runs, then webhooks when configured), asked side by side.
+
+        Never raises for a broker that cannot be asked: that queue's report says why.
+        """
+        named = [("run", self.queue)]
+        if self.webhooks is not None:
+            named.append(("webhook", self.webhooks))
+
+        async def report(name: str, queue: RunQueue) -> QueueReport:
+            try:
+                return QueueReport(name, queue.backend, await queue.stats())
+            except QueueUnavailable as e:
+                return QueueReport(name, queue.backend, None, e.message)
+
+        return list(await asyncio.gather(*(report(name, queue) for name, queue in named)))
+
     # ------------------------------------------------------------ consume
 
     async def consume(self, stop: asyncio.Event) -> None:
@@ -262,7 +280,9 @@ class QueuedRuns:
             case ClaimOutcome.BUSY:
                 await delivery.retry(BUSY_RETRY_SECONDS)
             case ClaimOutcome.ELSEWHERE:
-                await delivery.retry(self.queue.ack_wait)
+                # Its holder's lease lapses within `lease_seconds` if it died (RabbitMQ
+                # returns a dead consumer's runs at once, before that).
+                await delivery.retry(min(self.queue.ack_wait, self.runs.settings.lease_seconds))
             case ClaimOutcome.EXHAUSTED:
                 assert record is not None
                 log.warning(

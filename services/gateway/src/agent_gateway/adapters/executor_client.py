@@ -1,4 +1,4 @@
-"""Adapter: agent runs on the executor over gRPC (`Runner`, `RunRecords`, `QueueFigures`).
+"""Adapter: agent runs on the executor over gRPC (`Runner`, `RunRecords`, `QueueSource`).
 
 A streamed run is opened by reading its first event, so a refusal (unknown agent,
 inactive agent, busy executor) is raised before any byte of the HTTP stream is sent.
@@ -34,7 +34,7 @@ from agent_gateway.domain.chat import (
     ToolCalls,
     Usage,
 )
-from agent_gateway.domain.run_queue import RunQueue
+from agent_gateway.domain.queues import QueueFigures, Queues
 from agent_gateway.domain.runs import OPEN, RunQuery, RunRecord, RunStart, StoredEvent
 from agent_gateway.errors import RunFailed
 from agentrt.executor.v1 import executor_pb2 as pb
@@ -545,23 +545,42 @@ class ExecutorRuns:
             usage=_usage(reply.usage),
         )
 
-    async def run_queue(self, *, timeout: float) -> RunQueue:
-        """The run queue's figures (any replica answers for the whole queue).
+    async def queues(self, *, timeout: float) -> Queues:
+        """Every queue's figures (any replica answers for all of them).
+
+        A queue whose broker is down comes back unavailable, not as an error.
 
         Raises:
-            AgentrtError: the executor could not say (its broker is down: UNAVAILABLE), or
-                did not answer within `timeout` seconds.
+            AgentrtError: the executor refused or did not answer within `timeout` seconds.
         """
-        reply = await answer(self._stub.GetRunQueue(pb.GetRunQueueRequest(), timeout=timeout))
-        return RunQueue(
-            backend=reply.backend,
-            depth=reply.depth,
-            pending=reply.pending,
-            oldest_age_seconds=reply.oldest_age_seconds,
-            redelivered=reply.redelivered,
-            dead_letters=reply.dead_letters,
+        reply = await answer(self._stub.ListQueues(pb.ListQueuesRequest(), timeout=timeout))
+        return Queues(
+            bus_backend=reply.bus_backend,
             free_slots=reply.free_slots,
+            queues=tuple(queue_figures(queue) for queue in reply.queues),
         )
+
+
+def queue_figures(queue: pb.QueueFigures) -> QueueFigures:
+    """A queue's figures as the domain holds them.
+
+    A figure the broker did not tell (an unset field) is None, and so is every figure of
+    a queue whose broker could not be asked (its zeros say nothing).
+    """
+    if not queue.available:
+        return QueueFigures(queue.name, queue.backend, available=False, error=queue.error)
+    return QueueFigures(
+        name=queue.name,
+        backend=queue.backend,
+        available=True,
+        depth=queue.depth if queue.HasField("depth") else None,
+        pending=queue.pending,
+        oldest_age_seconds=(
+            queue.oldest_age_seconds if queue.HasField("oldest_age_seconds") else None
+        ),
+        redelivered=queue.redelivered if queue.HasField("redelivered") else None,
+        dead_letters=queue.dead_letters,
+    )
 
 
 def _draft(draft: pb.AgentDraft) -> Mapping[str, Any]:

@@ -32,7 +32,7 @@ from agent_gateway.application.agents import Agents
 from agent_gateway.application.chat import Chat
 from agent_gateway.application.models import Models
 from agent_gateway.application.runs import Runs
-from agent_gateway.application.system import Checks, RunQueueWatch, System
+from agent_gateway.application.system import Checks, QueueWatch, System
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Services:
     system: System
     runs: Runs
     readiness: Checks
-    queue: RunQueueWatch | None = None  # the run queue's figures, for /metrics
+    queue: QueueWatch | None = None  # the queues' figures, for /metrics
 
 
 def create_app(

@@ -4,12 +4,14 @@ Requests are counted and timed by method, route *template* (`/v1/agents/{agent_i
 never the raw path, so no ids reach the labels) and status. Each replica exposes its
 own numbers; Prometheus scrapes every pod and sums them.
 
-The run queue's figures are gauges refreshed at scrape time (`scrape`): asked of the
-executor through `RunQueueWatch`, so within its short timeout and at most once a
-second however often the gateway is scraped. They describe the one queue every
-replica shares, so every gateway replica exposes the same values: aggregate them with
-`max`, not `sum`. `agentrt_run_queue_up` says whether they could be asked; when not,
-the figures are left out rather than reported as zeros.
+Every queue's figures (`run`, `webhook`) are gauges labelled `queue` and `backend`,
+refreshed at scrape time (`scrape`): asked of the executor through `QueueWatch`, so
+within its short timeout and at most once a second however often the gateway is
+scraped. They describe the queues every replica shares, so every gateway replica
+exposes the same values: aggregate them with `max`, not `sum`. `agentrt_queue_up` says
+whether a queue's broker could be asked (one sample, `{queue="run", backend=""}`, when
+the executor itself could not be); a figure not known — the broker does not tell it,
+or could not be asked — is left out rather than reported as zero.
 """
 
 from __future__ import annotations
@@ -23,58 +25,73 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from agent_gateway.adapters.asgi import App, Message, Receive, Scope, Send
-from agent_gateway.application.system import RunQueueWatch
-from agent_gateway.domain.run_queue import RunQueue
+from agent_gateway.application.system import QueueWatch
+from agent_gateway.domain.queues import RUN_QUEUE, Queues
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-# Gauge name → (the figure, help text).
+LABELS = ("queue", "backend")
+# The figure → (gauge name, help text).
 QUEUE_GAUGES = {
-    "agentrt_run_queue_depth": ("depth", "Runs waiting or in progress, not yet acknowledged."),
-    "agentrt_run_queue_pending": ("pending", "Runs waiting for a first delivery."),
-    "agentrt_run_queue_oldest_age_seconds": (
-        "oldest_age_seconds",
-        "Age of the oldest run waiting for its first delivery (0 when none waits).",
+    "depth": (
+        "agentrt_queue_depth",
+        "Messages waiting or in progress, not yet acknowledged.",
     ),
-    "agentrt_run_queue_redelivered": (
-        "redelivered",
+    "pending": ("agentrt_queue_pending", "Messages waiting for a first delivery."),
+    "oldest_age_seconds": (
+        "agentrt_queue_oldest_age_seconds",
+        "Age of the oldest message waiting for its first delivery (0 when none waits).",
+    ),
+    "redelivered": (
+        "agentrt_queue_redelivered",
         "Deliveries in progress that are redeliveries (a replica stopped or stalled).",
     ),
-    "agentrt_run_queue_dead_letters": (
-        "dead_letters",
-        "Runs given up (dead-lettered) and still kept.",
+    "dead_letters": (
+        "agentrt_queue_dead_letters",
+        "Messages given up (dead-lettered) and still kept.",
     ),
 }
 
 
-class RunQueueGauges(Collector):
-    """The run queue's figures as last refreshed (`refresh` asks for them again)."""
+class QueueGauges(Collector):
+    """The queues' figures as last refreshed (`refresh` asks for them again)."""
 
-    def __init__(self, watch: RunQueueWatch) -> None:
+    def __init__(self, watch: QueueWatch) -> None:
         self._watch = watch
-        self._figures: RunQueue | None = None
+        self._found: Queues | None = None
 
     async def refresh(self) -> None:
         """Take the watch's current figures (asking the executor when they are stale)."""
-        self._figures = await self._watch.current()
+        self._found = await self._watch.current()
 
     def collect(self) -> Iterator[Metric]:
-        """`agentrt_run_queue_up`, and the figures when they could be asked."""
-        figures = self._figures
-        yield GaugeMetricFamily(
-            "agentrt_run_queue_up",
-            "1 when the executor answered for the run queue at the last scrape, else 0.",
-            value=0 if figures is None else 1,
+        """`agentrt_queue_up` for every queue, and the figures known."""
+        up = GaugeMetricFamily(
+            "agentrt_queue_up",
+            "1 when the queue's broker answered at the last scrape, else 0.",
+            labels=LABELS,
         )
-        if figures is None:
-            return
-        for name, (figure, text) in QUEUE_GAUGES.items():
-            yield GaugeMetricFamily(name, text, value=getattr(figures, figure))
+        gauges = {
+            figure: GaugeMetricFamily(name, text, labels=LABELS)
+            for figure, (name, text) in QUEUE_GAUGES.items()
+        }
+        found = self._found
+        if found is None:  # the executor could not be asked: nor could any queue
+            up.add_metric([RUN_QUEUE, ""], 0)
+        else:
+            for queue in found.queues:
+                labels = [queue.name, queue.backend]
+                up.add_metric(labels, 1 if queue.available else 0)
+                for figure, value in queue.figures().items():
+                    if value is not None:
+                        gauges[figure].add_metric(labels, value)
+        yield up
+        yield from (gauge for gauge in gauges.values() if gauge.samples)
 
 
 class RequestMetrics:
     """The gateway's metrics, in a registry of their own."""
 
-    def __init__(self, run_queue: RunQueueWatch | None = None) -> None:
+    def __init__(self, queues: QueueWatch | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "agentrt_gateway_requests",
@@ -89,15 +106,15 @@ class RequestMetrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
-        self._queue: RunQueueGauges | None = None
-        if run_queue is not None:
-            self._queue = RunQueueGauges(run_queue)
-            self.registry.register(self._queue)
+        self._queues: QueueGauges | None = None
+        if queues is not None:
+            self._queues = QueueGauges(queues)
+            self.registry.register(self._queues)
 
     async def scrape(self) -> bytes:
-        """The current values in the Prometheus text format, the run queue's refreshed."""
-        if self._queue is not None:
-            await self._queue.refresh()
+        """The current values in the Prometheus text format, the queues' refreshed."""
+        if self._queues is not None:
+            await self._queues.refresh()
         return generate_latest(self.registry)
 
 

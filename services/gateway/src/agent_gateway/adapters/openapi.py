@@ -239,28 +239,37 @@ class ExecutionMetrics(Strict):
 
 
 class RunQueueHealth(Strict):
-    """The run queue, as an executor replica answers for it (`unavailable`: no figures)."""
+    """The run queue, as an executor replica answers for it (never judged)."""
 
     status: Literal["ok", "unavailable"] = Field(
         description="`unavailable` when the executor could not be asked within "
-        "`PROBE_TIMEOUT_SECONDS` (the other keys are then absent); it never makes the "
-        "health `unhealthy`."
+        "`PROBE_TIMEOUT_SECONDS` (the other keys are then absent) or could not ask the run "
+        "queue's broker (its figures are then null); it never makes the health `unhealthy`."
     )
-    backend: str | SkipJsonSchema[None] = Field(None, description="The broker: `nats`.")
-    depth: int | SkipJsonSchema[None] = Field(
-        None, description="Runs waiting or in progress, not yet acknowledged."
+    backend: str | SkipJsonSchema[None] = Field(
+        None, description="The run queue's broker: `nats`, `redis` or `rabbitmq`."
     )
-    pending: int | SkipJsonSchema[None] = Field(
-        None, description="Runs waiting for a first delivery."
+    bus_backend: str | SkipJsonSchema[None] = Field(
+        None,
+        description="Where run events, cancel requests and run endings travel: `nats` or `redis`.",
     )
-    oldest_age_seconds: float | SkipJsonSchema[None] = Field(
-        None, description="Age of the oldest run waiting for its first delivery (0: none)."
+    depth: int | None = Field(
+        None,
+        description="Runs waiting or in progress, not yet acknowledged (null: not known).",
     )
-    redelivered: int | SkipJsonSchema[None] = Field(
-        None, description="Deliveries in progress that are redeliveries."
+    pending: int | None = Field(
+        None, description="Runs waiting for a first delivery (null: not known)."
     )
-    dead_letters: int | SkipJsonSchema[None] = Field(
-        None, description="Runs given up (dead-lettered) and still kept."
+    oldest_age_seconds: float | None = Field(
+        None,
+        description="Age of the oldest run waiting for its first delivery (0: none; "
+        "null: not known).",
+    )
+    redelivered: int | None = Field(
+        None, description="Deliveries in progress that are redeliveries (null: not known)."
+    )
+    dead_letters: int | None = Field(
+        None, description="Runs given up (dead-lettered) and still kept (null: not known)."
     )
     free_slots: int | SkipJsonSchema[None] = Field(
         None, description="Free run slots on the executor replica that answered."
@@ -277,6 +286,38 @@ class Health(Strict):
     checks: dict[str, Check]
     metrics: ExecutionMetrics
     queue: RunQueueHealth
+
+
+class QueueState(Strict):
+    """One queue's figures; null where the broker does not tell one or could not be asked."""
+
+    name: str = Field(description="`run` (background runs) or `webhook` (run webhooks due).")
+    backend: str = Field(description="The broker: `nats`, `redis` or `rabbitmq`.")
+    status: Literal["ok", "unavailable"] = Field(
+        description="`unavailable` when the executor could not ask the broker now."
+    )
+    error: str | SkipJsonSchema[None] = Field(
+        None, description="Why the broker could not be asked (only when `unavailable`)."
+    )
+    depth: int | None = Field(description="Messages waiting or in progress, not acknowledged.")
+    pending: int | None = Field(description="Messages waiting for a first delivery.")
+    oldest_age_seconds: float | None = Field(
+        description="Age of the oldest message waiting for its first delivery (0: none)."
+    )
+    redelivered: int | None = Field(
+        description="Deliveries in progress that are redeliveries (a replica stopped or stalled)."
+    )
+    dead_letters: int | None = Field(description="Messages given up and still kept.")
+
+
+class QueueList(Strict):
+    """`GET /v1/queues`: every queue, the run queue first."""
+
+    bus_backend: str = Field(
+        description="Where run events, cancel requests and run endings travel: `nats` or `redis`."
+    )
+    free_slots: int = Field(description="Free run slots on the executor replica that answered.")
+    queues: list[QueueState]
 
 
 class Constraints(Strict):

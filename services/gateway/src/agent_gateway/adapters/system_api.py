@@ -1,7 +1,7 @@
-"""Adapter: the routes about the runtime itself — open routes, health, schema, templates.
+"""Adapter: the routes about the runtime itself — open routes, health, queues, schema, templates.
 
 `/`, `/ping`, `/metrics`, `/healthz` and `/readyz` are open; `/v1/health`,
-`/v1/schema`, `/v1/whoami` and `/v1/templates` need a token.
+`/v1/schema`, `/v1/whoami` and `/v1/templates` need a token, `/v1/queues` the admin role.
 """
 
 # No `from __future__ import annotations`: the route signatures use dependencies
@@ -21,6 +21,7 @@ from agent_gateway.adapters.openapi import (
     Alive,
     Health,
     Pong,
+    QueueList,
     Readiness,
     RootInfo,
     RuntimeSchema,
@@ -34,6 +35,7 @@ from agent_gateway.application.ports import TemplateView
 from agent_gateway.application.system import Checks, System
 from agent_gateway.domain.agents import iso
 from agent_gateway.domain.auth import Principal
+from agent_gateway.domain.queues import queues_body
 
 
 def open_routes(
@@ -64,7 +66,7 @@ def open_routes(
         ),
     )
     async def prometheus() -> Response:
-        """Request counts and latencies, and the run queue's figures (Prometheus text)."""
+        """Request counts and latencies, and the queues' figures (Prometheus text)."""
         return Response(await metrics.scrape(), media_type=METRICS_TYPE)
 
     @both(router, "/healthz", **documented(Alive, open_route=True, op="healthz", tag="system"))
@@ -105,8 +107,9 @@ SchemaVersion = Annotated[
 
 
 def system_routes(v1: APIRouter, access: Access, system: System) -> None:
-    """Add health, schema, whoami and the template routes to `v1`."""
+    """Add health, queues, schema, whoami and the template routes to `v1`."""
     Caller = Annotated[Principal, Depends(access.caller)]
+    Admin = Annotated[Principal, Depends(access.admin)]
 
     @both(
         v1,
@@ -132,6 +135,22 @@ def system_routes(v1: APIRouter, access: Access, system: System) -> None:
             "queue": facts["queue"],
         }
         return JSONResponse(body, status_code=200 if healthy else 503)
+
+    @both(
+        v1,
+        "/queues",
+        **documented(
+            QueueList,
+            403,
+            503,
+            description="Every queue's figures (at most a second old).",
+            op="listQueues",
+            tag="system",
+        ),
+    )
+    async def list_queues(caller: Admin) -> dict[str, Any]:
+        """Every queue's figures and status; 503 when the executor cannot be asked."""
+        return queues_body(await system.queues())
 
     @both(
         v1,

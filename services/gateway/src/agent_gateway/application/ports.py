@@ -23,7 +23,7 @@ from agent_gateway.domain.chat import (
     Started,
     ToolCalls,
 )
-from agent_gateway.domain.run_queue import RunQueue
+from agent_gateway.domain.queues import Queues
 from agent_gateway.domain.runs import RunQuery, RunRecord, RunStart, StoredEvent
 
 Probe = Callable[[], Awaitable[bool]]
@@ -165,9 +165,15 @@ class Templates(Protocol):
         ...
 
 
-class QueueFigures(Protocol):
-    """The run queue's figures (the executor; any replica answers for the whole queue)."""
+class QueueSource(Protocol):
+    """The queues' figures (the executor; any replica answers for every queue)."""
 
-    async def run_queue(self, *, timeout: float) -> RunQueue:
-        """The figures now, asked within `timeout` seconds (raises when they cannot be)."""
+    async def queues(self, *, timeout: float) -> Queues:
+        """The figures now, asked within `timeout` seconds.
+
+        A queue whose broker cannot be asked is in the answer, unavailable.
+
+        Raises:
+            AgentrtError: the executor could not be asked within `timeout`.
+        """
         ...

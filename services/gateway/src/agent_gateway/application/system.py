@@ -2,8 +2,9 @@
 
 Templates come from the catalogue the executors publish (503 until it has been read
 once). Health times a check of every dependency; `/readyz` uses those a request
-needs, `/v1/health` adds the ones it only reports (NATS) and the run queue's figures,
-which `/metrics` exposes too (`RunQueueWatch`).
+needs, `/v1/health` adds the ones it only reports (NATS) and the run queue's figures.
+Every queue's figures are asked of the executor through one `QueueWatch`, which
+`/v1/health`, `/v1/queues` and `/metrics` share.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from agent_gateway.application.chat import ChatLimits
-from agent_gateway.application.ports import Probe, QueueFigures, Templates, TemplateView
-from agent_gateway.domain.run_queue import RunQueue, queue_body
+from agent_gateway.application.ports import Probe, QueueSource, Templates, TemplateView
+from agent_gateway.domain.queues import Queues, health_queue
 from agent_gateway.domain.stats import ExecutionStats
 from agent_gateway.errors import bad_field
 from agentrt_kit.concurrency import wait_event
@@ -26,7 +27,7 @@ from agentrt_kit.errors import AgentrtError, FailedPrecondition, NotFound, Unava
 log = logging.getLogger(__name__)
 
 SYNC_WAIT_SECONDS = 2.0
-QUEUE_FRESH_SECONDS = 1.0  # run queue figures are asked of the executor at most this often
+QUEUE_FRESH_SECONDS = 1.0  # the queues' figures are asked of the executor at most this often
 SCHEMA_VERSION = "1.0.0"
 SCHEMA_MAJOR, SCHEMA_MINOR = 1, 0
 SCHEMA_UPDATED = "2026-11-25T00:00:00Z"
@@ -60,18 +61,19 @@ class Checks:
         }
 
 
-class RunQueueWatch:
-    """The run queue's figures, asked of the executor at most once per `fresh` seconds.
+class QueueWatch:
+    """The queues' figures, asked of the executor at most once per `fresh` seconds.
 
-    Health and every metrics scrape read them: however many there are, the executor is
-    asked at most once per `fresh` seconds (readers arriving meanwhile share the call),
-    and never for longer than `timeout`. Figures that could not be asked are None, and
-    that answer is kept as long as figures are, so a struggling executor is not pressed.
+    Health, `/v1/queues` and every metrics scrape read them: however many there are, the
+    executor is asked at most once per `fresh` seconds (readers arriving meanwhile share
+    the call), and never for longer than `timeout`. Figures that could not be asked are
+    None, and that answer is kept as long as figures are, so a struggling executor is not
+    pressed. (A queue whose broker is down is not None: the executor says so in it.)
     """
 
     def __init__(
         self,
-        source: QueueFigures,
+        source: QueueSource,
         *,
         timeout: float,
         fresh: float = QUEUE_FRESH_SECONDS,
@@ -83,9 +85,9 @@ class RunQueueWatch:
         self._clock = clock
         self._lock = asyncio.Lock()
         self._asked_at: float | None = None
-        self._last: RunQueue | None = None
+        self._last: Queues | None = None
 
-    async def current(self) -> RunQueue | None:
+    async def current(self) -> Queues | None:
         """The figures, at most `fresh` seconds old; None when they could not be asked."""
         if not self._stale():
             return self._last
@@ -98,12 +100,12 @@ class RunQueueWatch:
     def _stale(self) -> bool:
         return self._asked_at is None or self._clock() - self._asked_at >= self._fresh
 
-    async def _ask(self) -> RunQueue | None:
+    async def _ask(self) -> Queues | None:
         try:
-            return await self._source.run_queue(timeout=self._timeout)
+            return await self._source.queues(timeout=self._timeout)
         except AgentrtError as e:
             if self._last is not None or self._asked_at is None:  # said once per outage
-                log.warning("the run queue's figures cannot be asked: %s", e.message)
+                log.warning("the queues' figures cannot be asked: %s", e.message)
             return None
 
 
@@ -153,7 +155,7 @@ class Catalogue:
 
 
 class System:
-    """Health, the runtime schema and templates."""
+    """Health, the queues, the runtime schema and templates."""
 
     def __init__(
         self,
@@ -164,7 +166,7 @@ class System:
         version: str,
         limits: ChatLimits,
         max_concurrent_runs: int,
-        queue: RunQueueWatch,
+        queue: QueueWatch,
     ) -> None:
         self.catalogue = catalogue
         self._checks = checks
@@ -178,8 +180,9 @@ class System:
     async def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether every dependency is up, and the `/v1/health` facts.
 
-        The run queue's figures are reported, never judged: a deep queue, or figures
-        that cannot be asked, leave the status as the dependency checks make it.
+        The run queue's figures are reported, never judged: a deep queue, a broker that
+        is down or figures that cannot be asked leave the status as the dependency checks
+        make it.
         """
         found, queue = await asyncio.gather(self._checks.run(), self._queue.current())
         healthy = all(c["status"] == "ok" for c in found.values())
@@ -189,8 +192,22 @@ class System:
             "version": self.version,
             "checks": found,
             "metrics": self._stats.snapshot(),
-            "queue": queue_body(queue),
+            "queue": health_queue(queue),
         }
+
+    async def queues(self) -> Queues:
+        """Every queue's figures (`GET /v1/queues`), at most a second old.
+
+        Raises:
+            Unavailable: QUEUES_UNAVAILABLE, the executor could not be asked.
+        """
+        found = await self._queue.current()
+        if found is None:
+            raise Unavailable(
+                "the executor cannot be asked for the queues' figures now",
+                reason="QUEUES_UNAVAILABLE",
+            )
+        return found
 
     async def schema(self, requested: str | None = None) -> dict[str, Any]:
         """What this runtime supports (`/v1/schema`); refuses another major version."""

@@ -775,7 +775,7 @@ class StartRunResponse(_message.Message):
 Global___StartRunResponse: _TypeAlias = StartRunResponse  # noqa: Y015
 
 @_typing.final
-class GetRunQueueRequest(_message.Message):
+class ListQueuesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -787,51 +787,103 @@ class GetRunQueueRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetRunQueueRequest: _TypeAlias = GetRunQueueRequest  # noqa: Y015
+Global___ListQueuesRequest: _TypeAlias = ListQueuesRequest  # noqa: Y015
 
 @_typing.final
-class GetRunQueueResponse(_message.Message):
+class QueueFigures(_message.Message):
+    """One queue's figures. A figure the broker does not tell is absent (RabbitMQ
+    without its management API: depth, oldest_age_seconds, redelivered).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    NAME_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     DEPTH_FIELD_NUMBER: _builtins.int
     PENDING_FIELD_NUMBER: _builtins.int
     OLDEST_AGE_SECONDS_FIELD_NUMBER: _builtins.int
     REDELIVERED_FIELD_NUMBER: _builtins.int
     DEAD_LETTERS_FIELD_NUMBER: _builtins.int
-    FREE_SLOTS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """run (background runs) or webhook (run webhooks due)."""
     backend: _builtins.str
-    """The broker: nats (redis and rabbitmq to come)."""
+    """The broker: nats, redis or rabbitmq."""
+    available: _builtins.bool
+    """False when the broker could not be asked now; `error` says why."""
+    error: _builtins.str
     depth: _builtins.int
-    """Runs waiting or in progress, not yet acknowledged."""
+    """Messages waiting or in progress, not yet acknowledged."""
     pending: _builtins.int
-    """Runs waiting for a first delivery."""
+    """Messages waiting for a first delivery."""
     oldest_age_seconds: _builtins.float
-    """Age of the oldest run waiting for its first delivery (0 when none)."""
+    """Age of the oldest message waiting for its first delivery (0 when none)."""
     redelivered: _builtins.int
     """Deliveries in progress that are redeliveries."""
     dead_letters: _builtins.int
-    """Runs given up (dead-lettered) and still kept."""
-    free_slots: _builtins.int
-    """Free run slots on the replica that answered."""
+    """Messages given up (dead-lettered) and still kept."""
     def __init__(
         self,
         *,
+        name: _builtins.str = ...,
         backend: _builtins.str = ...,
-        depth: _builtins.int = ...,
+        available: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        depth: _builtins.int | None = ...,
         pending: _builtins.int = ...,
-        oldest_age_seconds: _builtins.float = ...,
-        redelivered: _builtins.int = ...,
+        oldest_age_seconds: _builtins.float | None = ...,
+        redelivered: _builtins.int | None = ...,
         dead_letters: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_depth", b"_depth", "_oldest_age_seconds", b"_oldest_age_seconds", "_redelivered", b"_redelivered", "depth", b"depth", "oldest_age_seconds", b"oldest_age_seconds", "redelivered", b"redelivered"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_depth", b"_depth", "_oldest_age_seconds", b"_oldest_age_seconds", "_redelivered", b"_redelivered", "available", b"available", "backend", b"backend", "dead_letters", b"dead_letters", "depth", b"depth", "error", b"error", "name", b"name", "oldest_age_seconds", b"oldest_age_seconds", "pending", b"pending", "redelivered", b"redelivered"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__depth: _TypeAlias = _typing.Literal["depth"]  # noqa: Y015
+    _WhichOneofArgType__depth: _TypeAlias = _typing.Literal["_depth", b"_depth"]  # noqa: Y015
+    _WhichOneofReturnType__oldest_age_seconds: _TypeAlias = _typing.Literal["oldest_age_seconds"]  # noqa: Y015
+    _WhichOneofArgType__oldest_age_seconds: _TypeAlias = _typing.Literal["_oldest_age_seconds", b"_oldest_age_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__redelivered: _TypeAlias = _typing.Literal["redelivered"]  # noqa: Y015
+    _WhichOneofArgType__redelivered: _TypeAlias = _typing.Literal["_redelivered", b"_redelivered"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__depth) -> _WhichOneofReturnType__depth | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__oldest_age_seconds) -> _WhichOneofReturnType__oldest_age_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__redelivered) -> _WhichOneofReturnType__redelivered | None: ...
+
+Global___QueueFigures: _TypeAlias = QueueFigures  # noqa: Y015
+
+@_typing.final
+class ListQueuesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUEUES_FIELD_NUMBER: _builtins.int
+    BUS_BACKEND_FIELD_NUMBER: _builtins.int
+    FREE_SLOTS_FIELD_NUMBER: _builtins.int
+    bus_backend: _builtins.str
+    """Where run events (resumable streams), cancel requests and run endings travel: nats or redis."""
+    free_slots: _builtins.int
+    """Free run slots on the replica that answered."""
+    @_builtins.property
+    def queues(self) -> _containers.RepeatedCompositeFieldContainer[Global___QueueFigures]:
+        """The run queue first, then the webhook queue when webhooks are configured."""
+
+    def __init__(
+        self,
+        *,
+        queues: _abc.Iterable[Global___QueueFigures] | None = ...,
+        bus_backend: _builtins.str = ...,
         free_slots: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "dead_letters", b"dead_letters", "depth", b"depth", "free_slots", b"free_slots", "oldest_age_seconds", b"oldest_age_seconds", "pending", b"pending", "redelivered", b"redelivered"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bus_backend", b"bus_backend", "free_slots", b"free_slots", "queues", b"queues"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetRunQueueResponse: _TypeAlias = GetRunQueueResponse  # noqa: Y015
+Global___ListQueuesResponse: _TypeAlias = ListQueuesResponse  # noqa: Y015
 
 @_typing.final
 class StreamRunEventsRequest(_message.Message):

@@ -49,10 +49,10 @@ class ExecutorStub:
                 request_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.StartRunRequest.SerializeToString,
                 response_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.StartRunResponse.FromString,
                 _registered_method=True)
-        self.GetRunQueue = channel.unary_unary(
-                '/agentrt.executor.v1.Executor/GetRunQueue',
-                request_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunQueueRequest.SerializeToString,
-                response_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunQueueResponse.FromString,
+        self.ListQueues = channel.unary_unary(
+                '/agentrt.executor.v1.Executor/ListQueues',
+                request_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ListQueuesRequest.SerializeToString,
+                response_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ListQueuesResponse.FromString,
                 _registered_method=True)
         self.StreamRunEvents = channel.unary_stream(
                 '/agentrt.executor.v1.Executor/StreamRunEvents',
@@ -118,9 +118,10 @@ class ExecutorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetRunQueue(self, request, context):
-        """How the run queue is doing: depth, age of the oldest waiting run, redeliveries,
-        dead letters (for health and monitoring; any replica answers for all).
+    def ListQueues(self, request, context):
+        """How the queues are doing (runs, webhooks): depth, age of the oldest waiting
+        message, redeliveries, dead letters, for health and monitoring; any replica answers
+        for all. Never fails for a broker that is down: that queue says unavailable.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -194,10 +195,10 @@ def add_ExecutorServicer_to_server(servicer, server):
                     request_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.StartRunRequest.FromString,
                     response_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.StartRunResponse.SerializeToString,
             ),
-            'GetRunQueue': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetRunQueue,
-                    request_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunQueueRequest.FromString,
-                    response_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunQueueResponse.SerializeToString,
+            'ListQueues': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQueues,
+                    request_deserializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ListQueuesRequest.FromString,
+                    response_serializer=agentrt_dot_executor_dot_v1_dot_executor__pb2.ListQueuesResponse.SerializeToString,
             ),
             'StreamRunEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamRunEvents,
@@ -327,7 +328,7 @@ class Executor:
             _registered_method=True)
 
     @staticmethod
-    def GetRunQueue(request,
+    def ListQueues(request,
             target,
             options=(),
             channel_credentials=None,
@@ -340,9 +341,9 @@ class Executor:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/agentrt.executor.v1.Executor/GetRunQueue',
-            agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunQueueRequest.SerializeToString,
-            agentrt_dot_executor_dot_v1_dot_executor__pb2.GetRunQueueResponse.FromString,
+            '/agentrt.executor.v1.Executor/ListQueues',
+            agentrt_dot_executor_dot_v1_dot_executor__pb2.ListQueuesRequest.SerializeToString,
+            agentrt_dot_executor_dot_v1_dot_executor__pb2.ListQueuesResponse.FromString,
             options,
             channel_credentials,
             insecure,

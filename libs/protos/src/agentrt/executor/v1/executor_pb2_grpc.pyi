@@ -51,9 +51,10 @@ class ExecutorStub:
     run answers that run (created = false) when the request is the same one, and
     ALREADY_EXISTS (RUN_EXISTS) when it is not: a retry never starts a second run.
     """
-    GetRunQueue: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetRunQueueRequest, _executor_pb2.GetRunQueueResponse]
-    """How the run queue is doing: depth, age of the oldest waiting run, redeliveries,
-    dead letters (for health and monitoring; any replica answers for all).
+    ListQueues: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ListQueuesRequest, _executor_pb2.ListQueuesResponse]
+    """How the queues are doing (runs, webhooks): depth, age of the oldest waiting
+    message, redeliveries, dead letters, for health and monitoring; any replica answers
+    for all. Never fails for a broker that is down: that queue says unavailable.
     """
     StreamRunEvents: _grpc.UnaryStreamMultiCallable[_executor_pb2.StreamRunEventsRequest, _executor_pb2.ExecuteStreamResponse]
     """The run's events after `after_sequence` (0: from its first), live until its last one."""
@@ -85,9 +86,10 @@ class ExecutorAsyncStub(ExecutorStub):
     run answers that run (created = false) when the request is the same one, and
     ALREADY_EXISTS (RUN_EXISTS) when it is not: a retry never starts a second run.
     """
-    GetRunQueue: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetRunQueueRequest, _executor_pb2.GetRunQueueResponse]  # type: ignore[assignment]
-    """How the run queue is doing: depth, age of the oldest waiting run, redeliveries,
-    dead letters (for health and monitoring; any replica answers for all).
+    ListQueues: _aio.UnaryUnaryMultiCallable[_executor_pb2.ListQueuesRequest, _executor_pb2.ListQueuesResponse]  # type: ignore[assignment]
+    """How the queues are doing (runs, webhooks): depth, age of the oldest waiting
+    message, redeliveries, dead letters, for health and monitoring; any replica answers
+    for all. Never fails for a broker that is down: that queue says unavailable.
     """
     StreamRunEvents: _aio.UnaryStreamMultiCallable[_executor_pb2.StreamRunEventsRequest, _executor_pb2.ExecuteStreamResponse]  # type: ignore[assignment]
     """The run's events after `after_sequence` (0: from its first), live until its last one."""
@@ -136,13 +138,14 @@ class ExecutorServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
-    def GetRunQueue(
+    def ListQueues(
         self,
-        request: _executor_pb2.GetRunQueueRequest,
+        request: _executor_pb2.ListQueuesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_executor_pb2.GetRunQueueResponse, _abc.Awaitable[_executor_pb2.GetRunQueueResponse]]:
-        """How the run queue is doing: depth, age of the oldest waiting run, redeliveries,
-        dead letters (for health and monitoring; any replica answers for all).
+    ) -> _typing.Union[_executor_pb2.ListQueuesResponse, _abc.Awaitable[_executor_pb2.ListQueuesResponse]]:
+        """How the queues are doing (runs, webhooks): depth, age of the oldest waiting
+        message, redeliveries, dead letters, for health and monitoring; any replica answers
+        for all. Never fails for a broker that is down: that queue says unavailable.
         """
 
     @_abc_1.abstractmethod
