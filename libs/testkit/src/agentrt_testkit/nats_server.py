@@ -14,14 +14,12 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sysconfig
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from agentrt_testkit.ports import free_port
+from agentrt_testkit.server_process import ServerProcess
 
 
 def nats_server_binary() -> str:
@@ -35,15 +33,18 @@ def nats_server_binary() -> str:
     return found
 
 
-class NatsServer:
+class NatsServer(ServerProcess):
     """One nats-server process with JetStream enabled."""
 
+    program = "nats-server"
+
     def __init__(self, store_dir: str | None = None, port: int | None = None) -> None:
-        self._own_dir = store_dir is None
-        self.store_dir = store_dir or tempfile.mkdtemp(prefix="agentrt-nats-")
-        self.port = port or free_port()
-        self.host = "127.0.0.1"
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__(store_dir, prefix="agentrt-nats-", port=port)
+
+    @property
+    def store_dir(self) -> str:
+        """The JetStream store (and the log)."""
+        return self._dir
 
     @property
     def url(self) -> str:
@@ -55,49 +56,24 @@ class NatsServer:
         """Where the server writes its log."""
         return str(Path(self.store_dir) / "nats-server.log")
 
-    @property
-    def running(self) -> bool:
-        """True while the process is alive."""
-        return self._proc is not None and self._proc.poll() is None
+    def _argv(self) -> list[str]:
+        return [
+            nats_server_binary(),
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            self.store_dir,
+            "--server_name",
+            f"test-{self.port}",
+            "-l",
+            self.log_file,
+        ]
 
-    def start(self, timeout: float = 10.0) -> NatsServer:
-        """Start the server and wait until it accepts clients with JetStream on."""
-        if self.running:
-            return self
-        self._proc = subprocess.Popen(  # noqa: S603 - fixed argv
-            [
-                nats_server_binary(),
-                "-a",
-                self.host,
-                "-p",
-                str(self.port),
-                "-js",
-                "-sd",
-                self.store_dir,
-                "--server_name",
-                f"test-{self.port}",
-                "-l",
-                self.log_file,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            # Own session: a Ctrl-C meant for the parent must not kill NATS before
-            # the services using it have drained.
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                log = Path(self.log_file)
-                err = log.read_text(errors="replace") if log.exists() else ""
-                raise RuntimeError(f"nats-server exited: {err[-2000:]}")
-            if self._jetstream_ready():
-                return self
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"nats-server did not start on port {self.port} in {timeout}s")
-
-    def _jetstream_ready(self) -> bool:
+    def _ready(self) -> bool:
+        """Whether the server accepts clients with JetStream on (its INFO says so)."""
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5) as s:
                 line = s.makefile("rb").readline().decode()
@@ -106,28 +82,6 @@ class NatsServer:
         if not line.startswith("INFO "):
             return False
         return bool(json.loads(line[5:]).get("jetstream"))
-
-    def stop(self) -> None:
-        """Stop the server (its store stays for a later start)."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc = None
-
-    def kill(self) -> None:
-        """SIGKILL the server (a crash: nothing flushed, no goodbye); its store stays."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
 
     @contextlib.contextmanager
     def paused(self, timeout: float = 5.0) -> Iterator[None]:
@@ -149,12 +103,6 @@ class NatsServer:
             yield
         finally:
             os.kill(pid, signal.SIGCONT)
-
-    def close(self) -> None:
-        """Stop the server and delete its store."""
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.store_dir, ignore_errors=True)
 
 
 def _process_state(pid: int) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import pytest
 
@@ -24,16 +25,40 @@ from agentrt_testkit.nats_server import NatsServer
 from agentrt_testkit.postgres import PostgresDatabase, create_schema, drop_schema, test_database
 from agentrt_testkit.rabbitmq_server import RabbitServer
 from agentrt_testkit.redis_server import RedisServer
+from agentrt_testkit.server_process import ServerProcess
+
+S = TypeVar("S", bound=ServerProcess)
+
+
+def _started(new: Callable[[], S]) -> Iterator[S]:
+    """A server made by `new`, started; closed when the fixture ends."""
+    server = new().start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _factory(new: Callable[[], S]) -> Iterator[Callable[[], S]]:
+    """Start servers made by `new` on demand; all are closed when the fixture ends."""
+    servers: list[S] = []
+
+    def make() -> S:
+        server = new().start()
+        servers.append(server)
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in servers:
+            server.close()
 
 
 @pytest.fixture(scope="session")
 def nats_server() -> Iterator[NatsServer]:
     """A nats-server (JetStream on) shared by the whole run."""
-    server = NatsServer().start()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _started(NatsServer)
 
 
 @pytest.fixture
@@ -45,72 +70,31 @@ def nats_prefix() -> str:
 @pytest.fixture
 def make_nats_server() -> Iterator[Callable[[], NatsServer]]:
     """Start servers owned by one test; all are closed after it."""
-    servers: list[NatsServer] = []
-
-    def make() -> NatsServer:
-        server = NatsServer().start()
-        servers.append(server)
-        return server
-
-    try:
-        yield make
-    finally:
-        for server in servers:
-            server.close()
+    yield from _factory(NatsServer)
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A redis-server shared by the whole run (tests keep apart by key prefix)."""
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _started(RedisServer)
 
 
 @pytest.fixture
 def make_redis_server() -> Iterator[Callable[[], RedisServer]]:
     """Start Redis servers owned by one test; all are closed after it."""
-    servers: list[RedisServer] = []
-
-    def make() -> RedisServer:
-        server = RedisServer().start()
-        servers.append(server)
-        return server
-
-    try:
-        yield make
-    finally:
-        for server in servers:
-            server.close()
+    yield from _factory(RedisServer)
 
 
 @pytest.fixture(scope="session")
 def rabbitmq_server() -> Iterator[RabbitServer]:
     """A RabbitMQ node shared by the whole run (tests keep apart by name prefix)."""
-    server = RabbitServer().start()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from _started(RabbitServer)
 
 
 @pytest.fixture
 def make_rabbitmq_server() -> Iterator[Callable[[], RabbitServer]]:
     """Start RabbitMQ nodes owned by one test (slow: ~5 s each); all are closed after it."""
-    servers: list[RabbitServer] = []
-
-    def make() -> RabbitServer:
-        server = RabbitServer().start()
-        servers.append(server)
-        return server
-
-    try:
-        yield make
-    finally:
-        for server in servers:
-            server.close()
+    yield from _factory(RabbitServer)
 
 
 @pytest.fixture(scope="session")

@@ -21,16 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
-import time
 import uuid
 from pathlib import Path
+from typing import Self
 
 from agentrt_testkit.ports import free_port
+from agentrt_testkit.server_process import ServerProcess
 
 RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
@@ -50,19 +49,28 @@ def rabbitmq_server_script() -> str:
     return RABBITMQ_SERVER
 
 
-class RabbitServer:
-    """One RabbitMQ node with the management plugin, as the user running the tests."""
+class RabbitServer(ServerProcess):
+    """One RabbitMQ node with the management plugin, as the user running the tests.
+
+    Unlike the other servers it takes its node's whole process group away on `stop()`
+    and `kill()`, polls less often, and kills a node that did not come up in time.
+    """
+
+    program = "rabbitmq-server"
+    poll_interval = 0.05
+    no_log = "(no log)"
 
     def __init__(self, data_dir: str | None = None) -> None:
-        self._own_dir = data_dir is None
-        self.data_dir = data_dir or tempfile.mkdtemp(prefix="agentrt-rabbitmq-")
-        self.host = "127.0.0.1"
-        self.port = free_port()
+        super().__init__(data_dir, prefix="agentrt-rabbitmq-")
         self.dist_port = free_port()
         self.management_port = free_port()
         self.node = f"agentrt-{uuid.uuid4().hex[:10]}@localhost"
-        self._proc: subprocess.Popen[bytes] | None = None
         self._write_config()
+
+    @property
+    def data_dir(self) -> str:
+        """The node's mnesia and quorum-queue data, log, configuration and Erlang cookie."""
+        return self._dir
 
     @property
     def url(self) -> str:
@@ -78,11 +86,6 @@ class RabbitServer:
     def log_file(self) -> str:
         """Where the node writes its log."""
         return str(Path(self.data_dir) / "log" / f"{self.node}.log")
-
-    @property
-    def running(self) -> bool:
-        """True while the node's process is alive."""
-        return self._proc is not None and self._proc.poll() is None
 
     def _write_config(self) -> None:
         base = Path(self.data_dir)
@@ -112,28 +115,20 @@ class RabbitServer:
             "ERL_EPMD_ADDRESS": self.host,
         }
 
-    def start(self, timeout: float = 60.0) -> RabbitServer:
+    def _argv(self) -> list[str]:
+        return [rabbitmq_server_script()]
+
+    def start(self, timeout: float = 60.0) -> Self:
         """Start the node and wait until it speaks AMQP and its management API listens."""
-        if self.running:
-            return self
-        self._proc = subprocess.Popen(  # noqa: S603 - fixed argv
-            [rabbitmq_server_script()],
-            env=self._environment(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            # Its own process group: stop() and kill() take beam and its helpers with it.
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                self._proc = None
-                raise RuntimeError(f"rabbitmq-server exited: {self._log_tail()}")
-            if self._answers() and self._listens(self.management_port):
-                return self
-            time.sleep(0.05)
+        return super().start(timeout)
+
+    def _ready(self) -> bool:
+        return self._answers() and self._listens(self.management_port)
+
+    def _not_started(self, timeout: float) -> RuntimeError:
+        """Kill a node not up within `timeout` seconds; the error saying so, with its log's tail."""
         self.kill()
-        raise RuntimeError(f"RabbitMQ did not start in {timeout}s: {self._log_tail()}")
+        return RuntimeError(f"RabbitMQ did not start in {timeout}s: {self._log_tail()}")
 
     def _answers(self) -> bool:
         """Whether the AMQP listener answers the protocol header with connection.start."""
@@ -150,10 +145,6 @@ class RabbitServer:
                 return True
         except OSError:
             return False
-
-    def _log_tail(self) -> str:
-        log = Path(self.log_file)
-        return log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the node cleanly (SIGTERM); its data stays for a later start."""
@@ -179,9 +170,3 @@ class RabbitServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
         self._proc = None
-
-    def close(self) -> None:
-        """Stop the node and delete its data."""
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -51,6 +51,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from agent_executor.adapters.queue_signals import LostSignals
 from agent_executor.application.ports import QueueDelivery, QueueStats, QueueUnavailable
 from agentrt_kit.nats import Names, NatsClient, ensure_stream, publish
 
@@ -109,7 +110,7 @@ class JetStreamRunQueue:
         self._subscription_on: NatsConnection | None = None
         self._pulling = asyncio.Lock()
         self._closed = False
-        self._warned = False
+        self._lost = LostSignals(log)  # a lost signal warns once per connection
 
     async def start(self) -> None:
         """Declare the streams and the consumer now if NATS is up, and after every reconnect."""
@@ -128,7 +129,7 @@ class JetStreamRunQueue:
     def _forget(self) -> None:
         """After a reconnect: the server may have lost the streams, declare them again."""
         self._declared_on = None
-        self._warned = False
+        self._lost.reset()
 
     async def _ready(self) -> None:
         nc = self._client.nc
@@ -296,16 +297,6 @@ class JetStreamRunQueue:
             oldest_age_seconds=oldest,
             redelivered=consumer.num_redelivered or 0,
             dead_letters=dead.state.messages,
-        )
-
-    def _lost(self, what: str, run_id: str, error: BaseException) -> None:
-        """Log a lost signal at WARNING once per connection, then at DEBUG."""
-        level = logging.DEBUG if self._warned else logging.WARNING
-        self._warned = True
-        log.log(
-            level,
-            "run queue signal lost",
-            extra={"signal": what, "run_id": run_id, "error": repr(error)},
         )
 
 

@@ -106,6 +106,7 @@ from aio_pika.exceptions import (
     PublishError,
 )
 
+from agent_executor.adapters.queue_signals import LostSignals
 from agent_executor.application.ports import QueueDelivery, QueueStats, QueueUnavailable
 from agentrt_kit.concurrency import cancel_and_wait, wait_event
 
@@ -167,7 +168,7 @@ class RabbitRunQueue:
         self._pulling = asyncio.Lock()
         self._held: set[RabbitDelivery] = set()
         self._closed = False
-        self._warned = False
+        self.lost = LostSignals(log)  # a lost signal warns once per connection
 
     # ------------------------------------------------------------ lifecycle
 
@@ -229,7 +230,7 @@ class RabbitRunQueue:
         except AMQP_ERRORS as e:
             raise QueueUnavailable(f"run queue not declared: {e!r}") from e
         self._declared_on = transport
-        self._warned = False
+        self.lost.reset()
 
     @contextlib.asynccontextmanager
     async def _channel(self) -> AsyncIterator[AbstractChannel]:
@@ -462,16 +463,6 @@ class RabbitRunQueue:
     def release(self, delivery: RabbitDelivery) -> None:
         """A delivery is held no more (acknowledged, returned or lost)."""
         self._held.discard(delivery)
-
-    def lost(self, what: str, run_id: str, error: BaseException) -> None:
-        """Log a lost signal at WARNING once per connection, then at DEBUG."""
-        level = logging.DEBUG if self._warned else logging.WARNING
-        self._warned = True
-        log.log(
-            level,
-            "run queue signal lost",
-            extra={"signal": what, "run_id": run_id, "error": repr(error)},
-        )
 
 
 def _message_count(queue: AbstractQueue) -> int:

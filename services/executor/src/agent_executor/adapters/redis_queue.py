@@ -57,6 +57,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
+from agent_executor.adapters.queue_signals import LostSignals
 from agent_executor.application.ports import QueueDelivery, QueueStats, QueueUnavailable
 
 log = logging.getLogger(__name__)
@@ -268,7 +269,7 @@ class RedisRunQueue:
         self._stats = self._redis.register_script(STATS)
         self._leave = self._redis.register_script(LEAVE)
         self._closed = False
-        self._warned = False
+        self._lost = LostSignals(log)  # a lost signal warns once until Redis answers again
 
     async def start(self) -> None:
         """Create the group now if Redis is up; check that Redis keeps what it acknowledged."""
@@ -325,7 +326,7 @@ class RedisRunQueue:
             except REDIS_ERRORS as e:
                 raise QueueUnavailable(f"{what}: {e!r}") from e
             else:
-                self._warned = False
+                self._lost.reset()
                 return result
         raise AssertionError("unreachable")
 
@@ -462,16 +463,6 @@ class RedisRunQueue:
             self._lost("extension" if delay is None else "retry", delivery.run_id, e)
             return False
         return True
-
-    def _lost(self, what: str, run_id: str, error: BaseException) -> None:
-        """Log a lost signal at WARNING once until Redis answers again, then at DEBUG."""
-        level = logging.DEBUG if self._warned else logging.WARNING
-        self._warned = True
-        log.log(
-            level,
-            "run queue signal lost",
-            extra={"signal": what, "run_id": run_id, "error": repr(error)},
-        )
 
 
 class RedisDelivery:
