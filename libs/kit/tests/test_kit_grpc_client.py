@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -190,3 +192,37 @@ async def test_calls_are_spread_over_every_address_of_the_target(make_service) -
         await stub.GetAgent(pb.GetAgentRequest())
     assert len(first.registry.seen) >= 5
     assert len(second.registry.seen) >= 5
+
+
+# ------------------------------------------------------------------ reconnecting
+
+
+async def test_calls_succeed_within_about_a_second_of_a_server_coming_back(
+    make_service: Any,
+) -> None:
+    first = await make_service()
+    stub = first.registry_stub(default_timeout=2)
+    await stub.GetAgent(pb.GetAgentRequest())
+    await first.server.stop(0)
+    # Down long enough for gRPC's default backoff (1 s growing by 1.6 times) to pass 2.5 s.
+    down_until = time.monotonic() + 6.0
+    while time.monotonic() < down_until:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.GetAgent(pb.GetAgentRequest())
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        await asyncio.sleep(0.1)
+
+    await make_service(port=first.port)  # the same address, serving again
+    back = time.monotonic()
+    refusals: list[grpc.StatusCode] = []
+    while True:
+        try:
+            await stub.GetAgent(pb.GetAgentRequest())
+            break
+        except grpc.aio.AioRpcError as e:
+            refusals.append(e.code())
+            assert time.monotonic() - back < 5.0, f"never reconnected: {refusals[-3:]}"
+            await asyncio.sleep(0.02)
+    assert set(refusals) <= {grpc.StatusCode.UNAVAILABLE}
+    # The backoff is capped at 0.8 s (+20 % jitter); a loaded machine gets some slack.
+    assert time.monotonic() - back < 1.5
