@@ -42,11 +42,11 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
+from agent_executor.adapters.event_outbox import EventOutbox
 from agent_executor.adapters.proto_mapping import parse_run_event, stored_run_event
 from agent_executor.application.ports import QueueUnavailable
 from agent_executor.domain.runs import RunEvent
 from agentrt.events.v1 import run_events_pb2
-from agentrt_kit.concurrency import cancel_and_wait
 from agentrt_kit.nats import (
     MSG_ID_HEADER,
     BackgroundSubscription,
@@ -59,14 +59,12 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 1  # how long a WaitRun waits for NATS to confirm its subscription
 NATS_POLL_SECONDS = 0.1  # how often the sending task looks whether NATS is back
 
-# (event, agent id, agent version, flush marker): a marker instead of an event
-# resolves once everything queued before it has been sent; neither (queued after a
+# Queued (event_outbox): an entry with neither event nor marker (queued after a
 # reconnect) has the pump send again what the old connection may have lost.
-Queued = tuple[RunEvent | None, str, int, "asyncio.Future[None] | None"]
 Sent = tuple[int, str, bytes, dict[str, str]]  # (send number, subject, data, headers)
 
 
-class JetStreamRunEvents:
+class JetStreamRunEvents(EventOutbox):
     """The `RunEventSink` port on JetStream.
 
     `publish` only queues: one pump task sends the queue in order, so a run never
@@ -91,58 +89,29 @@ class JetStreamRunEvents:
         ack_timeout: float = 5.0,
         max_queued: int = 100_000,
     ) -> None:
+        super().__init__(max_queued, log)
         self._client = client
         self._names = names
         self.stream = names.stream("run_events")
         self._retention = retention_seconds
         self._max_bytes = max_bytes
         self._ack_timeout = ack_timeout
-        self._queue: asyncio.Queue[Queued] = asyncio.Queue(max_queued)
         self._ready_on: tuple[Any, int] | None = None  # (connection, reconnects) declared on
         self._retry_at = 0.0
         self._acks: dict[str, asyncio.Future[Any]] = {}  # of each run's last event, until settled
-        self._lost: dict[str, int] = {}  # events of a run dropped because the queue was full
         self._unconfirmed: deque[Sent] = deque(maxlen=max_queued)
         self._sends = 0
-        self._pump: asyncio.Task[None] | None = None
-        self.unsent = 0  # events queued or being sent
-        self.published = 0
-        self.dropped = 0
 
     async def start(self) -> None:
         """Start sending queued events."""
         self._client.on_reconnect(self._reconnected)
-        self._pump = asyncio.create_task(self._send_forever(), name="run-events")
+        self._start_pump(self._send_forever())
 
     def _reconnected(self) -> None:
         # Wakes an idle pump: a run's last event lost with the old connection must not
         # wait for the next run's first event to be sent again.
         with contextlib.suppress(asyncio.QueueFull):
             self._queue.put_nowait((None, "", 0, None))
-
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Send what is queued (for at most `timeout` seconds), then stop."""
-        if self._pump is None:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), timeout)
-        await cancel_and_wait(self._pump)
-        if self.unsent:
-            log.warning("run events not sent before stopping", extra={"events": self.unsent})
-
-    def publish(self, event: RunEvent, agent_id: str, agent_version: int) -> None:
-        """Queue an event (dropped, counted and logged when the queue is full)."""
-        try:
-            self._queue.put_nowait((event, agent_id, agent_version, None))
-            self.unsent += 1
-        except asyncio.QueueFull:
-            self.dropped += 1
-            lost = self._lost[event.run_id] = self._lost.get(event.run_id, 0) + 1
-            if lost == 1:
-                log.warning(
-                    "run event queue full: events dropped",
-                    extra={"run_id": event.run_id, "sequence": event.sequence},
-                )
 
     async def flush(self, run_id: str) -> None:
         """Wait until the run's events are stored; give up after twice `ack_timeout`.
@@ -152,18 +121,10 @@ class JetStreamRunEvents:
         which confirms them all. Events still queued when this gives up (NATS is away)
         are sent once NATS is back; an acknowledgement that does not come is logged.
         """
-        marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        try:
-            async with asyncio.timeout(self._ack_timeout):
-                await self._queue.put((None, run_id, 0, marker))
-                await marker  # cancelled on timeout: the pump then skips it
-        except TimeoutError:
-            log.warning("run events not sent yet", extra={"run_id": run_id, "unsent": self.unsent})
-        else:
-            if (ack := self._acks.get(run_id)) is not None:
-                await asyncio.wait([ack])  # settled within ack_timeout by `_settle`'s timer
-        if lost := self._lost.pop(run_id, 0):
-            log.warning("run events lost", extra={"run_id": run_id, "lost": lost})
+        sent = await self._sent_within(run_id, self._ack_timeout)
+        if sent and (ack := self._acks.get(run_id)) is not None:
+            await asyncio.wait([ack])  # settled within ack_timeout by `_settle`'s timer
+        self._report_lost(run_id)
 
     async def _send_forever(self) -> None:
         while True:

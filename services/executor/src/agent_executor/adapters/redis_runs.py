@@ -36,7 +36,6 @@ for Redis as long as it takes, backing off to `PATIENT_CAP_SECONDS`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -51,6 +50,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError, ResponseError
 
+from agent_executor.adapters.event_outbox import EventOutbox
 from agent_executor.adapters.proto_mapping import parse_run_event, stored_run_event
 from agent_executor.application.ports import QueueUnavailable
 from agent_executor.domain.runs import RunEvent
@@ -73,9 +73,6 @@ COMMAND_RETRY = Retry(ExponentialWithJitterBackoff(cap=0.5, base=0.05), retries=
 PATIENT = Retry(ExponentialWithJitterBackoff(cap=PATIENT_CAP_SECONDS, base=0.05), retries=-1)
 
 Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry as redis-py returns it: (id, fields)
-# (event, agent id, agent version, flush marker): a marker instead of an event
-# resolves once everything queued before it has been written.
-Queued = tuple[RunEvent | None, str, int, "asyncio.Future[None] | None"]
 
 
 def _events_key(prefix: str, run_id: str) -> str:
@@ -180,7 +177,7 @@ class _Written:
         return self.entries[0][0]
 
 
-class RedisRunEvents:
+class RedisRunEvents(EventOutbox):
     """The `RunEventSink` port on Redis Streams.
 
     `publish` only queues: one task writes the queue in order, so a run never waits
@@ -200,68 +197,28 @@ class RedisRunEvents:
         flush_timeout: float = 5.0,
         max_queued: int = 100_000,
     ) -> None:
+        super().__init__(max_queued, log)
         self._client = client
         self._prefix = prefix
         self._ended = f"{prefix}:runs:ended"
         self._retention_ms = max(1, round(retention_seconds * 1000))
         self._max_bytes = max_bytes
         self._flush_timeout = flush_timeout
-        self._queue: asyncio.Queue[Queued] = asyncio.Queue(max_queued)
         self._written: dict[str, _Written] = {}  # with max_bytes: of runs going on here
-        self._lost: dict[str, int] = {}  # events of a run dropped (queue full, or refused)
         self._away = False  # Redis did not answer the last write
-        self._pump: asyncio.Task[None] | None = None
-        self.unsent = 0  # events queued or being written
-        self.published = 0  # events Redis holds (written now, or held already)
-        self.dropped = 0
 
     async def start(self) -> None:
         """Start writing queued events."""
-        self._pump = asyncio.create_task(self._send_forever(), name="run-events")
-
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Write what is queued (for at most `timeout` seconds), then stop."""
-        if self._pump is None:
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), timeout)
-        await cancel_and_wait(self._pump)
-        self._pump = None
-        if self.unsent:
-            log.warning("run events not sent before stopping", extra={"events": self.unsent})
-
-    def publish(self, event: RunEvent, agent_id: str, agent_version: int) -> None:
-        """Queue an event (dropped, counted and logged when the queue is full)."""
-        try:
-            self._queue.put_nowait((event, agent_id, agent_version, None))
-            self.unsent += 1
-        except asyncio.QueueFull:
-            self._drop(event)
-            if self._lost[event.run_id] == 1:
-                log.warning(
-                    "run event queue full: events dropped",
-                    extra={"run_id": event.run_id, "sequence": event.sequence},
-                )
-
-    def _drop(self, event: RunEvent) -> None:
-        self.dropped += 1
-        self._lost[event.run_id] = self._lost.get(event.run_id, 0) + 1
+        self._start_pump(self._send_forever())
 
     async def flush(self, run_id: str) -> None:
         """Wait until the run's queued events are written; give up after `flush_timeout`.
 
         Events still queued when this gives up (Redis is away) are written once it is back.
         """
-        marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        try:
-            async with asyncio.timeout(self._flush_timeout):
-                await self._queue.put((None, run_id, 0, marker))
-                await marker  # cancelled on timeout: the pump then skips it
-        except TimeoutError:
-            log.warning("run events not sent yet", extra={"run_id": run_id, "unsent": self.unsent})
+        await self._sent_within(run_id, self._flush_timeout)
         self._written.pop(run_id, None)  # the run ended here, or went to another executor
-        if lost := self._lost.pop(run_id, 0):
-            log.warning("run events lost", extra={"run_id": run_id, "lost": lost})
+        self._report_lost(run_id)
 
     async def _send_forever(self) -> None:
         while True:
