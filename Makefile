@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 SRC := libs/kit/src libs/testkit/src services/agent_registry/src services/tools/src services/executor/src services/gateway/src
 PYTEST_ARGS ?=
 
-.PHONY: help install protos lint test test-fast run demo bench clean
+.PHONY: help install protos lint test test-fast run demo bench soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -59,6 +59,11 @@ bench: $(VENV)/.synced ## Benchmarks; results go to docs/BENCHMARKS.md
 	$(PY) bench/gateway_bench.py --write docs/BENCHMARKS.md
 	$(PY) bench/durable_bench.py --write docs/BENCHMARKS.md
 	$(PY) bench/queue_bench.py --write docs/BENCHMARKS.md
+	$(PY) bench/sessions_bench.py --write docs/BENCHMARKS.md
+
+SOAK_MINUTES ?= 10
+soak: $(VENV)/.synced ## The stack under mixed load for SOAK_MINUTES (10): flat RSS, no error logs, bounded storage
+	$(PY) scripts/soak.py --minutes $(SOAK_MINUTES)
 
 clean: ## Remove the virtualenv, caches and ./var
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .coverage* var

@@ -62,6 +62,7 @@ from executor_bench import TOKEN, create_agent, executor_process, start_services
 from gateway_bench import fresh_database
 
 from agent_executor.adapters.nats_queue import JetStreamRunQueue
+from agent_executor.config import Settings
 from agentrt.executor.v1 import executor_pb2_grpc as pb_grpc
 from agentrt.registry.v1 import registry_pb2_grpc as rpb_grpc
 from agentrt_kit.grpc.client import create_channel
@@ -239,7 +240,14 @@ class RawQueue:
 def adapter(broker: Broker, client: NatsClient) -> Any:
     """The run-queue adapter of `broker`, configured as the executor's run queue."""
     if broker.backend == "nats":
-        return JetStreamRunQueue(client, Names(RAW_PREFIX), **QUEUE_SETTINGS)
+        settings = Settings()  # the executor's defaults: its queue and dead-letter bounds
+        return JetStreamRunQueue(
+            client,
+            Names(RAW_PREFIX),
+            limits=settings.queue_limits(),
+            dead_letter_limits=settings.dead_letter_limits(),
+            **QUEUE_SETTINGS,
+        )
     if broker.backend == "redis":
         from agent_executor.adapters.redis_queue import RedisRunQueue
 

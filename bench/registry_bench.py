@@ -300,10 +300,13 @@ async def run_backend(
     backend: str, settings_kwargs: dict[str, Any], nats_url: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     prefix = f"bench{uuid.uuid4().hex[:6]}"
-    nc = await nats.connect(nats_url)
-    await publish_descriptor(await open_bucket(nc.jetstream(), Names(prefix)), SIMPLE.to_document())
-    await nc.close()
     settings = Settings(port=0, nats_url=nats_url, nats_prefix=prefix, **settings_kwargs)
+    nc = await nats.connect(nats_url)
+    await publish_descriptor(
+        await open_bucket(nc.jetstream(), Names(prefix), settings.catalog_limits()),
+        SIMPLE.to_document(),
+    )
+    await nc.close()
     env = eventsourcing_env(settings)
     result: dict[str, Any] = {"backend": backend}
     n = args.ops

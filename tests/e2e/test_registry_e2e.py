@@ -16,6 +16,7 @@ from agentrt.registry.v1 import registry_pb2 as pb
 from agentrt.registry.v1 import registry_pb2_grpc as pb_grpc
 from agentrt_kit.catalog import open_bucket, publish_descriptor
 from agentrt_kit.nats import Names
+from agentrt_kit.settings import ServiceSettings
 from agentrt_testkit.processes import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +38,10 @@ SIMPLE = {
 async def publish_templates(nats_server: Any, prefix: str) -> None:
     nc = await nats.connect(nats_server.url)
     try:
-        await publish_descriptor(await open_bucket(nc.jetstream(), Names(prefix)), SIMPLE)
+        await publish_descriptor(
+            await open_bucket(nc.jetstream(), Names(prefix), ServiceSettings().catalog_limits()),
+            SIMPLE,
+        )
     finally:
         await nc.close()
 

@@ -24,7 +24,7 @@ from agentrt.executor.v1 import executor_pb2 as ex_pb
 from agentrt.executor.v1 import executor_pb2_grpc as ex_grpc
 from agentrt.registry.v1 import registry_pb2 as pb
 from agentrt.registry.v1 import registry_pb2_grpc as pb_grpc
-from agentrt_kit.context import current_actor, current_request_id
+from agentrt_kit.context import current_actor, current_request_id, remaining_seconds
 from agentrt_kit.errors import FailedPrecondition, FieldViolation, NotFound, Unavailable, invalid
 from agentrt_kit.grpc.client import create_channel
 from agentrt_kit.grpc.server import GrpcServer, ServiceBinding
@@ -41,6 +41,7 @@ def _seen(context: grpc.aio.ServicerContext) -> dict[str, Any]:
         "metadata": {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)},
         "trace_id": span.trace_id if span.is_valid else None,
         "time_remaining": context.time_remaining(),
+        "remaining_seconds": remaining_seconds(),
     }
 
 

@@ -19,8 +19,10 @@ from agentrt_kit.audit import (
     AuditPublisher,
 )
 from agentrt_kit.logging import JsonFormatter
-from agentrt_kit.nats import Names, NatsClient
+from agentrt_kit.nats import Names, NatsClient, StreamLimits
 from agentrt_testkit.audit import connected, records_of, stored, wait_for_records
+
+LIMITS = StreamLimits(3_600.0, 64 * 1024**2)
 
 
 def event(action: str, target: str, **fields: Any) -> AuditEvent:
@@ -32,14 +34,18 @@ def event(action: str, target: str, **fields: Any) -> AuditEvent:
 
 def test_the_subject_is_audit_service_action() -> None:
     names = Names("p1")
-    publisher = AuditPublisher(NatsClient("nats://127.0.0.1:1", name="x"), names, "tools")
+    publisher = AuditPublisher(
+        NatsClient("nats://127.0.0.1:1", name="x"), names, "tools", limits=LIMITS
+    )
     assert publisher.subject("invoke") == "p1.audit.tools.invoke"
     assert publisher.subject("agent.create") == "p1.audit.tools.agent.create"
 
 
 @pytest.mark.parametrize("action", ["", "a..b", "a.", ".a", "a.*", "a.>", "a b", "x\ny", "é"])
 def test_an_action_that_is_not_subject_tokens_is_refused(action: str) -> None:
-    publisher = AuditPublisher(NatsClient("nats://127.0.0.1:1", name="x"), Names("p"), "gw")
+    publisher = AuditPublisher(
+        NatsClient("nats://127.0.0.1:1", name="x"), Names("p"), "gw", limits=LIMITS
+    )
     with pytest.raises(ValueError, match="audit action"):
         publisher.record(AuditEvent(action=action))
     assert publisher.dropped == 0
@@ -48,7 +54,9 @@ def test_an_action_that_is_not_subject_tokens_is_refused(action: str) -> None:
 @pytest.mark.parametrize("service", ["", "a.b", "*", "gate way"])
 def test_a_service_that_is_not_one_subject_token_is_refused(service: str) -> None:
     with pytest.raises(ValueError, match="service"):
-        AuditPublisher(NatsClient("nats://127.0.0.1:1", name="x"), Names("p"), service)
+        AuditPublisher(
+            NatsClient("nats://127.0.0.1:1", name="x"), Names("p"), service, limits=LIMITS
+        )
 
 
 # ============================================================== publishing
@@ -59,7 +67,7 @@ async def test_records_go_out_as_one_batch_per_action_subject(
 ) -> None:
     names = Names(nats_prefix)
     async with connected(nats_server.url) as client:
-        publisher = AuditPublisher(client, names, "gateway", linger=0.5)
+        publisher = AuditPublisher(client, names, "gateway", limits=LIMITS, linger=0.5)
         await publisher.start()
         before = time.time()
         publisher.record(
@@ -111,7 +119,7 @@ async def test_records_go_out_as_one_batch_per_action_subject(
 async def test_a_round_carries_at_most_256_records(nats_server: Any, nats_prefix: str) -> None:
     names = Names(nats_prefix)
     async with connected(nats_server.url) as client:
-        publisher = AuditPublisher(client, names, "tools")
+        publisher = AuditPublisher(client, names, "tools", limits=LIMITS)
         for n in range(300):  # queued before the publisher starts: all ready at once
             publisher.record(event("invoke", f"call-{n}"))
         await publisher.start()
@@ -127,7 +135,7 @@ async def test_oversized_records_are_capped_and_split_into_batches_nats_accepts(
     names = Names(nats_prefix)
     huge = "x" * 5 * MAX_FIELD_CHARS
     async with connected(nats_server.url) as client:
-        publisher = AuditPublisher(client, names, "gateway")
+        publisher = AuditPublisher(client, names, "gateway", limits=LIMITS)
         for n in range(200):  # uncapped, one round would be ~7 MB, over NATS's 1 MiB limit
             publisher.record(
                 AuditEvent(
@@ -159,7 +167,7 @@ async def test_records_wait_out_a_nats_outage_and_arrive_once(
     names = Names(nats_prefix)
     stream = names.stream("audit")
     async with connected(server.url) as client:
-        publisher = AuditPublisher(client, names, "tools")
+        publisher = AuditPublisher(client, names, "tools", limits=LIMITS)
         await publisher.start()
         publisher.record(event("invoke", "before"))
         assert len(records_of(await wait_for_records(server.url, stream, 1))) == 1
@@ -188,7 +196,7 @@ async def test_a_full_queue_drops_the_oldest_and_counts(
 ) -> None:
     names = Names(nats_prefix)
     async with connected(nats_server.url) as client:
-        publisher = AuditPublisher(client, names, "tools", capacity=3)
+        publisher = AuditPublisher(client, names, "tools", limits=LIMITS, capacity=3)
         with caplog.at_level(logging.ERROR, logger="agentrt_kit.audit"):
             for n in range(5):  # nothing publishes yet: the queue fills up
                 publisher.record(event("invoke", f"call-{n}"))
@@ -207,7 +215,7 @@ async def test_a_full_queue_drops_the_oldest_and_counts(
 async def test_stop_publishes_what_is_queued_first(nats_server: Any, nats_prefix: str) -> None:
     names = Names(nats_prefix)
     async with connected(nats_server.url) as client:
-        publisher = AuditPublisher(client, names, "tools", linger=0.3)
+        publisher = AuditPublisher(client, names, "tools", limits=LIMITS, linger=0.3)
         await publisher.start()
         for n in range(3):
             publisher.record(event("invoke", f"call-{n}"))
@@ -222,7 +230,7 @@ async def test_stop_gives_up_after_its_timeout_while_nats_is_down(
 ) -> None:
     server = make_nats_server()
     async with connected(server.url) as client:
-        publisher = AuditPublisher(client, Names(nats_prefix), "tools")
+        publisher = AuditPublisher(client, Names(nats_prefix), "tools", limits=LIMITS)
         await publisher.start()
         server.stop()
         publisher.record(event("invoke", "lost"))
@@ -241,7 +249,7 @@ async def test_the_log_mirror_writes_each_record_once_escaped(
     names = Names(nats_prefix)
     forged = 'x\n{"level": "INFO", "msg": "audit", "principal_id": "admin"}'
     async with connected(nats_server.url) as client:
-        publisher = AuditPublisher(client, names, "gateway", log_records=True)
+        publisher = AuditPublisher(client, names, "gateway", limits=LIMITS, log_records=True)
         await publisher.start()
         with caplog.at_level(logging.INFO, logger="agentrt.audit"):
             publisher.record(
@@ -281,7 +289,9 @@ async def test_the_log_mirror_writes_each_record_once_escaped(
 async def test_without_the_log_mirror_nothing_is_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    publisher = AuditPublisher(NatsClient("nats://127.0.0.1:1", name="x"), Names("p"), "tools")
+    publisher = AuditPublisher(
+        NatsClient("nats://127.0.0.1:1", name="x"), Names("p"), "tools", limits=LIMITS
+    )
     with caplog.at_level(logging.INFO, logger="agentrt.audit"):
         publisher.record(event("invoke", "read_lines"))
     assert not [r for r in caplog.records if r.name == "agentrt.audit"]
@@ -297,7 +307,11 @@ def test_the_log_mirror_lines_carry_the_fields_as_json() -> None:
     logger.setLevel(logging.INFO)
     try:
         publisher = AuditPublisher(
-            NatsClient("nats://127.0.0.1:1", name="x"), Names("p"), "gateway", log_records=True
+            NatsClient("nats://127.0.0.1:1", name="x"),
+            Names("p"),
+            "gateway",
+            limits=LIMITS,
+            log_records=True,
         )
         publisher.record(AuditEvent(action="chat.completion", target="m\r\nx", bytes=9))
     finally:

@@ -11,9 +11,11 @@ import nats
 import nats.js.errors
 import pytest
 from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig
 
 from agentrt_kit.catalog import (
     BUCKET,
+    HISTORY,
     CatalogWatcher,
     entry_key,
     executor_key,
@@ -22,7 +24,9 @@ from agentrt_kit.catalog import (
     publish_descriptor,
     publish_executor,
 )
-from agentrt_kit.nats import Names, NatsClient
+from agentrt_kit.nats import Names, NatsClient, StreamLimits
+
+LIMITS = StreamLimits(3_600.0, 16 * 1024**2)
 
 
 @pytest.mark.parametrize(
@@ -80,13 +84,28 @@ async def test_open_bucket_creates_it_then_reopens_it(
     names = Names(nats_prefix)
     with pytest.raises(nats.js.errors.BucketNotFoundError):
         await js.key_value(names.bucket(BUCKET))
-    kv = await open_bucket(js, names)
+    kv = await open_bucket(js, names, LIMITS)
     status = await kv.status()
     assert status.bucket == f"{nats_prefix}_templates"
     assert status.history == 5
     await kv.put("simple", b"{}")
-    again = await open_bucket(js, names)
+    again = await open_bucket(js, names, LIMITS)
     assert (await again.get("simple")).value == b"{}"
+    await js.delete_key_value(names.bucket(BUCKET))
+
+
+async def test_open_bucket_bounds_the_unbounded_bucket_of_an_older_release(
+    js: JetStreamContext, nats_prefix: str
+) -> None:
+    names = Names(nats_prefix)
+    # As releases before issue 13 made it: five values a key, no age or size limit.
+    old = await js.create_key_value(KeyValueConfig(bucket=names.bucket(BUCKET), history=5))
+    await old.put("simple", b"{}")
+    kv = await open_bucket(js, names, LIMITS)
+    config = (await js.stream_info(f"KV_{names.bucket(BUCKET)}")).config
+    assert (config.max_age, config.max_bytes) == (LIMITS.max_age_seconds, LIMITS.max_bytes)
+    assert config.max_msgs_per_subject == HISTORY
+    assert (await kv.get("simple")).value == b"{}"
     await js.delete_key_value(names.bucket(BUCKET))
 
 
@@ -94,7 +113,7 @@ async def test_buckets_of_different_prefixes_are_separate(
     js: JetStreamContext, nats_prefix: str
 ) -> None:
     mine, theirs = Names(nats_prefix), Names(nats_prefix + "x")
-    kv_mine, kv_theirs = await open_bucket(js, mine), await open_bucket(js, theirs)
+    kv_mine, kv_theirs = await open_bucket(js, mine, LIMITS), await open_bucket(js, theirs, LIMITS)
     await publish_descriptor(kv_mine, {"id": "simple", "version": "1"})
     assert await kv_mine.keys() != []
     with pytest.raises(nats.js.errors.NoKeysError):
@@ -106,7 +125,7 @@ async def test_buckets_of_different_prefixes_are_separate(
 async def test_publish_descriptor_writes_versioned_and_latest_keys(
     js: JetStreamContext, nats_prefix: str
 ) -> None:
-    kv = await open_bucket(js, Names(nats_prefix))
+    kv = await open_bucket(js, Names(nats_prefix), LIMITS)
     v1 = {"id": "simple", "version": "1.0.0", "name": "Simple", "config_schema": {"b": 1, "a": 2}}
     v2 = {**v1, "version": "1.1.0", "name": "Simple v2"}
     await publish_descriptor(kv, v1)
@@ -132,7 +151,7 @@ async def test_publish_descriptor_writes_versioned_and_latest_keys(
 async def test_publish_descriptor_refuses_bad_ids_and_writes_nothing(
     js: JetStreamContext, nats_prefix: str, descriptor: dict[str, str]
 ) -> None:
-    kv = await open_bucket(js, Names(nats_prefix))
+    kv = await open_bucket(js, Names(nats_prefix), LIMITS)
     with pytest.raises(ValueError, match="not allowed"):
         await publish_descriptor(kv, descriptor)
     with pytest.raises(nats.js.errors.NoKeysError):
@@ -143,7 +162,7 @@ async def test_publish_descriptor_refuses_bad_ids_and_writes_nothing(
 async def test_publish_descriptor_needs_id_and_version(
     js: JetStreamContext, nats_prefix: str
 ) -> None:
-    kv = await open_bucket(js, Names(nats_prefix))
+    kv = await open_bucket(js, Names(nats_prefix), LIMITS)
     with pytest.raises(KeyError):
         await publish_descriptor(kv, {"id": "simple"})
     await js.delete_key_value(Names(nats_prefix).bucket(BUCKET))
@@ -177,7 +196,7 @@ def executor(executor_id: str, expires_at: float) -> dict[str, Any]:
 async def test_prune_deletes_only_executor_entries_expired_before_the_given_time(
     js: JetStreamContext, nats_prefix: str
 ) -> None:
-    kv = await open_bucket(js, Names(nats_prefix))
+    kv = await open_bucket(js, Names(nats_prefix), LIMITS)
     assert await prune_executors(kv, before=1e12) == []  # an empty bucket
     await publish_descriptor(kv, {"id": "simple", "version": "1"})
     await publish_executor(kv, executor("old", expires_at=100.0))
@@ -197,11 +216,11 @@ async def test_the_watcher_keeps_executor_entries_apart_from_templates(
     await client.start()
     assert await client.wait_connected(5)
     names = Names(nats_prefix)
-    kv = await open_bucket(client.js, names)
+    kv = await open_bucket(client.js, names, LIMITS)
     await publish_descriptor(kv, {"id": "simple", "version": "1"})
     await publish_executor(kv, executor("e1", expires_at=500.0))
     # A parser that takes only templates: it must never see an executor entry.
-    watcher = CatalogWatcher(client, names, lambda doc: str(doc["version"]))
+    watcher = CatalogWatcher(client, names, lambda doc: str(doc["version"]), limits=LIMITS)
     await watcher.start()
     try:
         await asyncio.wait_for(watcher.synced.wait(), 5)

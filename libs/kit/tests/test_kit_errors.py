@@ -190,6 +190,15 @@ def test_codes_outside_the_hierarchy_map_to_unavailable_or_internal(
     assert err.violations == ()
 
 
+def test_a_call_dropped_without_a_refusal_is_unavailable() -> None:
+    # What a client sees of a call a stopping server reset: CANCELLED, no details.
+    dropped = error_from_status("CANCELLED", "Received RST_STREAM with error code 8", None)
+    assert type(dropped) is Unavailable
+    assert dropped.message == "Received RST_STREAM with error code 8"
+    refused = error_from_status("CANCELLED", "x", to_rpc_status(errors.Cancelled("x")))
+    assert type(refused) is errors.Cancelled  # a service's own refusal keeps its meaning
+
+
 def test_details_of_unknown_types_are_ignored() -> None:
     other = status_pb2.Status(code=code_pb2.NOT_FOUND, message="x")
     status = status_pb2.Status(code=code_pb2.NOT_FOUND, message="x")

@@ -18,7 +18,12 @@ from agentrt.executor.v1 import executor_pb2 as ex_pb
 from agentrt.executor.v1 import executor_pb2_grpc as ex_grpc
 from agentrt.registry.v1 import registry_pb2 as pb
 from agentrt.registry.v1 import registry_pb2_grpc as pb_grpc
-from agentrt_kit.context import clean_header_value, current_request_id, new_request_id
+from agentrt_kit.context import (
+    clean_header_value,
+    current_request_id,
+    new_request_id,
+    remaining_seconds,
+)
 from agentrt_kit.errors import FailedPrecondition, Internal, NotFound, Unauthenticated
 from agentrt_kit.grpc.interceptors import bearer_token
 from agentrt_kit.grpc.server import GrpcServer, ServiceBinding
@@ -127,6 +132,16 @@ async def test_actor_header_is_visible_to_the_servicer(service) -> None:
     reply = await stub.GetAgent(get_request(), metadata=(("x-actor", "alice@example.com"),))
     assert reply.agent.created_by == "alice@example.com"
     assert service.registry.seen[-1]["actor"] == "alice@example.com"
+
+
+async def test_the_caller_s_deadline_is_visible_to_the_servicer(service) -> None:
+    stub = pb_grpc.AgentRegistryStub(service.raw_channel())
+    await stub.GetAgent(get_request(), timeout=7)
+    await stub.GetAgent(get_request())
+    with_deadline, without = (s["remaining_seconds"] for s in service.registry.seen)
+    assert 0 < with_deadline <= 7
+    assert without is None
+    assert remaining_seconds() is None  # reset after the call
 
 
 async def test_unsafe_or_missing_actor_is_none(service) -> None:

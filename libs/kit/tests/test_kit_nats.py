@@ -14,7 +14,7 @@ import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, StreamConfig
+from nats.js.api import ConsumerConfig, DiscardPolicy, KeyValueConfig, StreamConfig
 from opentelemetry.sdk.trace import TracerProvider
 
 from agentrt_kit.context import request_id_var
@@ -25,8 +25,10 @@ from agentrt_kit.nats import (
     NatsClient,
     Reject,
     Retry,
+    StreamLimits,
     consume,
     decode_headers,
+    ensure_bucket,
     ensure_stream,
     header,
     publish,
@@ -240,6 +242,60 @@ async def test_ensure_stream_is_idempotent_and_applies_changes(
     assert info.config.max_age == 120
     assert info.state.messages == 1
     await js.delete_stream(config.name)
+
+
+@pytest.mark.parametrize(("max_age", "max_bytes"), [(0, 1), (-1, 1), (1, 0), (1, -1)])
+def test_stream_limits_refuse_what_is_not_a_bound(max_age: float, max_bytes: int) -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        StreamLimits(max_age, max_bytes)
+
+
+def test_stream_limits_make_a_bounded_config_with_a_window_within_max_age() -> None:
+    config = StreamLimits(60.0, 1024).stream_config(
+        name="S", subjects=["s.>"], discard=DiscardPolicy.NEW, duplicate_window=600.0
+    )
+    assert (config.max_age, config.max_bytes, config.discard) == (60.0, 1024, DiscardPolicy.NEW)
+    assert config.duplicate_window == 60.0  # NATS refuses a window longer than max_age
+
+
+async def test_ensure_stream_bounds_a_stream_created_unbounded_and_drops_its_oldest(
+    js: JetStreamContext, nats_prefix: str
+) -> None:
+    names = Names(nats_prefix)
+    name, subjects = names.stream("log"), [names.subject("log", ">")]
+    await ensure_stream(js, StreamConfig(name=name, subjects=subjects))  # no limit at all
+    for n in range(40):
+        await js.publish(names.subject("log", str(n)), b"x" * 1000)
+    limits = StreamLimits(3_600.0, 16 * 1024)
+    await ensure_stream(
+        js, limits.stream_config(name=name, subjects=subjects, duplicate_window=120)
+    )
+    info = await js.stream_info(name)
+    assert (info.config.max_age, info.config.max_bytes) == (3_600.0, 16 * 1024)
+    assert 0 < info.state.bytes <= 16 * 1024
+    assert info.state.last_seq == 40  # the newest are kept
+    await js.delete_stream(name)
+
+
+async def test_ensure_bucket_creates_a_bounded_bucket_and_bounds_an_existing_one(
+    js: JetStreamContext, nats_prefix: str
+) -> None:
+    bucket = Names(nats_prefix).bucket("things")
+    old = await js.create_key_value(KeyValueConfig(bucket=bucket, history=2))  # no limit
+    await old.put("a", b"1")
+    limits = StreamLimits(600.0, 1024**2)
+    kv = await ensure_bucket(js, limits.bucket_config(bucket, history=5))
+    config = (await js.stream_info(f"KV_{bucket}")).config
+    assert (config.max_age, config.max_bytes, config.max_msgs_per_subject) == (600.0, 1024**2, 5)
+    assert config.discard == DiscardPolicy.NEW  # a full bucket refuses, never drops a key
+    assert (await kv.get("a")).value == b"1"
+    await js.delete_key_value(bucket)
+    fresh = await ensure_bucket(js, limits.bucket_config(bucket, history=5))
+    status = await fresh.status()
+    assert (status.ttl, status.history) == (600.0, 5)
+    config = (await js.stream_info(f"KV_{bucket}")).config
+    assert config.max_bytes == 1024**2
+    await js.delete_key_value(bucket)
 
 
 async def test_ensure_stream_reraises_other_refusals(

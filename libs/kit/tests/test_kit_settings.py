@@ -8,6 +8,7 @@ import pytest
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from agentrt_kit.nats import StreamLimits
 from agentrt_kit.settings import ConfigError, ServiceSettings, env_name, load_settings
 
 
@@ -57,6 +58,37 @@ def test_bad_shared_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) ->
     message = str(info.value)
     assert message.startswith("invalid configuration: AGENTRT_LOG_FORMAT: ")
     assert "'json' or 'text'" in message
+
+
+def test_shared_stream_limits_are_bounded_by_default_and_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    defaults = load_settings(ServiceSettings)
+    assert defaults.audit_limits() == StreamLimits(90 * 86_400.0, 1024**3)
+    assert defaults.catalog_limits() == StreamLimits(7 * 86_400.0, 64 * 1024**2)
+    monkeypatch.setenv("AGENTRT_AUDIT_MAX_BYTES", "1000")
+    monkeypatch.setenv("AGENTRT_CATALOG_TTL_SECONDS", "600")
+    s = load_settings(ServiceSettings)
+    assert s.audit_limits() == StreamLimits(90 * 86_400.0, 1000)
+    assert s.catalog_limits() == StreamLimits(600.0, 64 * 1024**2)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AGENTRT_AUDIT_MAX_AGE_SECONDS", "0"),
+        ("AGENTRT_AUDIT_MAX_BYTES", "-1"),
+        ("AGENTRT_CATALOG_TTL_SECONDS", "-5"),
+        ("AGENTRT_CATALOG_MAX_BYTES", "0"),
+        ("AGENTRT_CATALOG_MAX_BYTES", "lots"),
+    ],
+)
+def test_an_unbounded_or_bad_stream_limit_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=rf"invalid configuration: {variable}: "):
+        load_settings(ServiceSettings)
 
 
 def test_every_bad_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:

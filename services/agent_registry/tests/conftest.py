@@ -60,7 +60,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
 async def catalog_kv(nats_server: Any, nats_prefix: str) -> AsyncIterator[KeyValue]:
     """The template bucket of this test's prefix, holding SIMPLE, WORKFLOW, FLOW and TASKS."""
     nc = await nats.connect(nats_server.url)
-    kv = await open_bucket(nc.jetstream(), Names(nats_prefix))
+    kv = await open_bucket(nc.jetstream(), Names(nats_prefix), Settings().catalog_limits())
     for descriptor in (SIMPLE, WORKFLOW, FLOW, TASKS):
         await publish_descriptor(kv, descriptor.to_document())
     yield kv

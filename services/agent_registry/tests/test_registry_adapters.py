@@ -9,6 +9,7 @@ their own; outages are real (the test's own server is stopped).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -72,13 +73,15 @@ from agentrt.registry.v1 import registry_pb2 as pb
 from agentrt_kit.catalog import executor_key, open_bucket, publish_descriptor, publish_executor
 from agentrt_kit.errors import InvalidArgument, Unavailable
 from agentrt_kit.grpc.structs import plain
-from agentrt_kit.nats import MSG_ID_HEADER, Names, NatsClient
-from agentrt_kit.settings import ConfigError, load_settings
+from agentrt_kit.nats import MSG_ID_HEADER, Names, NatsClient, StreamLimits
+from agentrt_kit.settings import ConfigError, ServiceSettings, load_settings
 from agentrt_kit.sql import MIGRATIONS_TABLE
 from agentrt_testkit.postgres import PostgresDatabase
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 RELAY = "AgentRegistry.relay"
+LIMITS = StreamLimits(3_600.0, 16 * 1024**2)  # the registry event stream's, in these tests
+CATALOG = ServiceSettings().catalog_limits()  # as the services under test declare it
 
 
 async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
@@ -386,7 +389,7 @@ def test_postgres_env_is_taken_from_the_dsn() -> None:
     assert eventsourcing_env(settings) == {
         "IS_SNAPSHOTTING_ENABLED": "y",
         "AGGREGATE_CACHE_MAXSIZE": "50",
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "PERSISTENCE_MODULE": "agent_registry.adapters.pg_store:BoundedPostgresFactory",
         "POSTGRES_DBNAME": "agents",
         "POSTGRES_HOST": "db.example",
         "POSTGRES_PORT": "6543",
@@ -396,7 +399,6 @@ def test_postgres_env_is_taken_from_the_dsn() -> None:
         "POSTGRES_POOL_SIZE": "3",
         "POSTGRES_MAX_OVERFLOW": "4",
         "POSTGRES_CONNECT_TIMEOUT": "5",
-        "POSTGRES_PRE_PING": "y",
     }
     assert "s@cret" not in repr(settings)
     minimal = eventsourcing_env(Settings(persistence="postgres", postgres_dsn="dbname=reg"))
@@ -452,6 +454,19 @@ def test_settings_defaults_are_embedded_sqlite(monkeypatch: pytest.MonkeyPatch) 
         50051,
         None,
     )
+
+
+def test_the_event_stream_limits_come_from_settings_and_bound_it_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("STREAM_MAX_AGE_DAYS", "STREAM_MAX_BYTES"):
+        monkeypatch.delenv(f"AGENTRT_REGISTRY_{name}", raising=False)
+    assert load_settings(Settings).stream_limits() == StreamLimits(30 * 86_400.0, 256 * 1024**2)
+    monkeypatch.setenv("AGENTRT_REGISTRY_STREAM_MAX_BYTES", "4096")
+    assert load_settings(Settings).stream_limits() == StreamLimits(30 * 86_400.0, 4096)
+    monkeypatch.setenv("AGENTRT_REGISTRY_STREAM_MAX_BYTES", "-1")
+    with pytest.raises(ConfigError, match="AGENTRT_REGISTRY_STREAM_MAX_BYTES: "):
+        load_settings(Settings)
 
 
 # ------------------------------------------------------------------ gRPC mapping
@@ -576,7 +591,7 @@ async def client(nats_server: Any) -> AsyncIterator[NatsClient]:
 
 
 async def bucket(client: NatsClient, prefix: str) -> KeyValue:
-    kv = await open_bucket(client.js, Names(prefix))
+    kv = await open_bucket(client.js, Names(prefix), CATALOG)
     for descriptor in (SIMPLE, WORKFLOW):
         await publish_descriptor(kv, descriptor.to_document())
     return kv
@@ -585,7 +600,9 @@ async def bucket(client: NatsClient, prefix: str) -> KeyValue:
 async def started_catalog(
     client: NatsClient, prefix: str, lookup_timeout: float = 1.0
 ) -> NatsTemplateCatalog:
-    catalog = NatsTemplateCatalog(client, Names(prefix), lookup_timeout=lookup_timeout)
+    catalog = NatsTemplateCatalog(
+        client, Names(prefix), limits=CATALOG, lookup_timeout=lookup_timeout
+    )
     await catalog.start()
     await asyncio.wait_for(catalog.synced.wait(), 5)
     return catalog
@@ -778,7 +795,7 @@ async def test_catalog_follows_updates_after_nats_restarts(
     own = NatsClient(server.url, name="registry-restart-test")
     await own.start()
     assert await own.wait_connected(5)
-    catalog = NatsTemplateCatalog(own, Names(nats_prefix), recheck_interval=0.1)
+    catalog = NatsTemplateCatalog(own, Names(nats_prefix), limits=CATALOG, recheck_interval=0.1)
     try:
         await bucket(own, nats_prefix)
         await catalog.start()
@@ -795,7 +812,7 @@ async def test_catalog_follows_updates_after_nats_restarts(
         await eventually(disconnected)
         server.start()
         await eventually(connected, timeout=10)
-        kv = await open_bucket(own.js, Names(nats_prefix))
+        kv = await open_bucket(own.js, Names(nats_prefix), CATALOG)
         newer = replace(SIMPLE, version="1.1.0")
         await publish_descriptor(kv, newer.to_document())
         await kv.delete("langgraph-workflow")
@@ -860,7 +877,7 @@ def history(app: AgentRegistry) -> list[OutboundEvent]:
 async def test_publisher_creates_the_stream_and_sends_decodable_events(
     client: NatsClient, nats_prefix: str, history: list[OutboundEvent]
 ) -> None:
-    publisher = JetStreamPublisher(client, Names(nats_prefix), max_age_seconds=3600)
+    publisher = JetStreamPublisher(client, Names(nats_prefix), limits=LIMITS)
     stream = f"{nats_prefix}_REGISTRY".upper()
     with pytest.raises(nats.js.errors.NotFoundError):
         await client.js.stream_info(stream)
@@ -924,7 +941,7 @@ def bus(request: pytest.FixtureRequest) -> Bus:
         msgs = [await client.js.get_msg(stream, seq=seq) for seq in range(1, last + 1)]
         return [m.headers[MSG_ID_HEADER] for m in msgs if m.headers]
 
-    return Bus(lambda: JetStreamPublisher(client, names, max_age_seconds=3600), held_in_stream)
+    return Bus(lambda: JetStreamPublisher(client, names, limits=LIMITS), held_in_stream)
 
 
 async def test_publishing_the_same_events_again_stores_them_once(
@@ -942,10 +959,21 @@ async def test_publishing_the_same_events_again_stores_them_once(
     assert await restarted.last_position() == history[-1].position
 
 
+async def test_two_relays_publishing_the_same_log_store_each_event_once(
+    bus: Bus, history: list[OutboundEvent]
+) -> None:
+    one, other = bus.connect(), bus.connect()
+    await one.publish(history[:2])
+    await other.publish(history[:4])  # reads the stream's tail: sends the last two
+    await one.publish(history)  # knows an older tail: refused, then sends only what is new
+    assert await bus.stored() == [e.event_id for e in history]
+    assert await one.last_position() == await other.last_position() == history[-1].position
+
+
 async def test_last_position_ignores_messages_without_a_position(
     client: NatsClient, nats_prefix: str, history: list[OutboundEvent]
 ) -> None:
-    publisher = JetStreamPublisher(client, Names(nats_prefix), max_age_seconds=3600)
+    publisher = JetStreamPublisher(client, Names(nats_prefix), limits=LIMITS)
     await publisher.publish(history)
     await client.js.publish(f"{nats_prefix}.registry.note", b"not an agent event")
     assert await publisher.last_position() == 0  # unknown: the relay's own tracking decides
@@ -954,7 +982,7 @@ async def test_last_position_ignores_messages_without_a_position(
 async def test_publisher_recreates_a_deleted_stream(
     client: NatsClient, nats_prefix: str, history: list[OutboundEvent]
 ) -> None:
-    publisher = JetStreamPublisher(client, Names(nats_prefix), max_age_seconds=3600)
+    publisher = JetStreamPublisher(client, Names(nats_prefix), limits=LIMITS)
     await publisher.publish(history[:2])
     await client.js.delete_stream(publisher.stream)  # an operator removed it
     assert await publisher.last_position() == 0
@@ -972,9 +1000,7 @@ async def test_publisher_reports_an_outage_as_unavailable(
     await own.start()
     assert await own.wait_connected(5)
     try:
-        publisher = JetStreamPublisher(
-            own, Names(nats_prefix), max_age_seconds=3600, ack_timeout=1.0
-        )
+        publisher = JetStreamPublisher(own, Names(nats_prefix), limits=LIMITS, ack_timeout=1.0)
         await publisher.publish(history[:2])
         server.stop()
 
@@ -1008,9 +1034,7 @@ async def test_publisher_gives_up_on_unacknowledged_events(
     await own.start()
     assert await own.wait_connected(5)
     try:
-        publisher = JetStreamPublisher(
-            own, Names(nats_prefix), max_age_seconds=3600, ack_timeout=0.3
-        )
+        publisher = JetStreamPublisher(own, Names(nats_prefix), limits=LIMITS, ack_timeout=0.3)
         await publisher.publish(history[:1])
         with server.paused(), pytest.raises(Unavailable, match="publishing agent events failed"):
             await publisher.publish(history[1:])
@@ -1018,6 +1042,43 @@ async def test_publisher_gives_up_on_unacknowledged_events(
         assert await publisher.last_position() == history[-1].position
         info = await own.js.stream_info(publisher.stream)
         assert info.state.messages == len(history)
+    finally:
+        await own.close()
+
+
+async def test_a_nats_crash_mid_batch_leaves_no_gap_in_the_stream(
+    make_nats_server: Callable[[], Any], nats_prefix: str, history: list[OutboundEvent]
+) -> None:
+    # Killed mid-batch, NATS loses what nats-py had written; nats-py sends what it
+    # buffered meanwhile once reconnected. Events stored after lost ones would make the
+    # relay resume after them and never send the lost ones (pipelined publishing did).
+    server = make_nats_server()
+    own = NatsClient(server.url, name="registry-publisher-crash")
+    await own.start()
+    assert await own.wait_connected(5)
+    events = [OutboundEvent(f"AgentRegistry:{p}", p, history[0].entry) for p in range(1, 5001)]
+    try:
+        publisher = JetStreamPublisher(own, Names(nats_prefix), limits=LIMITS, ack_timeout=2.0)
+        await publisher.publish(events[:1])
+        sending = asyncio.create_task(publisher.publish(events[1:]))
+        await asyncio.sleep(0.05)  # some of the batch is stored, some on its way
+        await asyncio.to_thread(server.kill)
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(server.start)
+        with contextlib.suppress(Unavailable):  # or sent again at once, once NATS is back
+            await sending
+        for _ in range(100):  # what the relay does: resume after the stream's last position
+            try:
+                held = await publisher.last_position()
+                if held == len(events):
+                    break
+                await publisher.publish(events[held:])
+            except Unavailable:
+                await asyncio.sleep(0.2)
+        info = await own.js.stream_info(publisher.stream)
+        stored = [await own.js.get_msg(publisher.stream, seq=seq) for seq in range(1, 5001)]
+        assert info.state.messages == len(events)
+        assert [int((m.headers or {})[POSITION_HEADER]) for m in stored] == list(range(1, 5001))
     finally:
         await own.close()
 

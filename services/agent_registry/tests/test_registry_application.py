@@ -45,7 +45,7 @@ from agent_registry.errors import (
     VersionMismatch,
 )
 from agentrt_kit.concurrency import BlockingRunner
-from agentrt_kit.errors import InvalidArgument
+from agentrt_kit.errors import InvalidArgument, Unavailable
 
 T = TypeVar("T")
 THREADS = 16
@@ -783,13 +783,13 @@ async def test_follow_catches_up_when_woken_and_stops_on_stop(
     app: AgentRegistry, listing: AgentListing, caplog: pytest.LogCaptureFixture
 ) -> None:
     calls: list[int] = []
-    fail_next = [False]
+    fail_next: list[Exception | None] = [None]
 
     async def catch_up() -> int:
         calls.append(1)
-        if fail_next[0]:
-            fail_next[0] = False
-            raise RuntimeError("database went away")
+        if (error := fail_next[0]) is not None:
+            fail_next[0] = None
+            raise error
         return await asyncio.to_thread(listing.catch_up)
 
     wake, stop = asyncio.Event(), asyncio.Event()
@@ -806,16 +806,20 @@ async def test_follow_catches_up_when_woken_and_stops_on_stop(
     await asyncio.to_thread(create, app, "a1")
     wake.set()
     await until(lambda: len(calls) == 2 and listing.store.position() == listing.head())
-    fail_next[0] = True
+    fail_next[0] = RuntimeError("a bug")
     wake.set()
     await until(lambda: len(calls) == 3)
     await until(lambda: "projection catch-up failed" in caplog.text)
+    fail_next[0] = Unavailable("database unavailable")  # a warning, not a traceback
+    wake.set()
+    await until(lambda: len(calls) == 4)
+    await until(lambda: "projection catch-up paused" in caplog.text)
     await asyncio.to_thread(app.set_status, "a1", Status.ACTIVE, "", None, CTX)
     wake.set()  # a failure does not stop the follower
     await until(lambda: listing.store.position() == listing.head())
     stop.set()
     await asyncio.wait_for(task, 2)
-    assert len(calls) == 4
+    assert len(calls) == 5
 
 
 # ------------------------------------------------------------------ relay

@@ -190,7 +190,8 @@ async def registry_on_own_nats(
 ) -> AsyncIterator[Registry]:
     nc = await nats.connect(own_nats.url)
     await publish_descriptor(
-        await open_bucket(nc.jetstream(), Names(nats_prefix)), SIMPLE.to_document()
+        await open_bucket(nc.jetstream(), Names(nats_prefix), Settings().catalog_limits()),
+        SIMPLE.to_document(),
     )
     await nc.close()
     service = await Registry(make_settings(nats_url=own_nats.url)).start()

@@ -53,13 +53,14 @@ from agentrt.registry.v1 import registry_pb2_grpc as rpb_grpc
 from agentrt_kit.catalog import open_bucket, publish_descriptor, publish_executor
 from agentrt_kit.errors import InvalidArgument, NotFound, PermissionDenied
 from agentrt_kit.grpc.status import error_from_rpc
-from agentrt_kit.nats import MSG_ID_HEADER, Names, NatsClient
+from agentrt_kit.nats import MSG_ID_HEADER, Names, NatsClient, StreamLimits
 from agentrt_testkit.nats_server import NatsServer
 from agentrt_testkit.ports import free_port
 from agentrt_testkit.postgres import PostgresDatabase
 from tool_service.config import Settings as ToolsSettings
 
 NOW = datetime(2025, 5, 1, 9, 30, tzinfo=UTC)
+LIMITS = StreamLimits(3_600.0, 16 * 1024**2)
 
 
 @contextlib.asynccontextmanager
@@ -101,7 +102,7 @@ class Plugged(AgentTemplate):
 
 
 async def read_entry(client: NatsClient, names: Names, key: str) -> dict[str, Any] | None:
-    kv = await open_bucket(client.js, names)
+    kv = await open_bucket(client.js, names, LIMITS)
     try:
         entry = await kv.get(key)
     except nats.js.errors.KeyNotFoundError:
@@ -117,7 +118,7 @@ async def test_the_publisher_writes_every_template_under_its_id_and_version(
     names = Names(nats_prefix)
     catalog = TemplateCatalog([SimpleTest])
     catalog.replace_source("plugins/p", [Plugged])
-    publisher = CatalogPublisher(nats_client, names, catalog.templates, interval=60)
+    publisher = CatalogPublisher(nats_client, names, catalog.templates, limits=LIMITS, interval=60)
     await publisher.start()
     try:
         await asyncio.wait_for(publisher.published.wait(), 5)
@@ -162,7 +163,7 @@ async def test_the_publisher_writes_this_executors_providers_and_limits(
     nats_client: NatsClient, nats_prefix: str
 ) -> None:
     names = Names(nats_prefix)
-    kv = await open_bucket(nats_client.js, names)
+    kv = await open_bucket(nats_client.js, names, LIMITS)
     now = time.time()
     gone = {"executor_id": "gone", "providers": ["x"], "expires_at": now - 600}
     sibling = {"executor_id": "sibling", "providers": ["offline"], "expires_at": now + 100}
@@ -176,6 +177,7 @@ async def test_the_publisher_writes_this_executors_providers_and_limits(
         nats_client,
         names,
         TemplateCatalog([SimpleTest]).templates,
+        limits=LIMITS,
         executor=executor_entry("exec-a", services, settings.published_limits()),
         interval=60,
     )
@@ -212,7 +214,7 @@ async def test_the_publisher_heals_a_lost_bucket_after_nats_comes_back(
     try:
         async with connected(first.url) as client:
             publisher = CatalogPublisher(
-                client, names, TemplateCatalog([SimpleTest]).templates, interval=0.5
+                client, names, TemplateCatalog([SimpleTest]).templates, limits=LIMITS, interval=0.5
             )
             await publisher.start()
             try:
@@ -237,7 +239,11 @@ async def test_the_publisher_publishes_again_as_soon_as_it_reconnects(
     server = make_nats_server()
     async with connected(server.url) as client:
         publisher = CatalogPublisher(
-            client, Names("again"), TemplateCatalog([SimpleTest]).templates, interval=60
+            client,
+            Names("again"),
+            TemplateCatalog([SimpleTest]).templates,
+            limits=LIMITS,
+            interval=60,
         )
         await publisher.start()
         try:
@@ -278,7 +284,7 @@ async def stored(client: NatsClient, stream: str) -> list[Any]:
 async def run_events(
     nats_client: NatsClient, nats_prefix: str
 ) -> AsyncIterator[JetStreamRunEvents]:
-    sink = JetStreamRunEvents(nats_client, Names(nats_prefix), ack_timeout=2.0)
+    sink = JetStreamRunEvents(nats_client, Names(nats_prefix), limits=LIMITS, ack_timeout=2.0)
     await sink.start()
     try:
         yield sink
@@ -329,7 +335,7 @@ async def test_a_repeated_run_event_is_stored_once(
 async def test_stopping_the_sink_sends_what_is_queued(
     nats_client: NatsClient, nats_prefix: str
 ) -> None:
-    sink = JetStreamRunEvents(nats_client, Names(nats_prefix))
+    sink = JetStreamRunEvents(nats_client, Names(nats_prefix), limits=LIMITS)
     await sink.start()
     for seq in range(1, 101):
         sink.publish(RunEvent("run-c", seq, NOW, MessageDelta(f"t{seq}")), "agent-1", 1)
@@ -361,7 +367,7 @@ async def test_run_events_are_held_not_waited_for_while_nats_is_down(
 ) -> None:
     server = make_nats_server()
     async with connected(server.url) as client:
-        sink = JetStreamRunEvents(client, Names("down"), ack_timeout=0.5)
+        sink = JetStreamRunEvents(client, Names("down"), limits=LIMITS, ack_timeout=0.5)
         await sink.start()
         try:
             sink.publish(events_of("before")[0], "agent-1", 1)
@@ -396,7 +402,7 @@ async def test_run_events_unacknowledged_by_a_frozen_nats_are_given_up_after_the
 ) -> None:
     server = make_nats_server()
     async with connected(server.url) as client:
-        sink = JetStreamRunEvents(client, Names("frozen"), ack_timeout=0.5)
+        sink = JetStreamRunEvents(client, Names("frozen"), limits=LIMITS, ack_timeout=0.5)
         await sink.start()
         try:
             sink.publish(events_of("warm")[0], "agent-1", 1)
@@ -476,7 +482,7 @@ async def test_a_cancel_broadcast_reaches_every_replica(nats_server: Any, nats_p
 async def registry(tmp_path: Path, nats_server: Any, nats_prefix: str) -> AsyncIterator[Registry]:
     """The real registry (SQLite), its template catalogue holding `simple-test`."""
     async with connected(nats_server.url, "catalogue") as client:
-        kv = await open_bucket(client.js, Names(nats_prefix))
+        kv = await open_bucket(client.js, Names(nats_prefix), LIMITS)
         await publish_descriptor(kv, SIMPLE.to_document())
     service = await sqlite_registry(
         tmp_path / "registry.sqlite3", nats_server.url, nats_prefix

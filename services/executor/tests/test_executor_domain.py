@@ -53,7 +53,8 @@ from agent_executor.domain.services_config import (
 from agent_executor.errors import LimitExceeded
 from agentrt_kit.concurrency import run_inline
 from agentrt_kit.errors import FieldViolation, InvalidArgument, Unavailable
-from agentrt_kit.settings import ConfigError
+from agentrt_kit.nats import StreamLimits
+from agentrt_kit.settings import ConfigError, load_settings
 
 # ------------------------------------------------------------------ limits
 
@@ -142,6 +143,60 @@ def test_settings_give_the_executor_limits() -> None:
         max_concurrent_runs=3,
         max_message_chars=99,
     )
+
+
+def test_every_jetstream_stream_is_bounded_by_default() -> None:
+    settings = Settings()
+    for limits in (
+        settings.run_events_limits(),
+        settings.queue_limits(),
+        settings.dead_letter_limits(),
+        settings.catalog_limits(),
+        settings.audit_limits(),
+    ):
+        assert limits.max_age_seconds > 0
+        assert limits.max_bytes > 0
+
+
+def test_stream_limits_come_from_their_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTRT_EXECUTOR_RUN_EVENTS_MAX_BYTES", "4096")
+    monkeypatch.setenv("AGENTRT_EXECUTOR_QUEUE_DEAD_LETTERS_MAX_AGE_SECONDS", "60")
+    settings = load_settings(Settings)
+    assert settings.run_events_limits() == StreamLimits(86_400.0, 4096)
+    assert settings.dead_letter_limits() == StreamLimits(60.0, 32 * 1024**2)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AGENTRT_EXECUTOR_RUN_EVENTS_MAX_BYTES", "-1"),  # "no limit" is no longer a value
+        ("AGENTRT_EXECUTOR_RUN_EVENTS_RETENTION_SECONDS", "0"),
+        ("AGENTRT_EXECUTOR_QUEUE_MAX_BYTES", "0"),
+        ("AGENTRT_EXECUTOR_QUEUE_MAX_AGE_SECONDS", "-3"),
+        ("AGENTRT_EXECUTOR_QUEUE_DEAD_LETTERS_MAX_BYTES", "1e3x"),
+        ("AGENTRT_EXECUTOR_QUEUE_DEAD_LETTERS_MAX_AGE_SECONDS", "0"),
+    ],
+)
+def test_a_stream_limit_that_bounds_nothing_names_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=rf"invalid configuration: {variable}: "):
+        load_settings(Settings)
+
+
+def test_a_catalogue_ttl_shorter_than_three_publications_is_refused_naming_both(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AGENTRT_CATALOG_TTL_SECONDS", "100")
+    monkeypatch.setenv("AGENTRT_EXECUTOR_CATALOG_PUBLISH_INTERVAL_SECONDS", "60")
+    with pytest.raises(ConfigError) as info:
+        load_settings(Settings)
+    message = str(info.value)
+    assert "AGENTRT_CATALOG_TTL_SECONDS (100)" in message
+    assert "AGENTRT_EXECUTOR_CATALOG_PUBLISH_INTERVAL_SECONDS (60)" in message
+    monkeypatch.setenv("AGENTRT_CATALOG_TTL_SECONDS", "180")
+    assert load_settings(Settings).catalog_limits().max_age_seconds == 180.0
 
 
 def test_plugin_directories_take_json_or_comma_separated_text() -> None:

@@ -20,9 +20,11 @@ from typing import Any, Protocol
 
 import pytest
 from executor_support import eventually
+from nats.js.api import DiscardPolicy
 
 from agent_executor.adapters.memory import ListEventSink, MemoryRunEventLog
 from agent_executor.adapters.nats_runs import (
+    CONSUMER_INACTIVE_SECONDS,
     JetStreamRunEventLog,
     JetStreamRunEvents,
     NatsCancelBus,
@@ -51,12 +53,13 @@ from agent_executor.domain.runs import (
 )
 from agentrt.events.v1 import run_events_pb2
 from agentrt_kit.concurrency import wait_event
-from agentrt_kit.nats import Names, NatsClient
+from agentrt_kit.nats import Names, NatsClient, StreamLimits
 from agentrt_testkit.nats_server import NatsServer
 from agentrt_testkit.redis_server import RedisServer
 
 NOW = datetime(2025, 5, 1, 9, 30, 0, 123_456, tzinfo=UTC)
 WAIT = 30.0  # a generous bound, so a broken read fails instead of hanging
+LIMITS = StreamLimits(3_600.0, 64 * 1024**2)
 LOGGER = "agent_executor.adapters.nats_runs"
 
 
@@ -141,7 +144,9 @@ async def jetstream(
     client: NatsClient, prefix: str, **sink_options: Any
 ) -> AsyncIterator[tuple[JetStreamRunEvents, JetStreamRunEventLog]]:
     names = Names(prefix)
-    sink = JetStreamRunEvents(client, names, **{"ack_timeout": 5.0, **sink_options})
+    sink = JetStreamRunEvents(
+        client, names, **{"ack_timeout": 5.0, "limits": LIMITS, **sink_options}
+    )
     await sink.start()
     try:
         yield (
@@ -637,7 +642,7 @@ async def test_stopping_while_nats_never_comes_back_gives_up_and_says_so(
     caplog.set_level(logging.WARNING, logger=LOGGER)
     server = make_nats_server()
     async with connected(server.url) as client:
-        sink = JetStreamRunEvents(client, Names("gone"), ack_timeout=0.2)
+        sink = JetStreamRunEvents(client, Names("gone"), limits=LIMITS, ack_timeout=0.2)
         await sink.start()
         server.stop()
         await eventually(lambda: not client.connected, timeout=WAIT)
@@ -656,22 +661,31 @@ async def test_stopping_while_nats_never_comes_back_gives_up_and_says_so(
 async def test_the_stream_keeps_events_for_the_window_and_up_to_max_bytes(
     nats_client: NatsClient, nats_prefix: str
 ) -> None:
-    options = {"retention_seconds": 3600.0, "max_bytes": 1_000_000}
-    async with jetstream(nats_client, nats_prefix, **options) as (sink, log):
+    limits = StreamLimits(3600.0, 1_000_000)
+    async with jetstream(nats_client, nats_prefix, limits=limits) as (sink, log):
         await EventStore(sink, log).publish(*events_of("sized"))
         config = (await nats_client.js.stream_info(sink.stream)).config
     assert config.max_age == 3600.0
     assert config.max_bytes == 1_000_000
+    assert config.discard == DiscardPolicy.OLD  # an event log drops its oldest
 
 
-async def test_the_stream_is_unbounded_in_bytes_by_default(
+async def test_a_read_consumer_is_removed_a_second_after_its_reader_leaves(
     nats_client: NatsClient, nats_prefix: str
 ) -> None:
     async with jetstream(nats_client, nats_prefix) as (sink, log):
-        await EventStore(sink, log).publish(*events_of("default"))
-        config = (await nats_client.js.stream_info(sink.stream)).config
-    assert config.max_age == 86_400.0
-    assert config.max_bytes == -1
+        store = EventStore(sink, log)
+        *going, last = events_of("read")
+        await store.publish(*going)
+        reader = Reader(log, "read")
+        assert len(await reader.take(len(going))) == len(going)
+        # Not the server's 5 s: each finished read's consumer holds ~40 KiB of its memory.
+        (consumer,) = await nats_client.js.consumers_info(sink.stream)
+        assert consumer.config.inactive_threshold == CONSUMER_INACTIVE_SECONDS
+        await store.publish(last)
+        assert (await reader.next()).sequence == last.sequence
+        assert await reader.ended()
+        await eventually(lambda: consumers_are(nats_client, sink.stream, 0), timeout=WAIT)
 
 
 @pytest.fixture

@@ -36,10 +36,11 @@ from agent_executor.application.ports import (
     QueueUnavailable,
     RunQueue,
 )
-from agentrt_kit.nats import Names, NatsClient
+from agentrt_kit.nats import Names, NatsClient, StreamLimits
 from agentrt_testkit.nats_server import NatsServer
 
 ACK_WAIT = 1.0
+LIMITS = StreamLimits(3_600.0, 16 * 1024**2)
 MAX_ATTEMPTS = 3
 BACKENDS = ["memory", "nats", "redis", "rabbitmq"]
 # What a broker cannot honour, by `RunQueue.backend` (see its adapter's docstring).
@@ -123,7 +124,14 @@ class NatsBackend:
         client = NatsClient(self.server.url, name=f"executor-{len(self.replicas)}")
         await client.start()
         assert await client.wait_connected(10)
-        queue = JetStreamRunQueue(client, self.names, ack_wait=ack_wait, max_attempts=max_attempts)
+        queue = JetStreamRunQueue(
+            client,
+            self.names,
+            ack_wait=ack_wait,
+            max_attempts=max_attempts,
+            limits=LIMITS,
+            dead_letter_limits=LIMITS,
+        )
         await queue.start()
         self.replicas.append((client, queue))
         return queue
@@ -514,7 +522,14 @@ async def test_jetstream_queues_of_different_names_are_separate(
 ) -> None:
     runs = await nats_backend.queue()
     client = nats_backend.replicas[0][0]
-    webhooks = JetStreamRunQueue(client, Names(nats_prefix), ack_wait=ACK_WAIT, name="webhook")
+    webhooks = JetStreamRunQueue(
+        client,
+        Names(nats_prefix),
+        ack_wait=ACK_WAIT,
+        limits=LIMITS,
+        dead_letter_limits=LIMITS,
+        name="webhook",
+    )
     await webhooks.start()
     try:
         assert (runs.stream, webhooks.stream) == (

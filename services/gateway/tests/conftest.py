@@ -15,6 +15,7 @@ from registry_support import sqlite_registry
 
 from agentrt_kit.catalog import open_bucket, publish_descriptor
 from agentrt_kit.nats import Names, NatsClient
+from agentrt_kit.settings import ServiceSettings
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ async def world(nats_server: Any, nats_prefix: str) -> AsyncIterator[World]:
     client = NatsClient(nats_server.url, name="test-executor")
     await client.start()
     await client.wait_connected(5)
-    kv = await open_bucket(client.js, Names(nats_prefix))
+    kv = await open_bucket(client.js, Names(nats_prefix), ServiceSettings().catalog_limits())
     for template_id in ("simple-test", "other"):
         await publish_descriptor(
             kv, {"id": template_id, "version": "1.0.0", "config_schema": {"type": "object"}}

@@ -38,7 +38,7 @@ class Gateway:
         await client.start()
         await client.wait_connected(5)
         try:
-            yield await open_bucket(client.js, Names(self.prefix))
+            yield await open_bucket(client.js, Names(self.prefix), Settings().catalog_limits())
         finally:
             await client.close()
 

@@ -818,7 +818,7 @@ def entry(tool: str, outcome: str = "succeeded", n: int = 0) -> AuditEntry:
 async def test_audit_records_land_in_the_audit_stream(nats_server: Any, nats_prefix: str) -> None:
     names = Names(nats_prefix)
     async with connected(nats_server.url) as client:
-        publisher = AuditPublisher(client, names, SERVICE)
+        publisher = AuditPublisher(client, names, SERVICE, limits=Settings().audit_limits())
         sink = PublishedAuditSink(publisher)
         await publisher.start()
         sink.record(entry("read_lines", n=1))

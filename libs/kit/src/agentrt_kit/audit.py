@@ -5,9 +5,10 @@ stamps the record with the time and queues it as a lightweight `AuditEvent`; a
 background task builds the `agentrt.events.v1.AuditBatch` protobufs and publishes
 what queued up within `linger` (at most 256 records a round), one batch per
 subject `<prefix>.audit.<service>.<action>` in stream `<PREFIX>_AUDIT`, each
-with a unique `Nats-Msg-Id` so a retried batch is stored once. While NATS is down
-records wait in a bounded queue; when it overflows the oldest are dropped and the
-loss is logged with a count. Optionally every record is also written once to the
+with a unique `Nats-Msg-Id` so a retried batch is stored once. The stream keeps
+records within its `StreamLimits` (age and bytes; the oldest go first). While NATS
+is down records wait in a bounded queue; when it overflows the oldest are dropped
+and the loss is logged with a count. Optionally every record is also written once to the
 structured log (logger `agentrt.audit`), which keeps it even when NATS is down.
 Audit records never carry arguments, contents, tokens or secrets: callers only
 ever pass what `AuditEvent` names.
@@ -25,12 +26,12 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from google.protobuf import timestamp_pb2
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType
 
 from agentrt.events.v1 import audit_events_pb2
 from agentrt_kit.concurrency import cancel_and_wait
 from agentrt_kit.logging import escape_control
-from agentrt_kit.nats import MSG_ID_HEADER, Names, NatsClient, ensure_stream
+from agentrt_kit.nats import MSG_ID_HEADER, Names, NatsClient, StreamLimits, ensure_stream
 from agentrt_kit.resilience import jittered_backoff
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,8 @@ class AuditPublisher:
         names: Names,
         service: str,
         *,
+        limits: StreamLimits,
         capacity: int = 10_000,
-        max_age_seconds: float = 90 * 86_400,
         linger: float = 0.05,
         log_records: bool = False,
     ) -> None:
@@ -151,8 +152,8 @@ class AuditPublisher:
             client: The service's NATS connection (it may be down; records then wait).
             names: Subject and stream names under the deployment's prefix.
             service: The service's name, one subject token (`tools`, `gateway`).
+            limits: How long and how many bytes of records the audit stream keeps.
             capacity: How many records may wait; past it the oldest are dropped.
-            max_age_seconds: How long the audit stream keeps records.
             linger: How long records gather before a round is published, in seconds.
             log_records: Also write each record to the `agentrt.audit` logger when it is
                 recorded, with control characters escaped.
@@ -165,12 +166,12 @@ class AuditPublisher:
         self._client = client
         self._names = names
         self.service = service
-        self._config = StreamConfig(
+        self._config = limits.stream_config(
             name=names.stream("audit"),
             subjects=[names.subject("audit", ">")],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
-            max_age=max_age_seconds,
+            discard=DiscardPolicy.OLD,  # a full trail drops its oldest, never new records
             duplicate_window=600.0,
         )
         # Events wait as they are; building protobufs happens in the publisher, off the

@@ -14,6 +14,11 @@ the executor enforces on every run (`run_timeout_seconds`, `max_steps`, ...); a
 limit it does not enforce (0: unlimited) is left out. An executor rewrites its
 entry before `expires_at`, so an entry past it belongs to an executor that is
 gone. Template schemas refer to these limits by name (`x-agentrt-ceiling`).
+
+The bucket keeps `HISTORY` values a key and is bounded by `StreamLimits`: an entry
+not written again within `max_age_seconds` expires (executors rewrite theirs every
+publication, so only what no executor serves any more, and delete markers, go), and
+a full bucket refuses writes (a KV bucket never drops another key's value).
 """
 
 from __future__ import annotations
@@ -29,17 +34,17 @@ from typing import Any, Generic, TypeVar
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from agentrt_kit.concurrency import cancel_and_wait
-from agentrt_kit.nats import Names, NatsClient
+from agentrt_kit.nats import Names, NatsClient, StreamLimits, ensure_bucket
 from agentrt_kit.resilience import jittered_backoff
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BUCKET = "templates"
+HISTORY = 5  # values kept a key: the latest for readers, recent writes for inspection
 EXECUTOR_PREFIX = "_executors/"
 # A KV key token: alphanumeric first, no empty subject token ("a..b") and no trailing
 # dot ("a."), which NATS refuses (or never answers); fullmatch, so no trailing newline.
@@ -59,13 +64,9 @@ def executor_key(executor_id: str) -> str:
     return EXECUTOR_PREFIX + (token or "executor")
 
 
-async def open_bucket(js: JetStreamContext, names: Names) -> KeyValue:
-    """The catalogue bucket, created when missing."""
-    bucket = names.bucket(BUCKET)
-    try:
-        return await js.key_value(bucket)
-    except nats.js.errors.BucketNotFoundError:
-        return await js.create_key_value(KeyValueConfig(bucket=bucket, history=5))
+async def open_bucket(js: JetStreamContext, names: Names, limits: StreamLimits) -> KeyValue:
+    """The catalogue bucket, created when missing and brought to `limits`."""
+    return await ensure_bucket(js, limits.bucket_config(names.bucket(BUCKET), history=HISTORY))
 
 
 async def publish_descriptor(kv: KeyValue, descriptor: Mapping[str, Any]) -> None:
@@ -130,11 +131,13 @@ class CatalogWatcher(Generic[T]):
         names: Names,
         parse: Callable[[Mapping[str, Any]], T],
         *,
+        limits: StreamLimits,
         recheck_interval: float = 1.0,
     ) -> None:
         self._client = client
         self._names = names
         self._parse = parse
+        self._limits = limits
         self._recheck = recheck_interval
         self.entries: dict[str, T] = {}  # by KV key: `<id>` (latest) and `<id>/<version>`
         self.executors: dict[str, dict[str, Any]] = {}  # executor entries, by KV key
@@ -157,7 +160,7 @@ class CatalogWatcher(Generic[T]):
     async def lookup(self, key: str) -> T | None:
         """Read one entry from the bucket itself (it may have been written a moment ago)."""
         if self._kv is None:
-            self._kv = await open_bucket(self._client.js, self._names)
+            self._kv = await open_bucket(self._client.js, self._names, self._limits)
         try:
             entry = await self._kv.get(key)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
@@ -170,7 +173,7 @@ class CatalogWatcher(Generic[T]):
     async def lookup_executors(self) -> None:
         """Read every executor entry from the bucket itself (the watch may lag behind)."""
         if self._kv is None:
-            self._kv = await open_bucket(self._client.js, self._names)
+            self._kv = await open_bucket(self._client.js, self._names, self._limits)
         try:
             keys = await self._kv.keys()
         except nats.js.errors.NoKeysError:
@@ -188,7 +191,7 @@ class CatalogWatcher(Generic[T]):
         while True:
             try:
                 await self._client.wait_connected()
-                self._kv = await open_bucket(self._client.js, self._names)
+                self._kv = await open_bucket(self._client.js, self._names, self._limits)
                 await self._watch(self._kv)
                 backoff = jittered_backoff(0.2, 5.0)
             except asyncio.CancelledError:

@@ -2,8 +2,9 @@
 
 The order is the same everywhere: telemetry, then an AsyncExitStack holding
 NATS, database and application, then the gRPC server; on SIGTERM or SIGINT
-health goes NOT_SERVING, the server stops with a grace period so in-flight
-calls finish, the exit stack closes (NATS drains) and telemetry flushes last.
+health goes NOT_SERVING, new calls are still taken for a short delay (those
+already on their way), the server stops with a grace period so in-flight calls
+finish, the exit stack closes (NATS drains) and telemetry flushes last.
 """
 
 from __future__ import annotations
@@ -78,19 +79,27 @@ async def serve_until_stopped(
     on_ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
     drain: Callable[[float], Awaitable[None]] | None = None,
+    delay: float = 0.0,
 ) -> None:
     """Start `server`, stop it gracefully when the stack unwinds, and wait for shutdown.
 
     The server's stop is pushed last onto `stack`, so on the way out it goes first:
-    NOT_SERVING, then `drain(grace)` when given (a service ends its long-running
-    work while the calls that follow it are still open, so they hear how it
-    ended), in-flight calls finish within `grace`, then everything it depended on.
+    NOT_SERVING, new calls still taken for `delay` seconds, then `drain(grace)` when
+    given (a service ends its long-running work while the calls that follow it are
+    still open, so they hear how it ended), then no new call and those in flight
+    finish within `grace`, then everything it depended on.
+
+    The delay is for the calls already on their way: a caller's request that was in
+    flight when the signal came may still need this service (the gateway's write after
+    its read, a run's tool call after its model call); refused, it would fail although
+    it began before the shutdown. Probes and balancers see NOT_SERVING meanwhile.
     """
     await server.start()
 
     async def shutdown() -> None:
+        await server.begin_shutdown()
+        await asyncio.sleep(delay)
         if drain is not None:
-            await server.begin_shutdown()
             await drain(grace)
         await server.stop(grace)
 

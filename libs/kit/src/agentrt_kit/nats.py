@@ -3,7 +3,10 @@
 Subjects are `<prefix>.<context>.<event>[.<id>]` with prefix `agentrt` by
 default; streams are named `<PREFIX>_<CONTEXT>` and KV buckets
 `<prefix>_<name>`. A different prefix isolates deployments (and tests) that
-share one NATS server.
+share one NATS server. Every stream and bucket is declared with `StreamLimits`
+(an age and a size, both required), and `ensure_stream` / `ensure_bucket` bring
+one that exists to its declared configuration, so changed limits apply as soon as
+a service declares it again.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from nats.aio.client import Client as NatsConnection
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, StreamConfig
+from nats.js.api import ConsumerConfig, KeyValueConfig, StreamConfig
+from nats.js.kv import KeyValue
 from opentelemetry import propagate
 
 from agentrt_kit.concurrency import cancel_and_wait, wait_event
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 STREAM_CONFIG_MISMATCH = 10058
+KV_STREAM = "KV_{bucket}"  # the stream under a KV bucket (NATS's naming)
+KV_DUPLICATE_WINDOW = 120.0  # nats-py's for a new bucket
 
 
 @dataclass(frozen=True)
@@ -210,6 +216,44 @@ class BackgroundSubscription:
                 await self.subscription.unsubscribe()
 
 
+@dataclass(frozen=True)
+class StreamLimits:
+    """How much a stream or KV bucket keeps: at most `max_bytes`, none older than `max_age_seconds`.
+
+    Both are required and positive: nothing the project declares grows without bound.
+    What goes when a limit is reached is the stream's own choice (`discard`): a work queue
+    refuses new messages, an event log drops its oldest, a KV bucket refuses new values.
+
+    Raises:
+        ValueError: a limit is not positive.
+    """
+
+    max_age_seconds: float
+    max_bytes: int
+
+    def __post_init__(self) -> None:
+        if not (self.max_age_seconds > 0 and self.max_bytes > 0):
+            raise ValueError(f"stream limits must be positive, not {self}")
+
+    def stream_config(self, *, duplicate_window: float, **config: Any) -> StreamConfig:
+        """A stream configuration with these limits and `config` (name, subjects, ...).
+
+        The duplicate window is capped at `max_age_seconds`: NATS refuses a longer one.
+        """
+        return StreamConfig(
+            max_age=self.max_age_seconds,
+            max_bytes=self.max_bytes,
+            duplicate_window=min(duplicate_window, self.max_age_seconds),
+            **config,
+        )
+
+    def bucket_config(self, bucket: str, *, history: int) -> KeyValueConfig:
+        """A KV bucket configuration with these limits: entries expire after `max_age_seconds`."""
+        return KeyValueConfig(
+            bucket=bucket, history=history, ttl=self.max_age_seconds, max_bytes=self.max_bytes
+        )
+
+
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     """Create the stream, or bring an existing one to `config` (idempotent)."""
     try:
@@ -218,6 +262,33 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
         if e.err_code != STREAM_CONFIG_MISMATCH:
             raise
         await js.update_stream(config)
+        log.info("stream configuration updated", extra={"stream": config.name})
+
+
+async def ensure_bucket(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:
+    """Open the KV bucket, creating it or bringing its limits and history to `config`.
+
+    A bucket's limits live on its stream (`KV_<bucket>`), which nats-py never updates:
+    `create_key_value` leaves an existing bucket as it is.
+    """
+    try:
+        current = (await js.stream_info(KV_STREAM.format(bucket=config.bucket))).config
+    except nats.js.errors.NotFoundError:
+        return await js.create_key_value(config)
+    ttl = config.ttl or 0.0
+    wanted = (ttl, config.max_bytes, config.history)
+    if (current.max_age or 0.0, current.max_bytes, current.max_msgs_per_subject) != wanted:
+        await js.update_stream(
+            current.evolve(
+                max_age=ttl,
+                max_bytes=config.max_bytes,
+                max_msgs_per_subject=config.history,
+                # As `create_key_value` sets it: NATS refuses a window longer than max_age.
+                duplicate_window=min(KV_DUPLICATE_WINDOW, ttl) if ttl else KV_DUPLICATE_WINDOW,
+            )
+        )
+        log.info("bucket configuration updated", extra={"bucket": config.bucket})
+    return await js.key_value(config.bucket)
 
 
 def trace_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -15,14 +15,16 @@ from typing import Any, Literal, TypeVar
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agentrt_kit.nats import StreamLimits
+
 
 class ConfigError(Exception):
     """A setting is missing or invalid; the message names the environment variable."""
 
 
-def shared(default: Any, env: str, description: str) -> Any:
+def shared(default: Any, env: str, description: str, **constraints: Any) -> Any:
     """A field read from the shared `AGENTRT_<NAME>` variable, not the service prefix."""
-    return Field(default, validation_alias=env, description=description)
+    return Field(default, validation_alias=env, description=description, **constraints)
 
 
 class ServiceSettings(BaseSettings):
@@ -63,8 +65,43 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_seconds: float = shared(
         10.0, "AGENTRT_SHUTDOWN_GRACE_SECONDS", "How long in-flight calls may finish on SIGTERM."
     )
+    shutdown_delay_seconds: float = shared(
+        1.0,
+        "AGENTRT_SHUTDOWN_DELAY_SECONDS",
+        "On SIGTERM, how long a gRPC service still takes new calls while it reports "
+        "NOT_SERVING, before it stops taking them and gives those in flight the grace: a "
+        "call already on its way (made for a request in flight at its caller) is served.",
+        ge=0,
+    )
     client_timeout_seconds: float = shared(
         5.0, "AGENTRT_CLIENT_TIMEOUT_SECONDS", "Default deadline of outgoing gRPC calls."
+    )
+    # Shared because more than one service declares these (the gateway and the tools
+    # service the audit stream; every service the catalogue bucket): they must agree.
+    audit_max_age_seconds: float = shared(
+        90 * 86_400.0,
+        "AGENTRT_AUDIT_MAX_AGE_SECONDS",
+        "How long the audit stream keeps records.",
+        gt=0,
+    )
+    audit_max_bytes: int = shared(
+        1024**3,
+        "AGENTRT_AUDIT_MAX_BYTES",
+        "Most bytes of audit records the stream keeps; the oldest go first.",
+        gt=0,
+    )
+    catalog_ttl_seconds: float = shared(
+        7 * 86_400.0,
+        "AGENTRT_CATALOG_TTL_SECONDS",
+        "How long a template catalogue entry lives unless written again (executors write "
+        "theirs every AGENTRT_EXECUTOR_CATALOG_PUBLISH_INTERVAL_SECONDS).",
+        gt=0,
+    )
+    catalog_max_bytes: int = shared(
+        64 * 1024**2,
+        "AGENTRT_CATALOG_MAX_BYTES",
+        "Most bytes the template catalogue bucket holds; when full, writes are refused.",
+        gt=0,
     )
 
     @field_validator("nats_prefix")
@@ -73,6 +110,14 @@ class ServiceSettings(BaseSettings):
         if not value or not value.replace("_", "").replace("-", "").isalnum():
             raise ValueError("must be letters, digits, '-' or '_'")
         return value
+
+    def audit_limits(self) -> StreamLimits:
+        """The audit stream's limits."""
+        return StreamLimits(self.audit_max_age_seconds, self.audit_max_bytes)
+
+    def catalog_limits(self) -> StreamLimits:
+        """The template catalogue bucket's limits."""
+        return StreamLimits(self.catalog_ttl_seconds, self.catalog_max_bytes)
 
     def service_token_sha256(self) -> bytes | None:
         """Digest of the service token: servers keep only this, never the token."""

@@ -20,10 +20,10 @@ from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql as pgsql
-from psycopg_pool import ConnectionPool
 
 from agentrt_kit.concurrency import run_inline
 from agentrt_kit.errors import Unavailable
+from agentrt_kit.pg_connections import PgConnections
 
 MIGRATIONS_TABLE = "schema_migrations"
 BlockingCall = Callable[..., Awaitable[Any]]
@@ -121,17 +121,13 @@ class SqlDatabase:
             self.dialect = "postgres"
             self.ph = "%s"
             self.schema = schema
-            self._pool = ConnectionPool(
-                url, min_size=1, max_size=pool_size, open=False, kwargs={"autocommit": False}
-            )
+            self._pool = PgConnections(url, max_size=pool_size, kwargs={"autocommit": False})
 
     def open(self) -> SqlDatabase:
-        """Connect (PostgreSQL: open the pool and check it answers)."""
+        """Connect (PostgreSQL: check the server answers)."""
         if self.dialect == "postgres":
-            try:
-                self._pool.open(wait=True, timeout=10)
-            except psycopg.Error as e:
-                raise Unavailable(f"database unavailable: {e}") from e
+            with self._pool.connection():
+                pass
         if self.schema and self.schema != "public":
             with self.transaction() as cursor:
                 cursor.execute(

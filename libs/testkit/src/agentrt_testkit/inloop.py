@@ -9,11 +9,25 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 import grpc
 
 from agentrt_kit.grpc.client import create_channel
+from agentrt_kit.settings import ServiceSettings
 
 SettingsT = TypeVar("SettingsT")
 StubT = TypeVar("StubT")
 
 Serve = Callable[..., Coroutine[Any, Any, None]]
+
+
+def _prompt(settings: SettingsT) -> SettingsT:
+    """`settings` without the shutdown delay, unless the test set one.
+
+    The delay serves calls already on their way to a stopping service; nothing is on its
+    way to a test's server when the test stops it, and each stop would wait for nothing.
+    """
+    if isinstance(settings, ServiceSettings) and (
+        "shutdown_delay_seconds" not in settings.model_fields_set
+    ):
+        return settings.model_copy(update={"shutdown_delay_seconds": 0.0})
+    return settings
 
 
 class InLoopService(Generic[SettingsT, StubT]):
@@ -28,7 +42,7 @@ class InLoopService(Generic[SettingsT, StubT]):
     stub_class: ClassVar[Callable[[grpc.aio.Channel], Any]]
 
     def __init__(self, settings: SettingsT) -> None:
-        self.settings = settings
+        self.settings = _prompt(settings)
         self.port = 0
         self.task: asyncio.Task[None] | None = None
         self.stop_event = asyncio.Event()

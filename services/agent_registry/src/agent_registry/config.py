@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from agentrt_kit.nats import StreamLimits
 from agentrt_kit.settings import ServiceSettings
 
 
@@ -52,6 +53,15 @@ class Settings(ServiceSettings):
     stream_max_age_days: float = Field(
         30.0, gt=0, description="How long the registry event stream keeps events."
     )
+    stream_max_bytes: int = Field(
+        256 * 1024**2,
+        gt=0,
+        description="Most bytes of events the registry event stream keeps; the oldest go first.",
+    )
+
+    def stream_limits(self) -> StreamLimits:
+        """The registry event stream's limits."""
+        return StreamLimits(self.stream_max_age_days * 86_400, self.stream_max_bytes)
 
     # A field validator, not a model validator: the error is then located at
     # postgres_dsn, so load_settings names AGENTRT_REGISTRY_POSTGRES_DSN as the bad key.

@@ -69,7 +69,7 @@ async def serve(
             run_blocking = BlockingRunner(settings.worker_threads, "registry")
             stack.callback(run_blocking.shutdown)
 
-            catalog = NatsTemplateCatalog(client, names)
+            catalog = NatsTemplateCatalog(client, names, limits=settings.catalog_limits())
             await catalog.start()
             stack.push_async_callback(catalog.stop)
 
@@ -95,9 +95,7 @@ async def serve(
                     )
                 )
                 if settings.relay_enabled:
-                    publisher = JetStreamPublisher(
-                        client, names, max_age_seconds=settings.stream_max_age_days * 86_400
-                    )
+                    publisher = JetStreamPublisher(client, names, limits=settings.stream_limits())
                     relay = Relay(
                         app, publisher, store, run_blocking, batch_size=settings.relay_batch_size
                     )
@@ -125,6 +123,7 @@ async def serve(
                 stack,
                 server,
                 grace=settings.shutdown_grace_seconds,
+                delay=settings.shutdown_delay_seconds,
                 on_ready=on_ready,
                 stop=stop,
             )

@@ -26,6 +26,7 @@ from agent_executor.domain.services_config import (
     ServicesConfig,
     parse_services_config,
 )
+from agentrt_kit.nats import StreamLimits
 from agentrt_kit.settings import ConfigError, ServiceSettings
 from agentrt_kit.urls import parse_networks
 
@@ -33,6 +34,7 @@ StrList = Annotated[list[str], NoDecode]
 QueueBackend = Literal["nats", "redis", "rabbitmq"]
 BusBackend = Literal["nats", "redis"]
 SCHEMES = {"redis": ("redis", "rediss", "unix"), "rabbitmq": ("amqp", "amqps")}
+CATALOG_TTL_INTERVALS = 3  # a catalogue entry outlives two missed publications
 DEFAULT_URLS = {
     "redis": "redis://127.0.0.1:6379/0",
     "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/",
@@ -64,6 +66,12 @@ class Settings(ServiceSettings):
     sessions_url: SecretStr = Field(
         SecretStr("sqlite:///var/executor-sessions.sqlite3"),
         description="Server-side memory (LangGraph checkpointer): sqlite:///path or postgresql://.",
+    )
+    session_checkpoints_kept: int = Field(
+        3,
+        ge=1,
+        description="Newest checkpoints a session keeps once a run of it ends (each holds the "
+        "conversation so far; the next turn reads the newest only). 3: a plain turn's.",
     )
     postgres_schema: str = Field("public", description="PostgreSQL schema for both.")
     services_config_file: Path | None = Field(
@@ -127,9 +135,10 @@ class Settings(ServiceSettings):
         86_400.0, gt=0, description="How long run events stay in JetStream."
     )
     run_events_max_bytes: int = Field(
-        -1,
-        ge=-1,
-        description="Most bytes of run events JetStream keeps; the oldest go first (-1: no limit).",
+        512 * 1024**2,
+        gt=0,
+        description="Most bytes of run events JetStream keeps; the oldest go first (on Redis: "
+        "most bytes of one run's events).",
     )
     catalog_publish_interval_seconds: float = Field(
         60.0, gt=0, description="How often template descriptors are re-published."
@@ -201,10 +210,19 @@ class Settings(ServiceSettings):
         7 * 86_400.0, gt=0, description="A run still queued this long is dropped unprocessed."
     )
     queue_max_bytes: int = Field(
-        -1,
-        ge=-1,
-        description="Most bytes of queued runs JetStream keeps; when full, new runs are "
-        "refused (-1: no limit).",
+        128 * 1024**2,
+        gt=0,
+        description="NATS: most bytes of queued runs JetStream keeps (each queue); when full, "
+        "new runs are refused.",
+    )
+    queue_dead_letters_max_age_seconds: float = Field(
+        7 * 86_400.0, gt=0, description="NATS: how long dead letters are kept."
+    )
+    queue_dead_letters_max_bytes: int = Field(
+        32 * 1024**2,
+        gt=0,
+        description="NATS: most bytes of dead letters JetStream keeps (each queue); the oldest "
+        "go first.",
     )
 
     webhook_secret: SecretStr | None = Field(
@@ -262,6 +280,17 @@ class Settings(ServiceSettings):
         return value
 
     @model_validator(mode="after")
+    def _catalog_outlives_publications(self) -> Settings:
+        if self.catalog_ttl_seconds < CATALOG_TTL_INTERVALS * self.catalog_publish_interval_seconds:
+            raise ValueError(
+                f"AGENTRT_CATALOG_TTL_SECONDS ({self.catalog_ttl_seconds:g}) must be at least "
+                f"{CATALOG_TTL_INTERVALS} times AGENTRT_EXECUTOR_CATALOG_PUBLISH_INTERVAL_SECONDS "
+                f"({self.catalog_publish_interval_seconds:g}): served templates would expire "
+                "between publications"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _broker_urls(self) -> Settings:
         for backend, url, variable in (
             (self.queue_backend, self.queue_url, "AGENTRT_QUEUE_URL"),
@@ -306,6 +335,20 @@ class Settings(ServiceSettings):
             if value := getattr(self, name):
                 limits[name] = value
         return limits
+
+    def run_events_limits(self) -> StreamLimits:
+        """The JetStream run event stream's limits."""
+        return StreamLimits(self.run_events_retention_seconds, self.run_events_max_bytes)
+
+    def queue_limits(self) -> StreamLimits:
+        """The limits of each JetStream queue stream (runs, webhooks)."""
+        return StreamLimits(self.queue_max_age_seconds, self.queue_max_bytes)
+
+    def dead_letter_limits(self) -> StreamLimits:
+        """The limits of each JetStream dead-letter stream."""
+        return StreamLimits(
+            self.queue_dead_letters_max_age_seconds, self.queue_dead_letters_max_bytes
+        )
 
     def run_limits(self) -> RunLimits:
         """The executor-wide run limits."""

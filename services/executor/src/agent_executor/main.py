@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import grpc
 
 from agent_executor.adapters.catalog_publisher import CatalogPublisher, executor_entry
-from agent_executor.adapters.checkpointer import open_checkpointer
+from agent_executor.adapters.checkpointer import open_checkpointer, session_history
 from agent_executor.adapters.grpc_api import ExecutorServicer
 from agent_executor.adapters.models import ProviderModels
 from agent_executor.adapters.nats_queue import JetStreamRunQueue
@@ -107,6 +107,7 @@ def _run_settings(settings: Settings) -> RunSettings:
         executor_id=settings.executor_id,
         queued_lost_seconds=settings.queue_ack_wait_seconds * (settings.queue_max_attempts + 1)
         + settings.lease_seconds,
+        session_checkpoints_kept=settings.session_checkpoints_kept,
     )
 
 
@@ -125,6 +126,7 @@ async def _templates(
         client,
         names,
         catalog.templates,
+        limits=settings.catalog_limits(),
         executor=executor_entry(settings.executor_id, services, settings.published_limits()),
         interval=settings.catalog_publish_interval_seconds,
     )
@@ -184,12 +186,7 @@ async def _bus(stack: AsyncExitStack, settings: Settings, client: NatsClient) ->
         )
         return Bus("redis", redis.events, redis.log, redis.cancel, redis.endings)
     names = Names(settings.nats_prefix)
-    events = JetStreamRunEvents(
-        client,
-        names,
-        retention_seconds=settings.run_events_retention_seconds,
-        max_bytes=settings.run_events_max_bytes,
-    )
+    events = JetStreamRunEvents(client, names, limits=settings.run_events_limits())
     await events.start()
     stack.push_async_callback(events.stop)
     return Bus(
@@ -262,8 +259,8 @@ async def _queue(
             ack_wait=ack_wait,
             max_attempts=max_attempts,
             max_deliver=max_deliver,
-            max_age=settings.queue_max_age_seconds,
-            max_bytes=settings.queue_max_bytes,
+            limits=settings.queue_limits(),
+            dead_letter_limits=settings.dead_letter_limits(),
             name=name,
         )
     await queue.start()
@@ -359,6 +356,7 @@ async def _run_service(
         services=services,
         call_store=db.calls(run_blocking),
         checkpointer=checkpointer,
+        history=session_history(checkpointer),
         event_log=event_log,
         settings=_run_settings(settings),
     )
@@ -468,6 +466,7 @@ async def serve(
                 stack,
                 server,
                 grace=settings.shutdown_grace_seconds,
+                delay=settings.shutdown_delay_seconds,
                 on_ready=on_ready,
                 stop=stop,
                 drain=runs.shutdown,

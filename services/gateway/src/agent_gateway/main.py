@@ -101,11 +101,17 @@ async def serve(
             audit = None
             if settings.audit:
                 audit = AuditPublisher(
-                    client, Names(settings.nats_prefix), "gateway", log_records=True
+                    client,
+                    Names(settings.nats_prefix),
+                    "gateway",
+                    limits=settings.audit_limits(),
+                    log_records=True,
                 )
                 await audit.start()
                 stack.push_async_callback(audit.stop)
-            templates = CatalogWatcher(client, Names(settings.nats_prefix), template_view)
+            templates = CatalogWatcher(
+                client, Names(settings.nats_prefix), template_view, limits=settings.catalog_limits()
+            )
             await templates.start()
             stack.push_async_callback(templates.stop)
             token = settings.service_token.get_secret_value() if settings.service_token else None

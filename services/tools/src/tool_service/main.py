@@ -128,7 +128,12 @@ async def serve(
 
             audit: AuditSink = ListAuditSink()
             if settings.audit_enabled:
-                publisher = AuditPublisher(client, Names(settings.nats_prefix), AUDIT_SERVICE)
+                publisher = AuditPublisher(
+                    client,
+                    Names(settings.nats_prefix),
+                    AUDIT_SERVICE,
+                    limits=settings.audit_limits(),
+                )
                 await publisher.start()
                 stack.push_async_callback(publisher.stop)
                 audit = PublishedAuditSink(publisher)
@@ -182,6 +187,7 @@ async def serve(
                 stack,
                 server,
                 grace=settings.shutdown_grace_seconds,
+                delay=settings.shutdown_delay_seconds,
                 on_ready=on_ready,
                 stop=stop,
             )

@@ -4,8 +4,8 @@ One interceptor, one wrapper per method (built once, cached), because every
 layer of wrapping costs each call measurably in Python. Per call it:
 - refuses calls without the service token when one is configured (health and
   reflection stay open), comparing SHA-256 digests in constant time;
-- sets the request id (the caller's when safe, else a new one) and the actor
-  for the call, continues the caller's trace in a server span, and sends the
+- sets the request id (the caller's when safe, else a new one), the actor and
+  the deadline for the call, continues the caller's trace in a server span, and sends the
   request id back: in the trailers of a unary call, with the first item of a
   stream (headers sent before the handler ran would commit the call, and gRPC
   then never retries a failure);
@@ -35,6 +35,7 @@ from agentrt_kit.context import (
     REQUEST_ID_HEADER,
     actor_var,
     clean_header_value,
+    deadline_var,
     new_request_id,
     request_id_var,
 )
@@ -112,21 +113,29 @@ def _record(err: BaseException) -> AgentrtError:
     return Internal(f"internal error (request id {rid})", reason="INTERNAL_ERROR")
 
 
-def _enter(metadata: Mapping[str, str]) -> tuple[str, tuple[Any, Any], float]:
+_Tokens = tuple[Any, Any, Any]
+
+
+def _enter(
+    metadata: Mapping[str, str], context: grpc.aio.ServicerContext
+) -> tuple[str, _Tokens, float]:
     rid = clean_header_value(metadata.get(REQUEST_ID_HEADER)) or new_request_id()
+    left = context.time_remaining()
     tokens = (
         request_id_var.set(rid),
         actor_var.set(clean_header_value(metadata.get(ACTOR_HEADER))),
+        deadline_var.set(None if left is None else time.monotonic() + left),
     )
     return rid, tokens, time.perf_counter()
 
 
-def _leave(method: str, tokens: tuple[Any, Any], started: float, context: Any) -> None:
+def _leave(method: str, tokens: _Tokens, started: float, context: Any) -> None:
     # A stream the client left is closed by grpc from another task: its context is not
     # the one the values were set in, and is thrown away anyway.
     with contextlib.suppress(ValueError):
         request_id_var.reset(tokens[0])
         actor_var.reset(tokens[1])
+        deadline_var.reset(tokens[2])
     if log.isEnabledFor(logging.DEBUG):
         code = context.code()
         log.debug(
@@ -172,7 +181,7 @@ def _unary(method: str) -> Callable[[Behavior], Behavior]:
     def wrap(behavior: Behavior) -> Behavior:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             metadata = _metadata(context.invocation_metadata())
-            rid, tokens, started = _enter(metadata)
+            rid, tokens, started = _enter(metadata, context)
             try:
                 with _call_span(method, metadata):
                     try:
@@ -195,7 +204,7 @@ def _stream(method: str) -> Callable[[Behavior], Behavior]:
     def wrap(behavior: Behavior) -> Behavior:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             metadata = _metadata(context.invocation_metadata())
-            rid, tokens, started = _enter(metadata)
+            rid, tokens, started = _enter(metadata, context)
             try:
                 with _call_span(method, metadata):
                     headers_sent = False

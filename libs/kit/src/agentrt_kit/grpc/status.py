@@ -114,6 +114,11 @@ def error_from_status(
                 bad = error_details_pb2.BadRequest()
                 detail.Unpack(bad)
                 violations = [FieldViolation(v.field, v.description) for v in bad.field_violations]
+    if code_name == "CANCELLED" and status is None:
+        # Not a service's refusal (those carry details) but a call dropped on its way: a
+        # server stopping at that moment resets the calls it has not taken. Another
+        # attempt can succeed. (A call its caller cancelled raises CancelledError instead.)
+        return Unavailable(message or "the call was dropped by the server")
     try:
         cls = ERROR_CLASSES[ErrorCode(code_name)]
     except ValueError:

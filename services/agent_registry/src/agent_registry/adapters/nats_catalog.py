@@ -24,7 +24,7 @@ from agent_registry.domain.executors import ExecutorFleet, ExecutorReport, fleet
 from agent_registry.domain.templates import TemplateDescriptor
 from agent_registry.errors import CatalogUnavailable
 from agentrt_kit.catalog import CatalogWatcher, entry_key
-from agentrt_kit.nats import Names, NatsClient
+from agentrt_kit.nats import Names, NatsClient, StreamLimits
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,18 @@ class NatsTemplateCatalog:
         client: NatsClient,
         names: Names,
         *,
+        limits: StreamLimits,
         lookup_timeout: float = 2.0,
         recheck_interval: float = 1.0,
     ) -> None:
         self._client = client
         self._timeout = lookup_timeout
         self._watcher = CatalogWatcher(
-            client, names, TemplateDescriptor.from_document, recheck_interval=recheck_interval
+            client,
+            names,
+            TemplateDescriptor.from_document,
+            limits=limits,
+            recheck_interval=recheck_interval,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._parsed: dict[str, tuple[object, ExecutorReport | None]] = {}

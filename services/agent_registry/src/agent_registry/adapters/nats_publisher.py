@@ -5,23 +5,36 @@ Stream `<PREFIX>_REGISTRY` holds `<prefix>.registry.>`; each event goes to
 protobuf, with `Nats-Msg-Id` = event id (JetStream drops a repeat inside the
 duplicate window) and `Agentrt-Position` = its position in the notification log
 (read back on reconnection so a restarted relay resumes after what the stream
-holds, even past the window).
+holds, even past the window). The stream keeps events within its `StreamLimits`;
+the oldest go first.
+
+Events go one at a time, each after the previous one's acknowledgement. Pipelined,
+a crash of NATS could lose events nats-py had written while later ones waited in its
+reconnect buffer, which it sends on reconnection: they were stored after a gap, the
+relay resumed after them, and the lost ones were never published. One at a time, what
+the stream holds is always the log up to some position.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 
 import nats.errors
 import nats.js.errors
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType
 
 from agent_registry.adapters.grpc_api import entry_fields
 from agent_registry.application.ports import OutboundEvent
 from agentrt.events.v1 import registry_events_pb2
 from agentrt_kit.errors import Unavailable
-from agentrt_kit.nats import MSG_ID_HEADER, Names, NatsClient, ensure_stream, trace_headers
+from agentrt_kit.nats import (
+    MSG_ID_HEADER,
+    Names,
+    NatsClient,
+    StreamLimits,
+    ensure_stream,
+    trace_headers,
+)
 
 POSITION_HEADER = "Agentrt-Position"
 AGENT_ID_HEADER = "Agentrt-Agent-Id"
@@ -45,20 +58,19 @@ class JetStreamPublisher:
         client: NatsClient,
         names: Names,
         *,
-        max_age_seconds: float,
+        limits: StreamLimits,
         duplicate_window_seconds: float = 600.0,
         ack_timeout: float = 5.0,
     ) -> None:
         self._client = client
         self._names = names
         self.stream = names.stream("registry")
-        self._config = StreamConfig(
+        self._config = limits.stream_config(
             name=self.stream,
             subjects=[names.subject("registry", ">")],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             discard=DiscardPolicy.OLD,
-            max_age=max_age_seconds,
             duplicate_window=duplicate_window_seconds,
         )
         self._ack_timeout = ack_timeout
@@ -73,11 +85,10 @@ class JetStreamPublisher:
             self._stream_ready = True
 
     async def publish(self, events: Sequence[OutboundEvent]) -> None:
-        """Publish in order and wait for every acknowledgement."""
+        """Publish in order, each event once the previous one is acknowledged."""
         try:
             await self._ready()
             js = self._client.js
-            acks = []
             for event in events:
                 headers = trace_headers(
                     {
@@ -87,8 +98,7 @@ class JetStreamPublisher:
                     }
                 )
                 subject = self._names.subject("registry", "agent", event.entry.type)
-                acks.append(await js.publish_async(subject, encode(event), headers=headers))
-            await asyncio.wait_for(asyncio.gather(*acks), self._ack_timeout)
+                await js.publish(subject, encode(event), headers=headers, timeout=self._ack_timeout)
         except (nats.errors.Error, OSError, TimeoutError) as e:
             self._stream_ready = False
             raise Unavailable(f"publishing agent events failed: {e or type(e).__name__}") from e

@@ -2,7 +2,7 @@
 
 Settings are handed to the library as an explicit mapping (never through
 os.environ). SQLite is the embedded default; PostgreSQL goes through psycopg 3
-with a connection pool.
+with the connections of `pg_store.BoundedPostgresFactory` (fail fast, deadline-bounded).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
     assert settings.postgres_dsn is not None
     parts = conninfo.conninfo_to_dict(settings.postgres_dsn.get_secret_value())
     env.update(
-        PERSISTENCE_MODULE="eventsourcing.postgres",
+        PERSISTENCE_MODULE="agent_registry.adapters.pg_store:BoundedPostgresFactory",
         POSTGRES_DBNAME=str(parts.get("dbname") or "postgres"),
         POSTGRES_HOST=str(parts.get("host") or "localhost"),
         POSTGRES_PORT=str(parts.get("port") or "5432"),
@@ -39,6 +39,5 @@ def eventsourcing_env(settings: Settings) -> dict[str, str]:
         POSTGRES_POOL_SIZE=str(settings.postgres_pool_size),
         POSTGRES_MAX_OVERFLOW=str(settings.postgres_max_overflow),
         POSTGRES_CONNECT_TIMEOUT="5",
-        POSTGRES_PRE_PING="y",
     )
     return env

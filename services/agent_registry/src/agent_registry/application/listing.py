@@ -32,7 +32,7 @@ from agent_registry.application.registry import (
 )
 from agent_registry.domain.agent import Agent
 from agentrt_kit.concurrency import wait_for_any
-from agentrt_kit.errors import invalid
+from agentrt_kit.errors import Unavailable, invalid
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,8 @@ async def follow(
         wake.clear()
         try:
             await catch_up()
+        except Unavailable as e:  # the database is down: the next round tries again
+            log.warning("projection catch-up paused", extra={"error": str(e)})
         except Exception:
             log.exception("projection catch-up failed")
         if await wait_for_any(wake, stop, timeout=interval) and not stop.is_set():

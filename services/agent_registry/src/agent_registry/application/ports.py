@@ -95,6 +95,9 @@ class EventPublisher(Protocol):
     async def publish(self, events: Sequence[OutboundEvent]) -> None:
         """Publish all, in order, de-duplicated by event id.
 
+        The bus never holds an event after one it lost: what it holds is the log up to
+        some position, so resuming after `last_position()` loses nothing.
+
         Raises:
             Unavailable: when any of them could not be published (none is lost:
                 the relay publishes them again).

@@ -37,7 +37,7 @@ from agentrt_kit.catalog import (
     publish_executor,
 )
 from agentrt_kit.concurrency import cancel_and_wait, wait_event
-from agentrt_kit.nats import Names, NatsClient
+from agentrt_kit.nats import Names, NatsClient, StreamLimits
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,13 @@ class CatalogPublisher:
         names: Names,
         templates: Callable[[], Sequence[LoadedTemplate]],
         *,
+        limits: StreamLimits,
         executor: Mapping[str, Any] | None = None,
         interval: float = 60.0,
     ) -> None:
         self._client = client
         self._names = names
+        self._limits = limits
         self._templates = templates
         self._executor = executor
         self._interval = interval
@@ -102,7 +104,7 @@ class CatalogPublisher:
 
     async def _publish(self) -> None:
         self._wake.clear()
-        kv = await open_bucket(self._client.js, self._names)
+        kv = await open_bucket(self._client.js, self._names, self._limits)
         served = list(self._templates())
         if self._executor is not None:
             # Before the templates: a registry that can see a template can see this too.

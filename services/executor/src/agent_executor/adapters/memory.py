@@ -11,7 +11,10 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from langgraph.checkpoint.memory import InMemorySaver
+
 from agent_executor.application.ports import (
+    RUN_ID_KEY,
     Admission,
     Claim,
     ClaimOutcome,
@@ -410,6 +413,43 @@ class LocalRunEndings:
         """Announce that the run has ended."""
         for event in self.watchers.get(run_id, []):
             event.set()
+
+
+# Metadata keys of the threads whose graph uses a LangGraph `DeltaChannel` (never pruned).
+DELTA_MARKS = frozenset({"counters_since_delta_snapshot", "delta_writes_versioned"})
+
+
+class InMemorySessionHistory:
+    """Prunes the threads of LangGraph's `InMemorySaver` as the SQL adapters prune theirs."""
+
+    def __init__(self, saver: InMemorySaver) -> None:
+        self.saver = saver
+
+    async def prune(self, thread_id: str, *, keep: int, through_run: str) -> int:
+        """See `SessionHistory.prune`."""
+        if keep < 1:
+            raise ValueError(f"a session keeps at least its newest checkpoint, not {keep}")
+        loads = self.saver.serde.loads_typed
+        saved = self.saver.storage.get(thread_id, {}).get("", {})
+        metadata = {cid: loads(meta) for cid, (_, meta, _) in saved.items()}
+        if any(DELTA_MARKS & meta.keys() for meta in metadata.values()):
+            return 0
+        ours = [cid for cid, meta in metadata.items() if meta.get(RUN_ID_KEY) == through_run]
+        if not ours:
+            return 0
+        doomed = sorted((cid for cid in saved if cid <= max(ours)), reverse=True)[keep:]
+        freed: set[tuple[str, Any]] = set()
+        for cid in doomed:
+            freed.update(loads(saved.pop(cid)[0])["channel_versions"].items())
+            self.saver.writes.pop((thread_id, "", cid), None)
+        used: set[tuple[str, Any]] = set()
+        for cid, (checkpoint, meta, parent) in list(saved.items()):
+            used.update(loads(checkpoint)["channel_versions"].items())
+            if parent in doomed:
+                saved[cid] = (checkpoint, meta, None)
+        for channel, version in freed - used:
+            self.saver.blobs.pop((thread_id, "", channel, version), None)
+        return len(doomed)
 
 
 # ------------------------------------------------------------------ run queue

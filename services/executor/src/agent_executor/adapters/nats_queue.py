@@ -3,9 +3,10 @@
 A queued run is one message on `<prefix>.runs.queue` whose payload is the run id
 (UTF-8), stored in the `<PREFIX>_RUN_QUEUE` stream: work-queue retention (a
 message goes once acknowledged), file storage, `Nats-Msg-Id = <run id>` so a run
-submitted again within the duplicate window (10 min) is stored once. When the
-stream is full (`max_bytes`) new runs are refused rather than queued ones dropped;
-a run still queued after `max_age` is removed unprocessed.
+submitted again within the duplicate window (10 min) is stored once. The stream
+is bounded by its `StreamLimits`: when it is full (`max_bytes`) new runs are
+refused (`DiscardPolicy.NEW`) rather than queued ones dropped, and a run still
+queued after `max_age_seconds` is removed unprocessed.
 
 Every executor replica pulls from one durable pull consumer, `executors`:
 explicit acknowledgement, redelivery `ack_wait` seconds after the last sign of
@@ -15,8 +16,8 @@ after which JetStream stops delivering it anyway. A queue whose application coun
 attempts itself passes `max_deliver=-1` (the run queue: the run store counts the
 times a run was started, and a run waiting for its session's turn is delivered
 again and again without starting). Dead letters go to
-`<prefix>.runs.dead` in `<PREFIX>_RUN_DEAD_LETTERS` (limits retention, 7 days) as
-JSON `{"run_id", "reason", "attempt"}`.
+`<prefix>.runs.dead` in `<PREFIX>_RUN_DEAD_LETTERS` (limits retention within its own
+`StreamLimits`; the oldest go first) as JSON `{"run_id", "reason", "attempt"}`.
 
 Another queue of the same shape (the webhook queue) takes its own `name`: streams
 `<PREFIX>_<NAME>_QUEUE` and `<PREFIX>_<NAME>_DEAD_LETTERS`, subjects under
@@ -48,12 +49,11 @@ from nats.js.api import (
     DiscardPolicy,
     RetentionPolicy,
     StorageType,
-    StreamConfig,
 )
 
 from agent_executor.adapters.queue_signals import LostSignals
 from agent_executor.application.ports import QueueDelivery, QueueStats, QueueUnavailable
-from agentrt_kit.nats import Names, NatsClient, ensure_stream, publish
+from agentrt_kit.nats import Names, NatsClient, StreamLimits, ensure_stream, publish
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,7 +61,6 @@ T = TypeVar("T")
 CONSUMER = "executors"
 REQUEST_TIMEOUT = 5.0  # longest a submit, an acknowledgement or a stats call waits on NATS
 DUPLICATE_WINDOW = 600.0
-DEAD_LETTER_MAX_AGE = 7 * 86_400.0
 # More than every replica ever holds at once: their free slots bound what they pull.
 MAX_ACK_PENDING = 100_000
 MIN_FETCH_SECONDS = 0.01  # nats-py refuses a fetch without a positive timeout
@@ -91,8 +90,8 @@ class JetStreamRunQueue:
         ack_wait: float = 30.0,
         max_attempts: int = 5,
         max_deliver: int | None = None,
-        max_age: float = 7 * 86_400.0,
-        max_bytes: int = -1,
+        limits: StreamLimits,
+        dead_letter_limits: StreamLimits,
         name: str = "run",
     ) -> None:
         self._client = client
@@ -103,8 +102,24 @@ class JetStreamRunQueue:
         self.dead_letter_stream = names.stream(f"{name}_dead_letters")
         self._subject = names.subject(f"{name}s", "queue")
         self._dead_subject = names.subject(f"{name}s", "dead")
-        self._max_age = max_age
-        self._max_bytes = max_bytes
+        self._streams = (
+            limits.stream_config(
+                name=self.stream,
+                subjects=[self._subject],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                discard=DiscardPolicy.NEW,  # a full queue refuses new runs, keeps queued ones
+                duplicate_window=DUPLICATE_WINDOW,
+            ),
+            dead_letter_limits.stream_config(
+                name=self.dead_letter_stream,
+                subjects=[self._dead_subject],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                discard=DiscardPolicy.OLD,
+                duplicate_window=DUPLICATE_WINDOW,
+            ),
+        )
         self._declared_on: NatsConnection | None = None  # where the streams were declared
         self._subscription: JetStreamContext.PullSubscription | None = None
         self._subscription_on: NatsConnection | None = None
@@ -145,29 +160,8 @@ class JetStreamRunQueue:
 
     async def _declare(self) -> None:
         js = self._client.js
-        await ensure_stream(
-            js,
-            StreamConfig(
-                name=self.stream,
-                subjects=[self._subject],
-                retention=RetentionPolicy.WORK_QUEUE,
-                storage=StorageType.FILE,
-                discard=DiscardPolicy.NEW,
-                max_age=self._max_age,
-                max_bytes=self._max_bytes,
-                duplicate_window=min(DUPLICATE_WINDOW, self._max_age),
-            ),
-        )
-        await ensure_stream(
-            js,
-            StreamConfig(
-                name=self.dead_letter_stream,
-                subjects=[self._dead_subject],
-                storage=StorageType.FILE,
-                max_age=DEAD_LETTER_MAX_AGE,
-                duplicate_window=DUPLICATE_WINDOW,
-            ),
-        )
+        for config in self._streams:
+            await ensure_stream(js, config)
         # Creates the consumer, or updates it to this configuration (server 2.10+).
         await js.add_consumer(
             self.stream,

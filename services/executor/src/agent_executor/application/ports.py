@@ -463,3 +463,28 @@ class RunEndings(Protocol):
         fails: when nothing can be heard, the event is simply never set.
         """
         ...
+
+
+# Every checkpoint a run writes names the run in its metadata (LangGraph copies the run
+# config's metadata there): resumes, rollbacks and session pruning go by it.
+RUN_ID_KEY = "agentrt_run_id"
+
+
+class SessionHistory(Protocol):
+    """The checkpoints of the sessions (the checkpointer's threads), pruned to a bound."""
+
+    async def prune(self, thread_id: str, *, keep: int, through_run: str) -> int:
+        """Delete a thread's older checkpoints in one transaction; how many went.
+
+        Of the checkpoints up to the newest one `through_run` wrote, the newest `keep`
+        stay; the others go with their pending writes and the stored values no remaining
+        checkpoint uses. A remaining checkpoint whose parent went is left without one.
+        Checkpoints after it (a later run's, perhaps in flight) are never touched, so the
+        thread's newest checkpoint always stays. Nothing goes when `through_run` wrote
+        none, nor from a thread whose graph uses a LangGraph `DeltaChannel` (it rebuilds
+        its values from older checkpoints). Only the root namespace is pruned.
+
+        Raises:
+            ValueError: `keep` is below 1.
+        """
+        ...

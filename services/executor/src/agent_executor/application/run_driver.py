@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from agent_executor.application.context import (
     current_run,
 )
 from agent_executor.application.messages import text_of
-from agent_executor.application.ports import RunEventSink, RunStore
+from agent_executor.application.ports import RUN_ID_KEY, RunEventSink, RunStore
 from agent_executor.application.transcript import client_calls, graph_messages
 from agent_executor.domain.agents import AgentSnapshot
 from agent_executor.domain.runs import (
@@ -59,12 +60,17 @@ from agent_executor.domain.runs import (
     Usage,
 )
 from agent_executor.errors import OutputInvalid, RunFailure
+from agentrt_kit.errors import Unavailable
+from agentrt_kit.resilience import jittered_backoff
 
 log = logging.getLogger(__name__)
 
 BlockingCall = Callable[..., Awaitable[Any]]
 UNLIMITED_STEPS = 10_000
 HANDOVER = "the executor is handing the run over"
+# How long a run's end is stored again while the store is unavailable, before it is handed
+# over (its queue brings it back): a database restart, not an outage.
+END_PATIENCE_SECONDS = 30.0
 CUSTOM_EVENTS: dict[str, type[EventBody]] = {
     "tool_call_started": ToolCallStarted,
     "tool_call_finished": ToolCallFinished,
@@ -163,8 +169,10 @@ class RunDriver:
         call_store: BlockingCall,
         clock: Callable[[], datetime],
         released: Callable[[RunHandle], None] = lambda handle: None,
+        end_patience: float = END_PATIENCE_SECONDS,
     ) -> None:
         self.store = store
+        self.end_patience = end_patience
         self.released = released
         self.events = events
         self.call_store = call_store
@@ -187,7 +195,7 @@ class RunDriver:
         limits = ctx.limits
         config: RunnableConfig = {
             "recursion_limit": limits.max_steps or UNLIMITED_STEPS,
-            "metadata": {"agentrt_run_id": record.run_id, "agent_id": record.agent_id},
+            "metadata": {RUN_ID_KEY: record.run_id, "agent_id": record.agent_id},
         }
         if drive.thread_id:
             config["configurable"] = {"thread_id": drive.thread_id}
@@ -284,7 +292,7 @@ class RunDriver:
                 state = await self._before_rolled_back(graph, config, state)
             values = (state.values or {}) if state else {}
             stored = values.get("messages", [])
-            ours = bool(state) and (state.metadata or {}).get("agentrt_run_id") == drive.ctx.run_id
+            ours = bool(state) and (state.metadata or {}).get(RUN_ID_KEY) == drive.ctx.run_id
             if drive.resume and ours:
                 _count_earlier_attempts(drive.ctx, stored)
                 known = {m.id for m in stored if m.id and not isinstance(m, AIMessage)}
@@ -408,28 +416,61 @@ class RunDriver:
             output=output,
             finish_reason=reason,
         )
-        try:
-            await asyncio.shield(
-                self.call_store(
-                    self.store.finish,
-                    record.run_id,
-                    status,
-                    finished_at=record.finished_at,
-                    usage=record.usage,
-                    tool_calls=record.tool_calls,
-                    error_code=code,
-                    error_message=message,
-                    output=output,
-                    finish_reason=reason,
-                    executor_id=record.executor_id if record.queued else "",
-                )
-            )
-        except Exception:
-            log.exception("recording the end of a run failed", extra={"run_id": record.run_id})
+        if not await self._record_end(
+            record,
+            status,
+            usage=record.usage,
+            tool_calls=record.tool_calls,
+            error_code=code,
+            error_message=message,
+            output=output,
+            finish_reason=reason,
+        ):
+            # Not stored: acknowledging the run now would leave it running for good. Handed
+            # over instead, it comes back from its queue and ends from its last checkpoint.
+            await self._hand_over(handle)
+            return
         self.emit(handle, terminal)
         handle.finished = True
         self.released(handle)
         await self._ended(handle, ended=True)
+
+    async def _record_end(self, record: RunRecord, status: RunStatus, **end: Any) -> bool:
+        """Store how the run ended, again while the store is unavailable; whether it was.
+
+        A database that is down for less than `end_patience` seconds costs a run a late
+        end, not a lost one. Storing an end twice is harmless: the second finds it ended.
+        """
+        delays = jittered_backoff(0.2, 2.0)
+        give_up = time.monotonic() + self.end_patience
+        while True:
+            try:
+                await asyncio.shield(
+                    self.call_store(
+                        self.store.finish,
+                        record.run_id,
+                        status,
+                        finished_at=record.finished_at,
+                        executor_id=record.executor_id if record.queued else "",
+                        **end,
+                    )
+                )
+                return True
+            except Unavailable as e:
+                if time.monotonic() >= give_up:
+                    log.error(
+                        "the end of a run could not be stored; handed over",
+                        extra={"run_id": record.run_id, "error": str(e)},
+                    )
+                    return False
+                log.warning(
+                    "storing the end of a run failed, retrying",
+                    extra={"run_id": record.run_id, "error": str(e)},
+                )
+                await asyncio.sleep(next(delays))
+            except Exception:
+                log.exception("recording the end of a run failed", extra={"run_id": record.run_id})
+                return True  # not the store being down: retrying would not help
 
     async def _hand_over(self, handle: RunHandle) -> None:
         record = handle.record
@@ -493,7 +534,7 @@ def _count_earlier_attempts(ctx: RunContext, stored: Sequence[BaseMessage]) -> N
 
 def _run_of(snapshot: StateSnapshot) -> str:
     """The run that wrote a checkpoint ("" when none of ours did)."""
-    run_id = (snapshot.metadata or {}).get("agentrt_run_id", "")
+    run_id = (snapshot.metadata or {}).get(RUN_ID_KEY, "")
     return run_id if isinstance(run_id, str) else ""
 
 

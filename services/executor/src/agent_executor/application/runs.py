@@ -49,9 +49,11 @@ from agent_executor.application.ports import (
     RunEventLog,
     RunEventSink,
     RunStore,
+    SessionHistory,
     ToolGateway,
 )
 from agent_executor.application.run_driver import Drive, RunDriver, RunHandle
+from agent_executor.application.sessions import SessionPruner
 from agent_executor.application.templates import (
     ConfigViolations,
     LoadedTemplate,
@@ -94,7 +96,8 @@ from agent_executor.errors import (
     TooManyRuns,
 )
 from agentrt_kit.concurrency import wait_event
-from agentrt_kit.errors import FieldViolation, InvalidArgument, invalid
+from agentrt_kit.context import outliving_the_call
+from agentrt_kit.errors import FieldViolation, InvalidArgument, Unavailable, invalid
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +148,8 @@ class RunSettings:
     # A queued run whose executor stopped is redelivered by its queue; only one the
     # queue lost too (no executor took it for this long) is ended as EXECUTOR_LOST.
     queued_lost_seconds: float = 600.0
+    # The newest checkpoints each session keeps after a run (see `SessionPruner`).
+    session_checkpoints_kept: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +178,7 @@ class RunService:
         services: ServicesConfig,
         call_store: BlockingCall,
         checkpointer: BaseCheckpointSaver[Any] | None = None,
+        history: SessionHistory | None = None,
         event_log: RunEventLog | None = None,
         settings: RunSettings | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -195,12 +201,26 @@ class RunService:
         self.driver = RunDriver(
             store=store, events=events, call_store=call_store, clock=clock, released=self._released
         )
+        # The checkpointer's threads, pruned after each session run (None: kept whole).
+        self.sessions = (
+            SessionPruner(
+                history,
+                keep=self.settings.session_checkpoints_kept,
+                store=store,
+                call_store=call_store,
+            )
+            if history is not None
+            else None
+        )
         self._graphs: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self.closing = False
 
     def _released(self, handle: RunHandle) -> None:
         self.active.pop(handle.run_id, None)
         self.slot_freed.set()
+        # Ended, not handed over: a run handed over goes on elsewhere from its checkpoint.
+        if self.sessions is not None and handle.record.status.terminal:
+            self.sessions.run_ended(handle.record)
 
     @property
     def free_slots(self) -> int:
@@ -333,8 +353,11 @@ class RunService:
             resume=resume,
             fresh_thread=fresh_thread,
         )
+        # The run outlives a detached call, and records its end after a streamed one's.
         handle.task = asyncio.create_task(
-            self.driver.run(handle, drive), name=f"run-{record.run_id}"
+            self.driver.run(handle, drive),
+            name=f"run-{record.run_id}",
+            context=outliving_the_call(),
         )
 
     def _template(self, agent: AgentSnapshot) -> LoadedTemplate:
@@ -471,6 +494,8 @@ class RunService:
                 for record in expired:
                     log.warning("run of a lost executor ended", extra={"run_id": record.run_id})
                     await self.announce_end(record)
+            except Unavailable as e:  # the database is down: the next tick tries again
+                log.warning("run maintenance skipped", extra={"error": str(e)})
             except Exception:
                 log.exception("run maintenance failed")
 
@@ -492,6 +517,8 @@ class RunService:
             if pending:
                 await asyncio.wait(pending)
         await self.driver.drain(grace)
+        if self.sessions is not None:
+            await self.sessions.drain(grace)
 
 
 # ---------------------------------------------------------------- helpers
