@@ -245,34 +245,49 @@ def read_back(http: httpx.Client, agent_id: str, version: int, marker: str) -> b
         time.sleep(0.2)
 
 
-def writers(
-    url: str,
-    loops: list[Callable[[httpx.Client, random.Random, threading.Event, list[Answer]], None]],
-    stop: threading.Event,
-) -> tuple[list[threading.Thread], list[Answer]]:
-    answers: list[Answer] = []
+Writer = Callable[[httpx.Client, random.Random, threading.Event, list[Answer]], None]
 
-    def run(index: int, loop: Any) -> None:
+
+def write_through_an_outage(
+    url: str, loops: list[Writer], cluster: ThrowawayCluster, mode: str
+) -> tuple[list[Answer], Outage]:
+    """Run the writers while the database stops, stays down and starts again.
+
+    Each writer has its own client and seeded random. The database stops after a seeded
+    1 to 2 s, stays down `OUTAGE` s, and the writers stop 1.5 s after the first write
+    acknowledged once it is back (or after `RECOVERY_BOUND`).
+    """
+    answers: list[Answer] = []
+    stop = threading.Event()
+
+    def run(index: int, loop: Writer) -> None:
         with httpx.Client(base_url=url, timeout=20) as http:
             loop(http, random.Random(SEED + index), stop, answers)
 
     threads = [threading.Thread(target=run, args=(i, loop)) for i, loop in enumerate(loops)]
     for thread in threads:
         thread.start()
-    return threads, answers
-
-
-def go_down_and_back(cluster: ThrowawayCluster, mode: str, rng: random.Random) -> Outage:
     outage = Outage()
-    time.sleep(1.0 + rng.random())
-    outage.stopping = time.monotonic()
-    cluster.halt(mode)
-    outage.down = time.monotonic()
-    time.sleep(OUTAGE)
-    outage.starting = time.monotonic()
-    cluster.resume()
-    outage.up = time.monotonic()
-    return outage
+    try:
+        time.sleep(1.0 + random.Random(SEED).random())
+        outage.stopping = time.monotonic()
+        cluster.halt(mode)
+        outage.down = time.monotonic()
+        time.sleep(OUTAGE)
+        outage.starting = time.monotonic()
+        cluster.resume()
+        outage.up = time.monotonic()
+        deadline = outage.up + RECOVERY_BOUND + 3
+        while time.monotonic() < deadline and not any(
+            a.ok and a.started >= outage.up for a in list(answers)
+        ):
+            time.sleep(0.1)
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    return answers, outage
 
 
 def check_answers(answers: list[Answer], outage: Outage) -> dict[str, Any]:
@@ -314,7 +329,6 @@ def test_registry_writes_while_its_database_stops_are_answered_true(
     mode: str,
 ) -> None:
     system = system_factory(postgres_env("REGISTRY", private_postgres), {})
-    rng = random.Random(SEED)
     with httpx.Client(base_url=system.url, timeout=20) as http:
         ready_agent(http)
         updated = [ready_agent(http) for _ in range(3)]
@@ -353,22 +367,12 @@ def test_registry_writes_while_its_database_stops_are_answered_true(
 
         return loop
 
-    stop = threading.Event()
-    threads, answers = writers(
-        system.url, [creator, creator, creator, *(updater(a) for a in updated)], stop
+    answers, outage = write_through_an_outage(
+        system.url,
+        [creator, creator, creator, *(updater(a) for a in updated)],
+        private_postgres,
+        mode,
     )
-    try:
-        outage = go_down_and_back(private_postgres, mode, rng)
-        deadline = time.monotonic() + RECOVERY_BOUND + 3
-        while time.monotonic() < deadline and not any(
-            a.ok and a.started >= outage.up for a in list(answers)
-        ):
-            time.sleep(0.1)
-        time.sleep(1.5)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(60)
     seen = check_answers(answers, outage)
     time.sleep(2.0)  # anything answered as failed that were still to land would be in by now
 
@@ -401,7 +405,6 @@ def test_run_starts_while_the_executor_s_database_stops_are_answered_true(
     mode: str,
 ) -> None:
     system = system_factory({}, postgres_env("EXECUTOR", private_postgres))
-    rng = random.Random(SEED)
     with httpx.Client(base_url=system.url, timeout=20) as http:
         agents = [ready_agent(http) for _ in range(3)]
 
@@ -423,20 +426,9 @@ def test_run_starts_while_the_executor_s_database_stops_are_answered_true(
 
         return loop
 
-    stop = threading.Event()
-    threads, answers = writers(system.url, [starter(a) for a in agents], stop)
-    try:
-        outage = go_down_and_back(private_postgres, mode, rng)
-        deadline = time.monotonic() + RECOVERY_BOUND + 3
-        while time.monotonic() < deadline and not any(
-            a.ok and a.started >= outage.up for a in list(answers)
-        ):
-            time.sleep(0.1)
-        time.sleep(1.5)
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join(60)
+    answers, outage = write_through_an_outage(
+        system.url, [starter(a) for a in agents], private_postgres, mode
+    )
     seen = check_answers(answers, outage)
 
     with httpx.Client(base_url=system.url, timeout=40) as http:

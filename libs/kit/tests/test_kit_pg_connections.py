@@ -12,7 +12,7 @@ import pytest
 
 from agentrt_kit.context import deadline_var, remaining_seconds
 from agentrt_kit.errors import DeadlineExceeded, Unavailable
-from agentrt_kit.pg_connections import PgConnections
+from agentrt_kit.pg_connections import AsyncPgConnections, PgConnections
 from agentrt_kit.sql import SqlDatabase
 from agentrt_testkit.ports import free_port
 from agentrt_testkit.postgres import PostgresDatabase
@@ -182,3 +182,38 @@ def test_an_sql_database_on_a_refusing_server_is_unavailable_at_open() -> None:
     db = SqlDatabase(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
     with pytest.raises(Unavailable):
         db.open()
+
+
+async def test_the_async_twin_reuses_refuses_and_reports_a_lost_connection(
+    postgres_db: PostgresDatabase,
+) -> None:
+    refused = AsyncPgConnections(
+        f"host=127.0.0.1 port={free_port()} user=postgres dbname=postgres", retry_after=60
+    )
+    with pytest.raises(Unavailable, match="unavailable"):
+        async with refused.connection():
+            pass
+    pool = AsyncPgConnections(
+        postgres_db.dsn, max_size=1, kwargs={"autocommit": True}, wait_timeout=0.1
+    )
+    try:
+        async with pool.connection() as conn:
+            pid = conn.info.backend_pid
+            with pytest.raises(Unavailable) as busy:
+                async with pool.connection():
+                    pass
+            assert busy.value.reason == "DATABASE_BUSY"
+        async with pool.connection() as conn:
+            assert conn.info.backend_pid == pid
+        with deadline_in(0.3), pytest.raises(DeadlineExceeded):
+            async with pool.connection() as conn:
+                await conn.execute("SELECT pg_sleep(5)")
+        with pytest.raises(Unavailable) as lost:
+            async with pool.connection() as conn:
+                await conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        assert lost.value.reason == "OUTCOME_UNKNOWN"
+    finally:
+        await pool.close()
+    with pytest.raises(Unavailable, match="closed"):
+        async with pool.connection():
+            pass

@@ -56,20 +56,30 @@ MIN_CONNECT_TIMEOUT = 2
 
 
 class _Policy:
-    """What both pools decide alike: refusal while down, deadlines, what errors mean."""
+    """What both pools decide alike: refusal while down, deadlines, what errors mean.
+
+    Options: at most `max_size` connections, each made with `kwargs` within
+    `connect_timeout`; a call waits `wait_timeout` for one to be free; statements are
+    bounded by `statement_timeout` (None: only by the call's deadline); a failed connect
+    refuses calls for `retry_after` seconds; `name` is what errors call the database.
+    """
 
     def __init__(
         self,
+        conninfo: str,
         *,
-        max_size: int,
-        connect_timeout: float,
-        wait_timeout: float,
-        statement_timeout: float | None,
-        retry_after: float,
-        name: str,
+        max_size: int = 10,
+        kwargs: dict[str, Any] | None = None,
+        connect_timeout: float = 5.0,
+        wait_timeout: float = 10.0,
+        statement_timeout: float | None = None,
+        retry_after: float = 0.5,
+        name: str = "database",
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
+        self._conninfo = conninfo
+        self._kwargs = dict(kwargs or {})
         self._max_size = max_size
         self._connect_timeout = connect_timeout
         self._wait_timeout = wait_timeout
@@ -193,33 +203,21 @@ class _Policy:
 
 
 class PgConnections(_Policy):
-    """A bounded set of PostgreSQL connections, made on demand in the caller's thread."""
+    """A bounded set of PostgreSQL connections, made on demand in the caller's thread.
+
+    `configure` is called with each new connection; the other options are `_Policy`'s.
+    """
 
     def __init__(
         self,
         conninfo: str,
         *,
-        max_size: int = 10,
-        kwargs: dict[str, Any] | None = None,
         configure: Callable[[psycopg.Connection[Any]], None] | None = None,
-        connect_timeout: float = 5.0,
-        wait_timeout: float = 10.0,
-        statement_timeout: float | None = None,
-        retry_after: float = 0.5,
-        name: str = "database",
+        **options: Any,
     ) -> None:
-        super().__init__(
-            max_size=max_size,
-            connect_timeout=connect_timeout,
-            wait_timeout=wait_timeout,
-            statement_timeout=statement_timeout,
-            retry_after=retry_after,
-            name=name,
-        )
-        self._conninfo = conninfo
-        self._kwargs = dict(kwargs or {})
+        super().__init__(conninfo, **options)
         self._configure = configure
-        self._slots = threading.BoundedSemaphore(max_size)
+        self._slots = threading.BoundedSemaphore(self._max_size)
 
     @contextmanager
     def connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -308,29 +306,9 @@ class PgConnections(_Policy):
 class AsyncPgConnections(_Policy):
     """`PgConnections` for asyncio: psycopg's async connections, made on demand."""
 
-    def __init__(
-        self,
-        conninfo: str,
-        *,
-        max_size: int = 10,
-        kwargs: dict[str, Any] | None = None,
-        connect_timeout: float = 5.0,
-        wait_timeout: float = 10.0,
-        statement_timeout: float | None = None,
-        retry_after: float = 0.5,
-        name: str = "database",
-    ) -> None:
-        super().__init__(
-            max_size=max_size,
-            connect_timeout=connect_timeout,
-            wait_timeout=wait_timeout,
-            statement_timeout=statement_timeout,
-            retry_after=retry_after,
-            name=name,
-        )
-        self._conninfo = conninfo
-        self._kwargs = dict(kwargs or {})
-        self._slots = asyncio.BoundedSemaphore(max_size)
+    def __init__(self, conninfo: str, **options: Any) -> None:
+        super().__init__(conninfo, **options)
+        self._slots = asyncio.BoundedSemaphore(self._max_size)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
