@@ -55,6 +55,7 @@ demo: $(VENV)/.synced ## Create an agent and chat with it (curl, openai package)
 bench: $(VENV)/.synced ## Benchmarks; results go to docs/BENCHMARKS.md
 	$(PY) bench/registry_bench.py --write docs/BENCHMARKS.md
 	$(PY) bench/tools_bench.py --write docs/BENCHMARKS.md
+	$(PY) bench/sandbox_bench.py --write docs/BENCHMARKS.md
 	$(PY) bench/executor_bench.py --write docs/BENCHMARKS.md
 	$(PY) bench/gateway_bench.py --write docs/BENCHMARKS.md
 	$(PY) bench/durable_bench.py --write docs/BENCHMARKS.md

@@ -17,11 +17,12 @@ HEADER = "# Benchmarks\n\nNumbers measured by `make bench`; each section is rewr
 
 
 def stats(samples: list[float]) -> dict[str, float]:
-    """p50/p99 latency in milliseconds and the sequential rate of a list of durations."""
+    """p50/p95/p99 latency in milliseconds and the sequential rate of a list of durations."""
     ordered = sorted(samples)
     return {
         "n": len(ordered),
         "p50_ms": round(statistics.median(ordered) * 1000, 4),
+        "p95_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))] * 1000, 4),
         "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 4),
         "ops_s": round(len(ordered) / sum(ordered), 1),
     }
@@ -67,6 +68,33 @@ async def load(fn: Callable[[int], Awaitable[Any]], n: int, concurrency: int) ->
         "runs_s": round(n / elapsed, 1),
         "p50_ms": latency["p50_ms"],
         "p99_ms": latency["p99_ms"],
+    }
+
+
+async def sustained(
+    fn: Callable[[int], Awaitable[Any]], seconds: float, concurrency: int
+) -> dict[str, float]:
+    """Calls per second, and p50/p95 of each call, when ``concurrency`` workers call
+    ``fn(i)`` back to back for ``seconds`` (calls started before the end all count)."""
+    counter = iter(range(1 << 62))
+    samples: list[float] = []
+    t = time.perf_counter()
+    end = t + seconds
+
+    async def worker() -> None:
+        while time.perf_counter() < end:
+            start = time.perf_counter()
+            await fn(next(counter))
+            samples.append(time.perf_counter() - start)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - t
+    latency = stats(samples)
+    return {
+        "calls": len(samples),
+        "calls_s": round(len(samples) / elapsed, 1),
+        "p50_ms": latency["p50_ms"],
+        "p95_ms": latency["p95_ms"],
     }
 
 

@@ -283,9 +283,16 @@ def test_whoami_names_each_principal_never_its_token(http: httpx.Client) -> None
 
 
 def test_health_reports_every_dependency_and_the_execution_numbers(http: httpx.Client) -> None:
-    reply = http.get("/v1/health", headers=RT)
-    assert reply.status_code == 200
-    body = reply.json()
+    # The executor publishes its tools service's sandbox once it has asked it (it asks
+    # again every 5 s while the tools service is still starting).
+    deadline = time.monotonic() + 15
+    while True:
+        reply = http.get("/v1/health", headers=RT)
+        assert reply.status_code == 200
+        body = reply.json()
+        if (body.get("sandbox") or {}).get("available") or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert set(body) == {
         "status",
         "timestamp",
@@ -294,8 +301,12 @@ def test_health_reports_every_dependency_and_the_execution_numbers(http: httpx.C
         "checks",
         "metrics",
         "queue",
+        "sandbox",
     }
     assert body["status"] == "healthy"
+    # The tools service of this system runs code in bubblewrap; the executor publishes it.
+    assert body["sandbox"]["available"] is True, body["sandbox"]
+    assert body["sandbox"]["isolation"] == "bubblewrap"
     assert body["queue"]["status"] == "ok"
     assert body["queue"]["backend"] == "nats"
     assert set(body["checks"]) == {"registry", "executor", "nats"}
@@ -334,7 +345,15 @@ def test_schema_lists_templates_and_refuses_another_major_version(http: httpx.Cl
     assert {"simple-test", "langgraph-workflow"} <= {
         t["id"] for t in body["supportedAgentTemplates"]
     }
-    assert set(body["capabilities"]) == {"streaming", "toolCalling", "multimodal", "codeExecution"}
+    capabilities = body["capabilities"]
+    # codeExecutionReason only while no executor reports a sandbox (docs/HTTP.md).
+    assert set(capabilities) == {
+        "streaming",
+        "toolCalling",
+        "multimodal",
+        "codeExecution",
+        "codeExecutionIsolation",
+    } | (set() if capabilities["codeExecution"] else {"codeExecutionReason"})
     assert set(body["limits"]) == {
         "maxConcurrentAgents",
         "maxMessageLength",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from agent_registry.config import Settings
 from agent_registry.domain.agent import CommandContext
-from agent_registry.domain.executors import ExecutorReport
+from agent_registry.domain.executors import ExecutorReport, SandboxRuntime
 from agent_registry.domain.templates import TemplateDescriptor
 from agent_registry.main import serve
 from agentrt.registry.v1 import registry_pb2 as pb
@@ -111,12 +113,44 @@ TASKS = TemplateDescriptor(
 CTX = CommandContext(actor="tester", request_id="req-1")
 
 
+class _CodeSource(BaseModel):
+    type: Literal["inline", "file"]
+    content: str
+    entryPoint: str = "main"
+    dependencies: list[str] = []
+
+
+class _Runtime(BaseModel):
+    language: Literal["python", "javascript"] = "python"
+    version: str = ""
+    timeout: int = Field(30, ge=1, le=300)
+    memoryLimit: int = Field(256, ge=64, le=2048)
+
+
+class _CustomConfig(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"x-agentrt-code": {"source": "codeSource", "runtime": "runtime"}}
+    )
+    codeSource: _CodeSource
+    runtime: _Runtime = Field(default_factory=_Runtime)
+
+
+# Shaped like the executors' `custom` template: the schema pydantic makes of its config.
+CODE = TemplateDescriptor(
+    id="custom", version="1.0.0", config_schema=_CustomConfig.model_json_schema()
+)
+# What a tools service's sandbox publishes (a few of the real modules).
+PYTHON = SandboxRuntime("python", "3.11.2", frozenset({"json", "os", "re", "xml", "asyncio"}))
+NODE = SandboxRuntime("javascript", "20.19.2", frozenset({"fs", "fs/promises", "path", "util"}))
+
+
 def executor_report(
     executor_id: str = "exec-1",
     providers: tuple[str, ...] = ("offline", "gpt"),
     *,
     expires_in: float = 180.0,
     published_ago: float = 0.0,
+    runtimes: tuple[SandboxRuntime, ...] = (),
     **limits: float,
 ) -> ExecutorReport:
     """An executor's catalogue entry, live for `expires_in` seconds from now."""
@@ -127,6 +161,7 @@ def executor_report(
         expires_at=now + expires_in,
         published_at=now - published_ago,
         limits=limits or {"run_timeout_seconds": 300.0, "max_steps": 10.0},
+        runtimes=runtimes,
     )
 
 
@@ -139,6 +174,15 @@ def executor_document(report: ExecutorReport) -> dict[str, Any]:
         "limits": dict(report.limits),
         "published_at": report.published_at,
         "expires_at": report.expires_at,
+        "sandbox": {
+            "available": bool(report.runtimes),
+            "isolation": "bubblewrap" if report.runtimes else "",
+            "reason": "" if report.runtimes else "bubblewrap is not installed",
+            "runtimes": [
+                {"language": r.language, "version": r.version, "modules": sorted(r.modules)}
+                for r in report.runtimes
+            ],
+        },
     }
 
 

@@ -26,7 +26,15 @@ import pytest
 from google.protobuf import field_mask_pb2, timestamp_pb2
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
-from registry_support import CTX, SIMPLE, WORKFLOW, executor_document, executor_report, spec
+from registry_support import (
+    CTX,
+    PYTHON,
+    SIMPLE,
+    WORKFLOW,
+    executor_document,
+    executor_report,
+    spec,
+)
 
 from agent_registry.adapters.grpc_api import (
     agent_to_proto,
@@ -723,7 +731,9 @@ async def test_catalog_reports_what_the_live_executors_publish(
     catalog = await started_catalog(client, nats_prefix)
     try:
         assert not catalog.executors().known  # no executor has published
-        one = executor_report("one", ("offline", "gpt"), run_timeout_seconds=300)
+        one = executor_report(
+            "one", ("offline", "gpt"), runtimes=(PYTHON,), run_timeout_seconds=300
+        )
         two = executor_report("two", ("offline",), run_timeout_seconds=60, max_steps=20)
         with caplog.at_level(logging.ERROR, logger="agent_registry.adapters.nats_catalog"):
             # Written first, so the watch has it once it has the others.
@@ -737,6 +747,7 @@ async def test_catalog_reports_what_the_live_executors_publish(
             await eventually(both_seen)
             for _ in range(3):  # every read parses the entries again only when they changed
                 assert catalog.executors().limits == {"run_timeout_seconds": 60, "max_steps": 20}
+            assert catalog.executors().runtimes == (PYTHON,)  # one's sandbox is available
         # The bad entry is logged once, not on every read; templates are untouched by all this.
         assert [r.getMessage() for r in caplog.records].count("ignoring bad executor entry") == 1
         assert await get(catalog, "simple-test") == SIMPLE

@@ -183,17 +183,20 @@ class Outcome:
 
 @dataclass
 class Harness:
-    """One RunService over in-memory ports, for one template."""
+    """One RunService over in-memory ports, for one template.
 
-    template: type[AgentTemplate]
+    A template made with the tools gateway (`custom`) is given as an instance over `tools`.
+    """
+
+    template: type[AgentTemplate] | AgentTemplate
     model: BaseChatModel
     tool_functions: Mapping[str, ToolFunction] = field(default_factory=dict)
     services: ServicesConfig = field(default_factory=lambda: parse_services_config({}, {}))
     checkpointer: Any = None
+    tools: InMemoryTools = field(default_factory=InMemoryTools)
 
     def __post_init__(self) -> None:
         self.agents = InMemoryAgents()
-        self.tools = InMemoryTools()
         for name, function in self.tool_functions.items():
             schema = {"type": "object", "properties": {"q": {"type": "string"}}}
             self.tools.add(ToolSpec.of(name, f"The {name} tool", schema), function)

@@ -29,13 +29,24 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from registry_support import SIMPLE, Registry, sqlite_registry
 from tools_support import ToolsService
 
-from agent_executor.adapters.catalog_publisher import CatalogPublisher, executor_entry
+from agent_executor.adapters import catalog_publisher
+from agent_executor.adapters.catalog_publisher import (
+    CatalogPublisher,
+    executor_entry,
+    sandbox_entry,
+)
 from agent_executor.adapters.checkpointer import open_checkpointer
+from agent_executor.adapters.memory import InMemoryTools
 from agent_executor.adapters.nats_runs import JetStreamRunEvents, NatsCancelBus
 from agent_executor.adapters.registry_client import RegistryAgents
-from agent_executor.adapters.tools_client import GrpcTools
+from agent_executor.adapters.tools_client import GrpcTools, sandbox_info
 from agent_executor.application.builtin.simple_test import SimpleTest
-from agent_executor.application.ports import ToolCallContext, ToolSpec
+from agent_executor.application.ports import (
+    SandboxInfo,
+    SandboxRuntime,
+    ToolCallContext,
+    ToolSpec,
+)
 from agent_executor.application.templates import AgentTemplate, AgentView, TemplateCatalog
 from agent_executor.config import Settings
 from agent_executor.domain.runs import (
@@ -50,6 +61,7 @@ from agent_executor.errors import AgentNotFound, RegistryUnavailable, ToolsUnava
 from agentrt.events.v1 import run_events_pb2
 from agentrt.registry.v1 import registry_pb2 as rpb
 from agentrt.registry.v1 import registry_pb2_grpc as rpb_grpc
+from agentrt.tools.v1 import tools_pb2
 from agentrt_kit.catalog import open_bucket, publish_descriptor, publish_executor
 from agentrt_kit.errors import InvalidArgument, NotFound, PermissionDenied
 from agentrt_kit.grpc.status import error_from_rpc
@@ -202,6 +214,108 @@ async def test_the_publisher_writes_this_executors_providers_and_limits(
         assert await read_entry(nats_client, names, "simple-test") is not None
     finally:
         await publisher.stop()
+
+
+BUBBLEWRAP = SandboxInfo(
+    available=True,
+    isolation="bubblewrap",
+    runtimes=(
+        SandboxRuntime("python", "3.11.2", ("json", "os")),
+        SandboxRuntime("javascript", "20.19.2", ("fs", "path")),
+    ),
+)
+
+
+async def test_the_publisher_writes_the_code_sandbox_its_tools_service_reports(
+    nats_client: NatsClient, nats_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(catalog_publisher, "SANDBOX_RETRY_SECONDS", 0.1)
+    names = Names(nats_prefix)
+    tools = InMemoryTools()
+    tools.sandbox_info = None  # the tools service is not up yet
+    services = parse_services_config({"llm": {"providers": {"local": {"type": "offline"}}}}, {})
+    publisher = CatalogPublisher(
+        nats_client,
+        names,
+        TemplateCatalog([SimpleTest]).templates,
+        limits=LIMITS,
+        executor=executor_entry("exec-a", services, {}),
+        sandbox=tools.sandbox,
+        interval=60,
+    )
+
+    async def sandbox() -> Any:
+        entry = await read_entry(nats_client, names, "_executors/exec-a")
+        assert entry is not None
+        return entry["sandbox"]
+
+    await publisher.start()
+    try:
+        await asyncio.wait_for(publisher.published.wait(), 5)
+        assert await sandbox() is None  # unknown, not "unavailable"
+        assert await read_entry(nats_client, names, "simple-test") is not None
+
+        # It comes up: asked again within the retry delay (not a 60 s interval), and the
+        # changed answer is published at once.
+        tools.sandbox_info = BUBBLEWRAP
+        await eventually(lambda: publisher.rounds >= 2, timeout=5)
+        assert await sandbox() == {
+            "available": True,
+            "isolation": "bubblewrap",
+            "reason": "",
+            "runtimes": [
+                {"language": "python", "version": "3.11.2", "modules": ["json", "os"]},
+                {"language": "javascript", "version": "20.19.2", "modules": ["fs", "path"]},
+            ],
+        }
+        # Known, and unchanged: nothing more is published before the interval.
+        rounds = publisher.rounds
+        await asyncio.sleep(0.5)
+        assert publisher.rounds == rounds
+    finally:
+        await publisher.stop()
+
+
+async def test_a_tools_service_that_does_not_answer_holds_no_template_back(
+    nats_client: NatsClient, nats_prefix: str
+) -> None:
+    names = Names(nats_prefix)
+    services = parse_services_config({"llm": {"providers": {"local": {"type": "offline"}}}}, {})
+    silent = asyncio.Event()
+
+    async def never_answers() -> SandboxInfo:
+        await silent.wait()
+        raise AssertionError("unreachable")
+
+    publisher = CatalogPublisher(
+        nats_client,
+        names,
+        TemplateCatalog([SimpleTest]).templates,
+        limits=LIMITS,
+        executor=executor_entry("exec-a", services, {}),
+        sandbox=never_answers,
+        interval=60,
+    )
+    await publisher.start()
+    try:
+        await asyncio.wait_for(publisher.published.wait(), 5)
+        entry = await read_entry(nats_client, names, "_executors/exec-a")
+        assert entry is not None
+        assert entry["sandbox"] is None
+        assert await read_entry(nats_client, names, "simple-test") is not None
+    finally:
+        await publisher.stop()
+
+
+def test_an_unavailable_sandbox_is_published_with_its_reason() -> None:
+    unavailable = SandboxInfo(False, reason="bubblewrap cannot create namespaces")
+    assert sandbox_entry(unavailable) == {
+        "available": False,
+        "isolation": "",
+        "reason": "bubblewrap cannot create namespaces",
+        "runtimes": [],
+    }
+    assert sandbox_entry(None) is None
 
 
 async def test_the_publisher_heals_a_lost_bucket_after_nats_comes_back(
@@ -818,6 +932,38 @@ async def test_listing_tools_fails_when_the_tools_service_never_answered() -> No
         with pytest.raises(ToolsUnavailable):
             await gateway.list_tools()
         assert time.monotonic() - started < 3
+
+
+async def test_the_tools_client_asks_the_sandbox_afresh_each_time(
+    tools_service: ToolsService,
+) -> None:
+    async with tools_client(f"127.0.0.1:{tools_service.port}") as (gateway, calls):
+        reported = (await tools_service.stub().ListTools(tools_pb2.ListToolsRequest())).sandbox
+        first = await gateway.sandbox()
+        assert first == sandbox_info(reported)
+        assert first.available == bool(first.isolation)
+        assert await gateway.sandbox() == first
+        assert len(calls) == 2  # never from the tool list's cache
+    async with tools_client(f"127.0.0.1:{free_port()}") as (gone, _):
+        with pytest.raises(ToolsUnavailable):
+            await gone.sandbox()
+
+
+def test_the_sandbox_a_tools_service_reports_maps_to_plain_values() -> None:
+    reported = tools_pb2.SandboxInfo(
+        available=True,
+        isolation="bubblewrap",
+        runtimes=[
+            tools_pb2.SandboxRuntime(language="python", version="3.11.2", modules=["json", "os"])
+        ],
+        enforcement=["memory:cgroup-v2"],
+    )
+    assert sandbox_info(reported) == SandboxInfo(
+        True, "bubblewrap", "", (SandboxRuntime("python", "3.11.2", ("json", "os")),)
+    )
+    assert sandbox_info(tools_pb2.SandboxInfo(reason="no bwrap")) == SandboxInfo(
+        False, reason="no bwrap"
+    )
 
 
 async def test_tool_invocations_return_content_data_artifacts_and_tool_errors(

@@ -947,6 +947,7 @@ EVERY_BODY: Sequence[Any] = (
     ToolCallFinished("call-1", "search", True, "3 results"),
     ToolCallFinished("call-2", "fetch", False, "refused"),
     StepProgress("s1", "plan", "retrying", 2),
+    StepProgress("code", "Agent code", "working", 1, "read 3 files"),
     MessageCompleted("Done.", "msg-1"),
     MessageCompleted(
         "",

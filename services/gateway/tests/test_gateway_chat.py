@@ -317,9 +317,12 @@ async def test_health_reports_checks_and_execution_numbers(stack: Stack) -> None
             "checks",
             "metrics",
             "queue",
+            "sandbox",
         }
         assert set(body["checks"]) == {"registry", "executor", "nats"}
         assert body["queue"]["status"] == "ok"  # the run queue's figures (test_gateway_queues)
+        # Whatever this machine's tools service can do, reported (test_gateway_http).
+        assert isinstance(body["sandbox"]["available"], bool)
         assert all(
             c["status"] == "ok" and c["response_time_ms"] >= 0 for c in body["checks"].values()
         )

@@ -26,6 +26,7 @@ from agent_gateway.domain.runs import (
     idempotent_run_id,
     valid_idempotency_key,
 )
+from agent_gateway.domain.sandbox import NO_SANDBOX, CodeSandbox, code_sandbox
 from agent_gateway.domain.stats import ExecutionStats
 from agent_gateway.main import keys_command
 
@@ -341,3 +342,36 @@ def test_a_create_is_compared_with_its_registration_as_the_registry_stores_it() 
     assert not same_spec({**asked, "description": "x"}, stored)
     assert not same_spec({**asked, "toolsets": ["custom"]}, stored)
     assert not same_spec({**asked, "name": "keyed"}, stored)
+
+
+def _entry(sandbox: object, expires_at: object = 200.0) -> dict[str, object]:
+    return {"executor_id": "e", "sandbox": sandbox, "expires_at": expires_at}
+
+
+def test_code_runs_when_a_live_executor_reports_an_available_sandbox() -> None:
+    bwrap = {"available": True, "isolation": "bubblewrap"}
+    dev = {"available": True, "isolation": "unsandboxed"}
+    broken = {"available": False, "isolation": "", "reason": "namespaces refused"}
+    assert code_sandbox([], 100.0) == CodeSandbox(False, reason=NO_SANDBOX)
+    assert code_sandbox([_entry(None), _entry(bwrap, 99.0)], 100.0) == CodeSandbox(
+        False, reason=NO_SANDBOX
+    )
+    assert code_sandbox([_entry(broken), _entry(broken)], 100.0) == CodeSandbox(
+        False, reason="namespaces refused"
+    )
+    assert code_sandbox([_entry(broken), _entry(bwrap)], 100.0) == CodeSandbox(True, "bubblewrap")
+    # A fleet that mixes isolations says so: any of them may run the code.
+    mixed = code_sandbox([_entry(dev), _entry(bwrap), _entry(bwrap)], 100.0)
+    assert mixed == CodeSandbox(True, "bubblewrap, unsandboxed")
+    # Entries the executors never wrote this way count for nothing.
+    odd = [_entry("yes"), _entry(bwrap, "later"), _entry(bwrap, True), {"sandbox": bwrap}]
+    assert not code_sandbox(odd, 100.0).available
+    assert CodeSandbox(True, "bubblewrap").health() == {
+        "available": True,
+        "isolation": "bubblewrap",
+    }
+    assert CodeSandbox(False, reason="x").health() == {
+        "available": False,
+        "isolation": "",
+        "reason": "x",
+    }

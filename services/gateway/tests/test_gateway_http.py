@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from nats.js.kv import KeyValue
 from agent_gateway.config import Settings
 from agent_gateway.domain.templates import template_view
 from agent_gateway.main import serve
-from agentrt_kit.catalog import open_bucket, publish_descriptor
+from agentrt_kit.catalog import executor_key, open_bucket, publish_descriptor, publish_executor
 from agentrt_kit.grpc.server import GrpcServer
 from agentrt_kit.nats import Names, NatsClient
 from agentrt_kit.settings import ConfigError
@@ -276,6 +277,86 @@ async def test_templates_follow_the_catalogue_as_executors_change_it(gateway: Ga
 
 async def _equals(read: Any, expected: Any) -> bool:
     return bool(await read() == expected)
+
+
+def executor(executor_id: str, sandbox: dict[str, Any] | None, expires_in: float = 180) -> Any:
+    """An executor's catalogue entry with the sandbox its tools service reports."""
+    now = time.time()
+    return {
+        "executor_id": executor_id,
+        "providers": ["offline"],
+        "limits": {},
+        "sandbox": sandbox,
+        "published_at": now,
+        "expires_at": now + expires_in,
+    }
+
+
+BUBBLEWRAP = {
+    "available": True,
+    "isolation": "bubblewrap",
+    "reason": "",
+    "runtimes": [{"language": "python", "version": "3.11.2", "modules": ["json"]}],
+}
+NO_BWRAP = {"available": False, "isolation": "", "reason": "bwrap is not installed", "runtimes": []}
+
+
+async def test_schema_offers_code_execution_while_a_live_executor_has_a_sandbox(
+    gateway: Gateway,
+) -> None:
+    async def capabilities() -> dict[str, Any]:
+        reply = await gateway.client.get("/v1/schema", headers=auth())
+        assert reply.status_code == 200, reply.text
+        found: dict[str, Any] = reply.json()["capabilities"]
+        return found
+
+    async def sandbox_health() -> dict[str, Any]:
+        reply = await gateway.client.get("/v1/health", headers=auth())
+        found: dict[str, Any] = reply.json()["sandbox"]
+        return found
+
+    # No executor has published (or only one that could not ask its tools service).
+    none = {
+        "streaming": True,
+        "toolCalling": True,
+        "multimodal": False,
+        "codeExecution": False,
+        "codeExecutionIsolation": "",
+        "codeExecutionReason": "no executor reports a code sandbox",
+    }
+    assert await capabilities() == none
+    assert await sandbox_health() == {
+        "available": False,
+        "isolation": "",
+        "reason": "no executor reports a code sandbox",
+    }
+    async with gateway.catalogue() as kv:
+        await publish_executor(kv, executor("unknown", None))
+        await publish_executor(kv, executor("gone", BUBBLEWRAP, expires_in=-1))
+        await publish_executor(kv, executor("without", NO_BWRAP))
+        unavailable = {
+            **none,
+            "codeExecutionReason": "bwrap is not installed",
+        }
+        assert await eventually(lambda: _equals(capabilities, unavailable))
+        assert await sandbox_health() == {
+            "available": False,
+            "isolation": "",
+            "reason": "bwrap is not installed",
+        }
+
+        await publish_executor(kv, executor("with", BUBBLEWRAP))
+        offered = {
+            **{k: v for k, v in none.items() if k != "codeExecutionReason"},
+            "codeExecution": True,
+            "codeExecutionIsolation": "bubblewrap",
+        }
+        assert await eventually(lambda: _equals(capabilities, offered))
+        assert await sandbox_health() == {"available": True, "isolation": "bubblewrap"}
+
+        # That executor goes away: code can no longer run.
+        await kv.delete(executor_key("with"))
+        assert await eventually(lambda: _equals(capabilities, unavailable))
 
 
 def test_a_descriptor_without_id_or_version_is_refused() -> None:

@@ -757,7 +757,7 @@ async def test_plugin_tools_are_served_over_grpc(
     async with service(make_settings(plugin_dirs=[str(plugin_dir)])) as stub:
         listed = await stub.ListTools(pb.ListToolsRequest())
         tools = {t.name: t for t in listed.tools}
-        assert {"greet", "tally", "explode", *BUILTIN_NAMES} == set(tools)
+        assert {"greet", "tally", "explode", "run_code", *BUILTIN_NAMES} == set(tools)
         assert tools["greet"].source == "plugin:good"
         assert tools["greet"].side_effect == pb.SIDE_EFFECT_READ_ONLY
         assert tools["tally"].side_effect == pb.SIDE_EFFECT_AT_MOST_ONCE

@@ -23,6 +23,7 @@ async def test_list_tools_describes_every_builtin(stub: Any) -> None:
         "list_files",
         "fetch_url",
         "parse_url",
+        "run_code",
     }
     assert tools["create_file"].side_effect == pb.SIDE_EFFECT_AT_MOST_ONCE
     assert tools["read_lines"].side_effect == pb.SIDE_EFFECT_READ_ONLY

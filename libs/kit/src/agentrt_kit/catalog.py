@@ -9,11 +9,17 @@ not an executor is up. Values are JSON documents:
 Each executor also writes what it can run under `_executors/<executor id>` (a key
 no template id can take: template keys start alphanumeric):
 `{executor_id, providers: [ids], default_provider, limits: {name: ceiling},
-published_at, expires_at}` (times in Unix seconds). `limits` holds the ceilings
-the executor enforces on every run (`run_timeout_seconds`, `max_steps`, ...); a
-limit it does not enforce (0: unlimited) is left out. An executor rewrites its
-entry before `expires_at`, so an entry past it belongs to an executor that is
-gone. Template schemas refer to these limits by name (`x-agentrt-ceiling`).
+sandbox, published_at, expires_at}` (times in Unix seconds). `limits` holds the
+ceilings the executor enforces on every run (`run_timeout_seconds`, `max_steps`,
+...); a limit it does not enforce (0: unlimited) is left out. `sandbox` is the code
+sandbox of the tools service it uses, as that service reports it:
+`{available, isolation, reason, runtimes: [{language, version, modules: [names]}]}`
+(`isolation` e.g. "bubblewrap"; `modules` all code may import there), or null when
+the executor could not ask (unknown, which is not "unavailable"). An executor
+rewrites its entry before `expires_at`, so an entry past it belongs to an executor
+that is gone. Template schemas refer to these limits by name (`x-agentrt-ceiling`)
+and to the sandbox's runtimes through `x-agentrt-code`; the gateway's `/v1/schema`
+tells from the sandboxes whether code can run.
 
 The bucket keeps `HISTORY` values a key and is bounded by `StreamLimits`: an entry
 not written again within `max_age_seconds` expires (executors rewrite theirs every

@@ -180,6 +180,12 @@ class TemplateFailed(RunFailure):
     code = "TEMPLATE_FAILED"
 
 
+class CodeFailed(RunFailure):
+    """The agent's own code (the `custom` template) raised, did not parse, or was not found."""
+
+    code = "CODE_ERROR"
+
+
 class OutputInvalid(RunFailure):
     """The final answer does not have the format the agent requires."""
 

@@ -1,8 +1,8 @@
 """Composition root of the executor: wires domain, application and adapters, runs them.
 
-Start-up: telemetry → NATS (background) → blocking-call threads → templates
-(built-ins, plugins, their watcher and the catalogue publisher) → run records
-database → sessions checkpointer → registry and tools clients → run events,
+Start-up: telemetry → NATS (background) → blocking-call threads → tools client →
+templates (built-ins, plugins, their watcher and the catalogue publisher) → run
+records database → sessions checkpointer → registry client → run events,
 cancel bus → run service and its maintenance, run queries → compose service →
 gRPC server.
 Shutdown: NOT_SERVING and a graceful stop first (streams get `grace` seconds),
@@ -42,6 +42,7 @@ from agent_executor.adapters.run_store import SqlRunStore
 from agent_executor.adapters.tools_client import GrpcTools
 from agent_executor.adapters.webhooks import HttpWebhookSender
 from agent_executor.application.builtin.conversation import Conversation
+from agent_executor.application.builtin.custom import Custom
 from agent_executor.application.builtin.simple_test import SimpleTest
 from agent_executor.application.builtin.task import Task
 from agent_executor.application.builtin.workflow import Workflow
@@ -98,6 +99,17 @@ def _models(settings: Settings, services: ServicesConfig) -> ProviderModels:
     )
 
 
+def _tools(settings: Settings) -> GrpcTools:
+    token = settings.service_token.get_secret_value() if settings.service_token else None
+    return GrpcTools(
+        settings.tools_target,
+        service_token=token,
+        timeout=settings.client_timeout_seconds,
+        invoke_timeout=settings.tool_timeout_seconds,
+        list_ttl=settings.tools_list_ttl_seconds,
+    )
+
+
 def _run_settings(settings: Settings) -> RunSettings:
     return RunSettings(
         limits=settings.run_limits(),
@@ -119,15 +131,17 @@ async def _templates(
     run_blocking: BlockingRunner,
     *,
     services: ServicesConfig,
+    tools: GrpcTools,
 ) -> TemplateCatalog:
     """Built-in and plugin templates, published to the catalogue and kept current."""
-    catalog = TemplateCatalog(BUILTINS)
+    catalog = TemplateCatalog([*BUILTINS, Custom(tools)])  # custom runs code on the tools service
     publisher = CatalogPublisher(
         client,
         names,
         catalog.templates,
         limits=settings.catalog_limits(),
         executor=executor_entry(settings.executor_id, services, settings.published_limits()),
+        sandbox=tools.sandbox,
         interval=settings.catalog_publish_interval_seconds,
     )
 
@@ -315,6 +329,7 @@ async def _run_service(
     catalog: TemplateCatalog,
     client: NatsClient,
     run_blocking: BlockingRunner,
+    tools: GrpcTools,
 ) -> tuple[RunService, RunQueries, QueuedRuns, str]:
     """The run service, the queued runs, the run queries and the bus backend's name."""
     token = settings.service_token.get_secret_value() if settings.service_token else None
@@ -335,14 +350,6 @@ async def _run_service(
     )
     await agents.start()
     stack.push_async_callback(agents.close)
-    tools = GrpcTools(
-        settings.tools_target,
-        service_token=token,
-        timeout=settings.client_timeout_seconds,
-        invoke_timeout=settings.tool_timeout_seconds,
-        list_ttl=settings.tools_list_ttl_seconds,
-    )
-    stack.push_async_callback(tools.close)
     bus = await _bus(stack, settings, client)
     events, event_log, cancel_bus = bus.events, bus.log, bus.cancel
     runs = RunService(
@@ -418,6 +425,8 @@ async def serve(
             stack.push_async_callback(client.close)
             run_blocking = BlockingRunner(settings.worker_threads, "executor")
             stack.callback(run_blocking.shutdown)
+            tools = _tools(settings)
+            stack.push_async_callback(tools.close)
             catalog = await _templates(
                 stack,
                 settings,
@@ -425,6 +434,7 @@ async def serve(
                 Names(settings.nats_prefix),
                 run_blocking,
                 services=services,
+                tools=tools,
             )
             models = _models(settings, services)
             runs, queries, queued, bus_backend = await _run_service(
@@ -435,6 +445,7 @@ async def serve(
                 catalog=catalog,
                 client=client,
                 run_blocking=run_blocking,
+                tools=tools,
             )
             # Compose drafts with the runs' models and tools: the same breakers and caches.
             composer = ComposeService(

@@ -75,6 +75,49 @@ class Settings(ServiceSettings):
         False, description="Save responses that are not text as they came (else refuse them)."
     )
 
+    sandbox_enabled: bool = Field(
+        True, description="Offer run_code and RunAgentCode where a sandbox can be built."
+    )
+    sandbox_bwrap: str = Field("bwrap", description="The bubblewrap executable.")
+    sandbox_python: str = Field(
+        "/usr/bin/python3",
+        description="The Python the sandbox runs (its standard library only); '' for none.",
+    )
+    sandbox_node: str = Field(
+        "node", description="The Node.js the sandbox runs (built-in modules only); '' for none."
+    )
+    sandbox_max_concurrent: int = Field(
+        16, ge=1, le=1024, description="Programs running at once; more wait for a slot."
+    )
+    sandbox_uid_base: int = Field(
+        200_000,
+        ge=1000,
+        description="Slot n runs as uid base+n (when the service runs as root).",
+    )
+    sandbox_cgroups: str = Field(
+        "auto",
+        pattern="^(auto|v2|v1|off)$",
+        description="Control groups for memory and pids: auto, v2, v1 or off.",
+    )
+    sandbox_pids: int = Field(64, ge=1, le=4096, description="Processes a program may run.")
+    sandbox_open_files: int = Field(256, ge=16, le=65536, description="Open files per process.")
+    sandbox_file_size_mb: int = Field(16, ge=1, description="Largest file a program writes.")
+    sandbox_output_bytes: int = Field(
+        8 * 1024 * 1024, ge=1024, description="Output (stdout+stderr) after which it is killed."
+    )
+    sandbox_captured_bytes: int = Field(
+        64 * 1024, ge=1024, description="Bytes of stdout and of stderr kept in a result."
+    )
+    sandbox_scratch_mb: int = Field(64, ge=1, description="Size of /tmp and of the home tmpfs.")
+    sandbox_output_dir_mb: int = Field(16, ge=1, description="Size of the /output tmpfs.")
+    unsafe_unsandboxed_code: bool = Field(
+        False,
+        description=(
+            "DEVELOPMENT ONLY, NEVER IN PRODUCTION: run code with NO isolation (rlimits only) "
+            "where no sandbox can be built."
+        ),
+    )
+
     @field_validator(
         "plugin_dirs",
         "fetch_allowed_networks",

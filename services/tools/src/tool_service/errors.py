@@ -69,3 +69,12 @@ class IdempotencyKeyReused(FailedPrecondition):
             violations=[FieldViolation("context.idempotency_key", "already used differently")],
             metadata={"idempotency_key": key[:200]},
         )
+
+
+class SandboxUnavailable(FailedPrecondition):
+    """No sandbox can run code here (or none for that language)."""
+
+    default_reason = "SANDBOX_UNAVAILABLE"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"code cannot run here: {reason}", metadata={"reason": reason[:300]})

@@ -34,12 +34,16 @@ from tool_service.adapters.grpc_api import ToolServiceServicer
 from tool_service.adapters.ledger import SqlLedger
 from tool_service.adapters.memory import ListAuditSink
 from tool_service.adapters.plugins import load_plugins
+from tool_service.adapters.sandbox import CodeSandbox, SandboxConfig, build_sandbox
 from tool_service.adapters.workspace_fs import ConfinedWorkspaces
 from tool_service.application.catalog import BUILTIN_TOOLS
+from tool_service.application.code import AgentCode, RunCode
 from tool_service.application.environment import Limits
-from tool_service.application.ports import AuditSink
+from tool_service.application.ports import AuditSink, Tool
 from tool_service.application.runner import ToolCatalog, ToolRunner
 from tool_service.config import Settings
+from tool_service.domain.sandbox import Limits as SandboxLimits
+from tool_service.domain.sandbox import SandboxStatus
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = tools_pb2.DESCRIPTOR.services_by_name["ToolService"].full_name
@@ -78,6 +82,49 @@ def limits(settings: Settings) -> Limits:
         max_content_chars=settings.max_content_chars,
         save_other_types=settings.fetch_save_other_types,
     )
+
+
+def sandbox_config(settings: Settings) -> SandboxConfig:
+    """The sandbox the settings describe."""
+    return SandboxConfig(
+        bwrap=settings.sandbox_bwrap,
+        python=settings.sandbox_python,
+        node=settings.sandbox_node,
+        max_concurrent=settings.sandbox_max_concurrent,
+        uid_base=settings.sandbox_uid_base,
+        cgroups=settings.sandbox_cgroups,
+        unsafe_unsandboxed=settings.unsafe_unsandboxed_code,
+        defaults=SandboxLimits(
+            pids=settings.sandbox_pids,
+            open_files=settings.sandbox_open_files,
+            file_size_mb=settings.sandbox_file_size_mb,
+            output_bytes=settings.sandbox_output_bytes,
+            captured_bytes=settings.sandbox_captured_bytes,
+            scratch_mb=settings.sandbox_scratch_mb,
+            output_dir_mb=settings.sandbox_output_dir_mb,
+        ),
+    )
+
+
+async def open_sandbox(settings: Settings, run_blocking: BlockingRunner) -> CodeSandbox | None:
+    """The code sandbox (None when turned off); its status says whether code can run."""
+    if not settings.sandbox_enabled:
+        return None
+    sandbox = await run_blocking(build_sandbox, sandbox_config(settings))
+    sandbox.forget_loop()
+    status = sandbox.status
+    if status.available:
+        log.info(
+            "code sandbox ready",
+            extra={
+                "isolation": status.isolation,
+                "runtimes": [f"{r.language.value} {r.version}" for r in status.runtimes],
+                "enforcement": list(status.enforcement),
+            },
+        )
+    else:
+        log.warning("run_code is not offered: no sandbox", extra={"reason": status.reason})
+    return sandbox
 
 
 async def _purge_forever(
@@ -121,10 +168,16 @@ async def serve(
                 settings.workspace_root, use_openat2=settings.use_openat2
             )
             stack.callback(workspaces.close)
+            sandbox = await open_sandbox(settings, run_blocking)
+            if sandbox is not None:
+                stack.callback(sandbox.close)
+            builtins: list[Tool] = list(BUILTIN_TOOLS)
+            if sandbox is not None and sandbox.status.available:
+                builtins.append(RunCode(sandbox, sandbox.config.defaults))
             plugin_tools, problems = load_plugins(
-                [Path(p) for p in settings.plugin_dirs], [t.spec.name for t in BUILTIN_TOOLS]
+                [Path(p) for p in settings.plugin_dirs], [t.spec.name for t in builtins]
             )
-            catalog = ToolCatalog([*BUILTIN_TOOLS, *plugin_tools], problems)
+            catalog = ToolCatalog([*builtins, *plugin_tools], problems)
 
             audit: AuditSink = ListAuditSink()
             if settings.audit_enabled:
@@ -164,7 +217,23 @@ async def serve(
                     await purge
 
             stack.push_async_callback(stop_purge)
-            servicer = ToolServiceServicer(runner)
+            agent_code = None
+            if sandbox is not None and sandbox.status.available:
+                agent_code = AgentCode(
+                    sandbox,
+                    sandbox.config.defaults,
+                    workspaces=workspaces,
+                    run_blocking=run_blocking,
+                    audit=audit,
+                    max_read_bytes=settings.max_read_bytes,
+                )
+            servicer = ToolServiceServicer(
+                runner,
+                agent_code,
+                sandbox.status
+                if sandbox is not None
+                else SandboxStatus(False, reason="turned off (AGENTRT_TOOLS_SANDBOX_ENABLED)"),
+            )
 
             def register(server: grpc.aio.Server) -> None:
                 tools_pb2_grpc.add_ToolServiceServicer_to_server(servicer, server)

@@ -93,6 +93,13 @@ class _UnaryStream(_CallDefaults, grpc.aio.UnaryStreamClientInterceptor):  # typ
         return await continuation(self.details(details), request)
 
 
+class _StreamStream(_CallDefaults, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_stream(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
+        return await continuation(self.details(details), request_iterator)
+
+
 RECONNECT_MIN_MS = 100
 RECONNECT_MAX_MS = 800  # gRPC adds up to 20 % jitter: under a second in all
 
@@ -130,5 +137,6 @@ def create_channel(
     interceptors = [
         _UnaryUnary(service_token, default_timeout),
         _UnaryStream(service_token, default_timeout),
+        _StreamStream(service_token, default_timeout),
     ]
     return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)

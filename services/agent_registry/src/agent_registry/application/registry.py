@@ -390,7 +390,8 @@ class AgentRegistry(Application[uuid.UUID]):
     ) -> list[str]:
         """Validate template id, version and config; append violations, return warnings.
 
-        The config is held to the template's schema and to the executors' ceilings.
+        The config is held to the template's schema, the executors' ceilings and the
+        runtimes of their code sandboxes.
         Skipped when the template fields themselves are already invalid; when the
         catalogue is unreachable, other violations are still reported first.
         """
@@ -416,7 +417,11 @@ class AgentRegistry(Application[uuid.UUID]):
                     FieldViolation("spec.template_id", f"unknown template {template_id!r}")
                 )
             return []
-        violations.extend(descriptor.validate_config(spec["template_config"], limits=fleet.limits))
+        violations.extend(
+            descriptor.validate_config(
+                spec["template_config"], limits=fleet.limits, runtimes=fleet.runtimes
+            )
+        )
         warnings = []
         if not fleet.known and descriptor.uses_ceilings:
             warnings.append(

@@ -17,6 +17,10 @@ Two custom keywords carry what the executors would otherwise only find at run ti
 - `x-agentrt-ceiling` on a number or array: a limit name (or `{limit, reserve}`);
   the value (an array's length) plus `reserve` must not exceed the lowest ceiling
   the executors publish under that name. Without a published ceiling it is not checked.
+
+A third, `x-agentrt-code` on the root object of a template whose agents bring their
+own code, is described in `domain/code.py`: the code must parse and define its entry
+point, and its runtime and dependencies must be what the executors' sandboxes offer.
 """
 
 from __future__ import annotations
@@ -30,12 +34,15 @@ from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError, ValidationError
 from jsonschema.protocols import Validator
 
+from agent_registry.domain.code import code_problems
+from agent_registry.domain.executors import SandboxRuntime
 from agentrt_kit.errors import FieldViolation
 
 MAX_VIOLATIONS = 50
 MAX_GRAPH_ITEMS = 200  # the cycle search is quadratic per cycle: bound what one request costs
 ACYCLIC = "x-agentrt-acyclic"
 CEILING = "x-agentrt-ceiling"
+CODE = "x-agentrt-code"
 
 
 @dataclass(frozen=True)
@@ -96,13 +103,17 @@ class TemplateDescriptor:
         config: Mapping[str, Any],
         path: str = "spec.template_config",
         limits: Mapping[str, float] | None = None,
+        runtimes: Sequence[SandboxRuntime] = (),
     ) -> list[FieldViolation]:
         """One violation per schema error, at the path of the offending value.
 
         `limits` are the executors' ceilings by name (`x-agentrt-ceiling`); a limit
-        missing from it bounds nothing.
+        missing from it bounds nothing. `runtimes` are the sandbox runtimes the
+        executors offer (`x-agentrt-code`).
         """
-        validator = _validator_class(tuple(sorted((limits or {}).items())))(self.config_schema)
+        validator = _validator_class(tuple(sorted((limits or {}).items())), tuple(runtimes))(
+            self.config_schema
+        )
         out: list[FieldViolation] = []
         errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
         for error in errors[:MAX_VIOLATIONS]:
@@ -127,11 +138,17 @@ def _mentions(schema: Any, keyword: str) -> bool:
 
 
 @lru_cache(maxsize=16)
-def _validator_class(limits: tuple[tuple[str, float], ...]) -> type[Validator]:
-    """Draft 2020-12 plus our keywords, the ceilings bound in (they change rarely)."""
+def _validator_class(
+    limits: tuple[tuple[str, float], ...], runtimes: tuple[SandboxRuntime, ...]
+) -> type[Validator]:
+    """Draft 2020-12 plus our keywords, the ceilings and runtimes bound in (they change rarely)."""
     extended: type[Validator] = validators.extend(
         Draft202012Validator,
-        {ACYCLIC: _acyclic_keyword, CEILING: partial(_ceiling_keyword, dict(limits))},
+        {
+            ACYCLIC: _acyclic_keyword,
+            CEILING: partial(_ceiling_keyword, dict(limits)),
+            CODE: partial(_code_keyword, runtimes),
+        },
     )
     return extended
 
@@ -181,6 +198,19 @@ def _ceiling_keyword(
         yield ValidationError(
             f"is {instance:g}, above the executors' {name} ceiling of {bound:g}{own}"
         )
+
+
+def _code_keyword(
+    runtimes: Sequence[SandboxRuntime],
+    validator: Validator,
+    rule: Any,
+    instance: Any,
+    schema: Mapping[str, Any],
+) -> Iterator[ValidationError]:
+    if not isinstance(instance, Mapping) or not isinstance(rule, Mapping):
+        return
+    for where, message in code_problems(instance, rule, runtimes, schema):
+        yield ValidationError(message, path=where)
 
 
 def _is_number(value: Any) -> bool:

@@ -15,13 +15,19 @@ from langgraph.checkpoint.memory import InMemorySaver
 
 from agent_executor.application.ports import (
     RUN_ID_KEY,
+    SANDBOX_UNAVAILABLE,
     Admission,
+    AgentCodeEvent,
+    AgentCodeStart,
     Claim,
     ClaimOutcome,
+    CodeFinished,
+    CodeToolCall,
     Enqueued,
     QueueDelivery,
     QueueStats,
     QueueUnavailable,
+    SandboxInfo,
     ToolCallContext,
     ToolOutcome,
     ToolSpec,
@@ -37,8 +43,15 @@ from agent_executor.domain.runs import (
     RunStatus,
     Usage,
 )
-from agent_executor.errors import AgentNotFound, RunExists, SessionBusy, TooManyRuns
+from agent_executor.errors import (
+    AgentNotFound,
+    RunExists,
+    SessionBusy,
+    ToolsUnavailable,
+    TooManyRuns,
+)
 from agentrt_kit.concurrency import wait_event
+from agentrt_kit.errors import FailedPrecondition
 
 ToolFunction = Callable[[Mapping[str, Any]], Awaitable[ToolOutcome]]
 
@@ -63,13 +76,66 @@ class InMemoryAgents:
         return agent
 
 
+class ScriptedAgentCode:
+    """The code sandbox's twin: every run of agent code plays `events` in order.
+
+    After a `CodeToolCall` the next event waits for its answer, as the code would.
+    A script without `CodeFinished` never ends (the code keeps running) until its
+    session is left, which counts as stopping the code (`stopped`).
+    """
+
+    def __init__(self, *events: AgentCodeEvent) -> None:
+        self.events = events
+        self.starts: list[AgentCodeStart] = []
+        self.answers: list[tuple[str, ToolOutcome]] = []
+        self.stopped = 0
+
+
+class ScriptedCodeSession:
+    """One run of a `ScriptedAgentCode` (the `AgentCodeSession` port)."""
+
+    def __init__(self, script: ScriptedAgentCode | None) -> None:
+        self._script = script
+        self._answered: dict[str, asyncio.Event] = {}
+        self.finished = False
+
+    async def __aiter__(self) -> AsyncIterator[AgentCodeEvent]:
+        if self._script is None:
+            raise FailedPrecondition(
+                "this tools service has no code sandbox", reason=SANDBOX_UNAVAILABLE
+            )
+        for event in self._script.events:
+            if isinstance(event, CodeToolCall):
+                self._answered[event.call_id] = asyncio.Event()
+            yield event
+            if isinstance(event, CodeFinished):
+                self.finished = True
+                return
+            if isinstance(event, CodeToolCall):
+                await self._answered[event.call_id].wait()
+        await asyncio.Event().wait()  # still running, until the session is left
+
+    async def answer(self, call_id: str, result: ToolOutcome) -> None:
+        """Record the answer; the code goes on."""
+        assert self._script is not None
+        assert call_id in self._answered, f"no tool call {call_id!r} to answer"
+        self._script.answers.append((call_id, result))
+        self._answered[call_id].set()
+
+
 class InMemoryTools:
-    """Tools as async functions; records every call."""
+    """Tools as async functions; records every call. Agent code runs `agent_code`'s script.
+
+    Without `agent_code`, running code fails as on a tools service without a sandbox.
+    """
 
     def __init__(self) -> None:
         self.specs: dict[str, ToolSpec] = {}
         self.functions: dict[str, ToolFunction] = {}
         self.calls: list[tuple[str, dict[str, Any], ToolCallContext]] = []
+        self.agent_code: ScriptedAgentCode | None = None
+        # What `sandbox()` reports; None: the tools service cannot be asked.
+        self.sandbox_info: SandboxInfo | None = SandboxInfo(False, reason="no sandbox in memory")
 
     def add(self, spec: ToolSpec, function: ToolFunction) -> None:
         """Offer a tool."""
@@ -80,12 +146,31 @@ class InMemoryTools:
         """Every tool offered."""
         return tuple(self.specs.values())
 
+    async def sandbox(self) -> SandboxInfo:
+        """`sandbox_info`, or ToolsUnavailable when it is None."""
+        if self.sandbox_info is None:
+            raise ToolsUnavailable("tools service: not reachable (in memory)")
+        return self.sandbox_info
+
     async def invoke(
         self, name: str, arguments: Mapping[str, Any], context: ToolCallContext
     ) -> ToolOutcome:
         """Call the tool's function."""
         self.calls.append((name, dict(arguments), context))
         return await self.functions[name](arguments)
+
+    @asynccontextmanager
+    async def run_agent_code(self, start: AgentCodeStart) -> AsyncIterator[ScriptedCodeSession]:
+        """Play `agent_code`'s script."""
+        script = self.agent_code
+        if script is not None:
+            script.starts.append(start)
+        session = ScriptedCodeSession(script)
+        try:
+            yield session
+        finally:
+            if script is not None and not session.finished:
+                script.stopped += 1
 
 
 class InMemoryRunStore:

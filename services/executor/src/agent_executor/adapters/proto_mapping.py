@@ -221,6 +221,7 @@ def stream_event(event: RunEvent) -> pb.ExecuteStreamResponse:
                 step_name=body.step_name,
                 state=body.state,
                 attempt=body.attempt,
+                detail=body.detail,
             )
         )
     elif isinstance(body, MessageCompleted):
@@ -277,7 +278,7 @@ def run_event_of(message: run_events_pb2.RunEvent) -> RunEvent:
         body = ToolCallFinished(f.tool_call_id, f.tool_name, f.ok, f.result_preview)
     elif kind == "step_progress":
         p = e.step_progress
-        body = StepProgress(p.step_id, p.step_name, p.state, p.attempt)
+        body = StepProgress(p.step_id, p.step_name, p.state, p.attempt, p.detail)
     elif kind == "message_completed":
         c = e.message_completed
         body = MessageCompleted(

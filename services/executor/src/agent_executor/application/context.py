@@ -131,9 +131,19 @@ def emit(event: str, **data: Any) -> None:
     writer({EVENT_KEY: event, **data})
 
 
-def progress(step_id: str, step_name: str, state: str, attempt: int = 1) -> None:
-    """Report a step's state: started, succeeded, failed, working, retrying or skipped."""
-    emit("step_progress", step_id=step_id, step_name=step_name, state=state, attempt=attempt)
+def progress(step_id: str, step_name: str, state: str, attempt: int = 1, detail: str = "") -> None:
+    """Report a step's state: started, succeeded, failed, working, retrying or skipped.
+
+    `detail` is what the step says about itself (a `custom` agent's progress text).
+    """
+    emit(
+        "step_progress",
+        step_id=step_id,
+        step_name=step_name,
+        state=state,
+        attempt=attempt,
+        detail=detail,
+    )
 
 
 def set_reply_prefix(prefix: str) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -92,11 +92,124 @@ class ToolOutcome:
         return not self.error_code
 
 
+@dataclass(frozen=True, slots=True)
+class AgentCodeStart:
+    """An agent's code to run once in the tools service's sandbox, with its input.
+
+    `code` is the source, or empty with `code_path` naming a file in the agent's
+    workspace. The entry point is called with `messages` (`{role, content}` objects)
+    and an agent object built from `agent` (`{id, name, version, config}`).
+    """
+
+    language: str  # python | javascript
+    entry_point: str
+    messages: Sequence[Mapping[str, str]]
+    agent: Mapping[str, Any]
+    context: ToolCallContext  # whose workspace and run (no idempotency key of its own)
+    code: str = ""
+    code_path: str = ""
+    timeout_seconds: int = 30
+    memory_mb: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class CodeProgress:
+    """A line the code printed, or its `agent.progress(text)`."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class CodeToolCall:
+    """The code calls a tool; answer it with `AgentCodeSession.answer(call_id, ...)`.
+
+    `call_id` is unique within one run of the code.
+    """
+
+    call_id: str
+    name: str
+    arguments: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class CodeReport:
+    """What the sandboxed code used and how it ended."""
+
+    exit_code: int = 0
+    timed_out: bool = False
+    killed_reason: str = ""  # TIMEOUT, CPU_TIME, MEMORY, PIDS, OUTPUT, FILE_SIZE or ""
+    duration_ms: int = 0
+    cpu_ms: int = 0
+    max_rss_kb: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CodeFinished:
+    """The code's end (its last event): the reply, or why it failed."""
+
+    reply: str = ""
+    report: CodeReport = CodeReport()
+    # CODE_ERROR, TIMEOUT, LIMIT_EXCEEDED, INVALID_CODE, NOT_FOUND; "" when it succeeded
+    error_code: str = ""
+    error_message: str = ""
+    stderr_tail: str = ""
+
+
+AgentCodeEvent = CodeProgress | CodeToolCall | CodeFinished
+# The reason (of a FailedPrecondition) the tools service refuses code with when it has no sandbox.
+SANDBOX_UNAVAILABLE = "SANDBOX_UNAVAILABLE"
+
+
+class AgentCodeSession(Protocol):
+    """One run of an agent's code: its events, and the answers to its tool calls."""
+
+    def __aiter__(self) -> AsyncIterator[AgentCodeEvent]:
+        """The code's events, up to `CodeFinished`.
+
+        Raises:
+            AgentrtError: the run could not go on: `FailedPrecondition` with reason
+                `SANDBOX_UNAVAILABLE` (the tools service has no sandbox),
+                `ToolsUnavailable` (it cannot be reached, or the stream broke off).
+        """
+        ...
+
+    async def answer(self, call_id: str, result: ToolOutcome) -> None:
+        """Answer the code's tool call `call_id` (the code waits for it)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxRuntime:
+    """A language the tools service's sandbox runs, and the modules code may import there."""
+
+    language: str  # python | javascript | typescript
+    version: str  # the interpreter's, e.g. "3.11.2"
+    modules: tuple[str, ...] = ()  # its standard library or built-in modules: nothing else
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxInfo:
+    """Whether the tools service can run untrusted code now, how isolated, and why not."""
+
+    available: bool
+    isolation: str = ""  # bubblewrap | unsandboxed (development: no isolation) | ""
+    reason: str = ""  # why code cannot run, when it cannot
+    runtimes: tuple[SandboxRuntime, ...] = ()
+
+
 class ToolGateway(Protocol):
     """The tools service."""
 
     async def list_tools(self) -> Sequence[ToolSpec]:
         """Every tool offered now.
+
+        Raises:
+            ToolsUnavailable: the tools service cannot be asked now.
+        """
+        ...
+
+    async def sandbox(self) -> SandboxInfo:
+        """The code sandbox as the tools service reports it now (never cached).
 
         Raises:
             ToolsUnavailable: the tools service cannot be asked now.
@@ -111,6 +224,17 @@ class ToolGateway(Protocol):
         Raises:
             AgentrtError: the tools service refused the call (bad arguments, a
                 refused path or URL, unavailable); the agent is told why.
+        """
+        ...
+
+    def run_agent_code(
+        self, start: AgentCodeStart
+    ) -> AbstractAsyncContextManager[AgentCodeSession]:
+        """Run an agent's code once, in a fresh sandbox, while the context is open.
+
+        Leaving the context early (the run was cancelled or timed out, a budget ended
+        it) stops the code. The call is never repeated by itself: a repeat would run
+        the code twice.
         """
         ...
 

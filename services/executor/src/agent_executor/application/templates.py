@@ -247,17 +247,23 @@ class TemplateProblem:
 
 
 class TemplateCatalog:
-    """The templates this executor serves, by id; plugins are replaced source by source."""
+    """The templates this executor serves, by id; plugins are replaced source by source.
 
-    def __init__(self, builtins: Iterable[type[AgentTemplate]] = ()) -> None:
+    A built-in is given as its class, or as an instance when it is made with what it
+    needs (`custom` runs code through the tools service).
+    """
+
+    def __init__(self, builtins: Iterable[type[AgentTemplate] | AgentTemplate] = ()) -> None:
         self._by_id: dict[str, LoadedTemplate] = {}
         self._problems: dict[str, list[TemplateProblem]] = {}
         self.generation = 0
-        for cls in builtins:
+        for builtin in builtins:
+            cls = builtin if isinstance(builtin, type) else type(builtin)
             problems = cls.problems()
             if problems:
                 raise TypeError(f"built-in template {cls.__name__}: {'; '.join(problems)}")
-            self._by_id[cls.id] = LoadedTemplate(cls(), BUILTIN, cls.descriptor())
+            template = builtin if isinstance(builtin, AgentTemplate) else cls()
+            self._by_id[cls.id] = LoadedTemplate(template, BUILTIN, cls.descriptor())
 
     def get(self, template_id: str) -> LoadedTemplate | None:
         """The template serving `template_id`, if any."""

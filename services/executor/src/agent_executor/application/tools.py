@@ -4,7 +4,9 @@ Each call goes to the tools service with the run's context and the idempotency
 key `<run_id>:<tool_call_id>`, so a retried or resumed call of an at-most-once
 tool never acts twice. Tool errors, refusals and outages come back to the model
 as an error it can read (a `ToolMessage` with status "error"); only the run's
-tool-call budget ends the run.
+tool-call budget ends the run. A successful call's `ToolMessage` also carries the
+result as the tools service gave it (`artifact`: `{content, data, artifacts}`),
+which models never see and agent code (the `custom` template) reads.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import contextvars
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, ToolException
@@ -49,6 +51,7 @@ class RemoteTool(BaseTool):
     gateway: Any
     side_effect: str = "read_only"
     handle_tool_error: bool = True
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
 
     async def ainvoke(
         self, input: str | dict[str, Any] | Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -68,7 +71,7 @@ class RemoteTool(BaseTool):
     def _run(self, *args: Any, **kwargs: Any) -> str:
         raise ToolException(f"{self.name} runs on the tools service; call it asynchronously")
 
-    async def _arun(self, *args: Any, **kwargs: Any) -> str:
+    async def _arun(self, *args: Any, **kwargs: Any) -> tuple[str, dict[str, Any]]:
         kwargs.pop("run_manager", None)
         arguments = dict(kwargs) if not args else {"input": args[0], **kwargs}
         ctx = current_run.get()
@@ -101,7 +104,12 @@ class RemoteTool(BaseTool):
             raise ToolException(text)
         text = render(outcome.content, outcome.data, outcome.artifacts)
         self._finished(call_id, ok=True, text=text)
-        return text
+        result = {
+            "content": outcome.content,
+            "data": dict(outcome.data or {}),
+            "artifacts": list(outcome.artifacts),
+        }
+        return text, result
 
     def _finished(self, call_id: str, *, ok: bool, text: str) -> None:
         emit(

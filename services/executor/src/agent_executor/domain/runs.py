@@ -38,6 +38,7 @@ class FailureCode(StrEnum):
     LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
     PROVIDER_ERROR = "PROVIDER_ERROR"
     TEMPLATE_FAILED = "TEMPLATE_FAILED"
+    CODE_ERROR = "CODE_ERROR"  # the agent's own code (`custom` template) failed
     OUTPUT_INVALID = "OUTPUT_INVALID"
     EXECUTOR_LOST = "EXECUTOR_LOST"
     ATTEMPTS_EXHAUSTED = "ATTEMPTS_EXHAUSTED"
@@ -232,6 +233,7 @@ class StepProgress:
     step_name: str
     state: str  # started | succeeded | failed | working | retrying | skipped
     attempt: int = 1
+    detail: str = ""  # what the step reports about itself (a `custom` agent's progress text)
     type: str = "step_progress"
 
 

@@ -2,12 +2,14 @@
 
 The executors publish templates into a NATS KV bucket; the kit's `CatalogWatcher`
 keeps a copy current. A template asked for by id that the copy lacks is read from
-the bucket itself (it may have been written a moment ago).
+the bucket itself (it may have been written a moment ago). The executors' own
+entries (their code sandboxes) come from the same copy.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from agentrt_kit.catalog import CatalogWatcher, entry_key
@@ -34,3 +36,7 @@ class TemplateCatalogue:
         """One template read from the bucket; None when absent or not a template id."""
         key = entry_key(template_id)
         return None if key is None else await self._watcher.lookup(key)
+
+    def executor_entries(self) -> list[Mapping[str, Any]]:
+        """Every executor's entry the copy holds, expired ones too."""
+        return list(self._watcher.executors.values())

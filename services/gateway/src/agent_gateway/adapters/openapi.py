@@ -276,6 +276,19 @@ class RunQueueHealth(Strict):
     )
 
 
+class SandboxHealth(Strict):
+    """Whether agents' code can run: reported, never judged (no sandbox is not a fault)."""
+
+    available: bool = Field(description="A live executor's tools service can run code now.")
+    isolation: str = Field(
+        description="The isolation in force, e.g. `bubblewrap` (`unsandboxed`: a development "
+        "setting with none); empty when not available."
+    )
+    reason: str | SkipJsonSchema[None] = Field(
+        None, description="Why code cannot run (only when not available)."
+    )
+
+
 class Health(Strict):
     """`GET /v1/health` (COMPAT); the same body with 503 when a dependency is down."""
 
@@ -286,6 +299,7 @@ class Health(Strict):
     checks: dict[str, Check]
     metrics: ExecutionMetrics
     queue: RunQueueHealth
+    sandbox: SandboxHealth
 
 
 class QueueState(Strict):
@@ -371,7 +385,16 @@ class Capabilities(Strict):
     streaming: bool
     toolCalling: bool
     multimodal: bool
-    codeExecution: bool
+    codeExecution: bool = Field(
+        description="Agents' code can run (the `custom` template, `run_code`): a live "
+        "executor's tools service has a sandbox."
+    )
+    codeExecutionIsolation: str = Field(
+        description="The sandbox's isolation, e.g. `bubblewrap`; empty when code cannot run."
+    )
+    codeExecutionReason: str | SkipJsonSchema[None] = Field(
+        None, description="Why code cannot run (only when `codeExecution` is false)."
+    )
 
 
 class Limits(Strict):

@@ -123,7 +123,7 @@ def system_routes(v1: APIRouter, access: Access, system: System) -> None:
         ),
     )
     async def health() -> JSONResponse:
-        """Dependency checks, execution numbers, the run queue; 503 if a dependency is down."""
+        """Checks, execution numbers, run queue and code sandbox; 503 if a dependency is down."""
         healthy, facts = await system.health()
         body = {
             "status": facts["status"],
@@ -133,6 +133,7 @@ def system_routes(v1: APIRouter, access: Access, system: System) -> None:
             "checks": facts["checks"],
             "metrics": facts["metrics"],
             "queue": facts["queue"],
+            "sandbox": facts["sandbox"],
         }
         return JSONResponse(body, status_code=200 if healthy else 503)
 

@@ -164,6 +164,10 @@ class Templates(Protocol):
         """One template read from the source itself (it may be newer than the copy held)."""
         ...
 
+    def executor_entries(self) -> list[Mapping[str, Any]]:
+        """Every executor's entry as published (`_executors/<id>`), expired ones too."""
+        ...
+
 
 class QueueSource(Protocol):
     """The queues' figures (the executor; any replica answers for every queue)."""

@@ -1,8 +1,10 @@
 """Application: what the runtime serves and how it is — templates, schema, health.
 
 Templates come from the catalogue the executors publish (503 until it has been read
-once). Health times a check of every dependency; `/readyz` uses those a request
-needs, `/v1/health` adds the ones it only reports (NATS) and the run queue's figures.
+once), and so does whether agents' code can run (the executors' sandboxes). Health
+times a check of every dependency; `/readyz` uses those a request needs,
+`/v1/health` adds the ones it only reports (NATS), the run queue's figures and the
+code sandbox.
 Every queue's figures are asked of the executor through one `QueueWatch`, which
 `/v1/health`, `/v1/queues` and `/metrics` share.
 """
@@ -19,6 +21,7 @@ from typing import Any
 from agent_gateway.application.chat import ChatLimits
 from agent_gateway.application.ports import Probe, QueueSource, Templates, TemplateView
 from agent_gateway.domain.queues import Queues, health_queue
+from agent_gateway.domain.sandbox import CodeSandbox, code_sandbox
 from agent_gateway.domain.stats import ExecutionStats
 from agent_gateway.errors import bad_field
 from agentrt_kit.concurrency import wait_event
@@ -153,6 +156,10 @@ class Catalogue:
             )
         return found
 
+    def sandbox(self) -> CodeSandbox:
+        """Whether a live executor's sandbox can run code now (from the copy held)."""
+        return code_sandbox(self._templates.executor_entries(), time.time())
+
 
 class System:
     """Health, the queues, the runtime schema and templates."""
@@ -180,9 +187,9 @@ class System:
     async def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether every dependency is up, and the `/v1/health` facts.
 
-        The run queue's figures are reported, never judged: a deep queue, a broker that
-        is down or figures that cannot be asked leave the status as the dependency checks
-        make it.
+        The run queue's figures and the code sandbox are reported, never judged: a deep
+        queue, a broker that is down, figures that cannot be asked or no sandbox leave the
+        status as the dependency checks make it.
         """
         found, queue = await asyncio.gather(self._checks.run(), self._queue.current())
         healthy = all(c["status"] == "ok" for c in found.values())
@@ -193,6 +200,7 @@ class System:
             "checks": found,
             "metrics": self._stats.snapshot(),
             "queue": health_queue(queue),
+            "sandbox": self.catalogue.sandbox().health(),
         }
 
     async def queues(self) -> Queues:
@@ -214,6 +222,7 @@ class System:
         if requested is not None:
             _compatible(requested)
         known = await self.catalogue.latest()
+        sandbox = self.catalogue.sandbox()  # read once the catalogue is (executors' entries too)
         limits = self._limits
         return {
             "version": SCHEMA_VERSION,
@@ -223,7 +232,9 @@ class System:
                 "streaming": True,
                 "toolCalling": True,
                 "multimodal": False,
-                "codeExecution": False,
+                "codeExecution": sandbox.available,
+                "codeExecutionIsolation": sandbox.isolation,
+                **({} if sandbox.available else {"codeExecutionReason": sandbox.reason}),
             },
             "limits": {
                 "maxConcurrentAgents": self._max_concurrent_runs,

@@ -6,12 +6,14 @@ in-memory twin.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from tool_service.domain.sandbox import AgentEvent, Execution, Program, SandboxStatus
+from tool_service.domain.sandbox import Limits as SandboxLimits
 from tool_service.domain.tools import InvocationContext, ToolResult, ToolSpec
 
 
@@ -135,4 +137,37 @@ class Tool(Protocol):
 
     async def run(self, arguments: Mapping[str, Any], env: Any) -> ToolResult:
         """Run with validated arguments in `env` (a ToolEnv)."""
+        ...
+
+
+class AgentCodeRun(Protocol):
+    """One call of an agent's code in a sandbox."""
+
+    def events(self) -> AsyncIterator[AgentEvent]:
+        """Progress and tool calls as they come; `Finished` last (the sandbox is gone by then)."""
+        ...
+
+    async def answer(self, call_id: str, result: Mapping[str, Any]) -> None:
+        """Give the code the result of its tool call `call_id`."""
+        ...
+
+
+class Sandbox(Protocol):
+    """Runs untrusted programs, each in a fresh sandbox (`tool_service.adapters.sandbox`)."""
+
+    status: SandboxStatus
+
+    async def run(self, program: Program) -> Execution:
+        """Run a program to its end (raises SandboxUnavailable when none can run)."""
+        ...
+
+    def agent(
+        self,
+        language: str,
+        code: str,
+        entry_point: str,
+        start: Mapping[str, Any],
+        limits: SandboxLimits,
+    ) -> AgentCodeRun:
+        """An agent's code, called once with `start` ({messages, agent})."""
         ...

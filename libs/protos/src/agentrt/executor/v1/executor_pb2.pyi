@@ -560,11 +560,16 @@ class StepProgress(_message.Message):
     STEP_NAME_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
     step_id: _builtins.str
     step_name: _builtins.str
     state: _builtins.str
     """started | succeeded | failed | working | retrying | skipped"""
     attempt: _builtins.int
+    detail: _builtins.str
+    """What the step says about itself, or empty: a `custom` agent's progress text
+    (a line it printed, or its agent.progress(text)) on state working.
+    """
     def __init__(
         self,
         *,
@@ -572,10 +577,11 @@ class StepProgress(_message.Message):
         step_name: _builtins.str = ...,
         state: _builtins.str = ...,
         attempt: _builtins.int = ...,
+        detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "state", b"state", "step_id", b"step_id", "step_name", b"step_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "detail", b"detail", "state", b"state", "step_id", b"step_id", "step_name", b"step_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -640,7 +646,8 @@ class RunFailed(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """A stable error code: TIMEOUT, CANCELLED, LIMIT_EXCEEDED, PROVIDER_ERROR,
-    TEMPLATE_FAILED, OUTPUT_INVALID, EXECUTOR_LOST or INTERNAL.
+    TEMPLATE_FAILED, CODE_ERROR, OUTPUT_INVALID, EXECUTOR_LOST, ATTEMPTS_EXHAUSTED
+    or INTERNAL.
     """
     message: _builtins.str
     def __init__(

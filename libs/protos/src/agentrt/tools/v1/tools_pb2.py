@@ -25,33 +25,53 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61gentrt/tools/v1/tools.proto\x12\x10\x61gentrt.tools.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xba\x01\n\x0eToolDescriptor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x31\n\x10\x61rguments_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\x0bside_effect\x18\x04 \x01(\x0e\x32\x1c.agentrt.tools.v1.SideEffect\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\".\n\rPluginProblem\x12\x0e\n\x06plugin\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\x12\n\x10ListToolsRequest\"~\n\x11ListToolsResponse\x12/\n\x05tools\x18\x01 \x03(\x0b\x32 .agentrt.tools.v1.ToolDescriptor\x12\x38\n\x0fplugin_problems\x18\x02 \x03(\x0b\x32\x1f.agentrt.tools.v1.PluginProblem\"r\n\x11InvocationContext\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x11\n\tworkspace\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"R\n\x08\x41rtifact\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\"*\n\tToolError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x88\x01\n\x11InvokeToolRequest\x12\x11\n\ttool_name\x18\x01 \x01(\t\x12*\n\targuments\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x34\n\x07\x63ontext\x18\x03 \x01(\x0b\x32#.agentrt.tools.v1.InvocationContext\"\xb9\x01\n\x12InvokeToolResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\tartifacts\x18\x03 \x03(\x0b\x32\x1a.agentrt.tools.v1.Artifact\x12*\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1b.agentrt.tools.v1.ToolError\x12\x10\n\x08replayed\x18\x05 \x01(\x08*~\n\nSideEffect\x12\x1b\n\x17SIDE_EFFECT_UNSPECIFIED\x10\x00\x12\x19\n\x15SIDE_EFFECT_READ_ONLY\x10\x01\x12\x1a\n\x16SIDE_EFFECT_IDEMPOTENT\x10\x02\x12\x1c\n\x18SIDE_EFFECT_AT_MOST_ONCE\x10\x03\x32\xbc\x01\n\x0bToolService\x12T\n\tListTools\x12\".agentrt.tools.v1.ListToolsRequest\x1a#.agentrt.tools.v1.ListToolsResponse\x12W\n\nInvokeTool\x12#.agentrt.tools.v1.InvokeToolRequest\x1a$.agentrt.tools.v1.InvokeToolResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61gentrt/tools/v1/tools.proto\x12\x10\x61gentrt.tools.v1\x1a\x1cgoogle/protobuf/struct.proto\"\xba\x01\n\x0eToolDescriptor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x31\n\x10\x61rguments_schema\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\x0bside_effect\x18\x04 \x01(\x0e\x32\x1c.agentrt.tools.v1.SideEffect\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\".\n\rPluginProblem\x12\x0e\n\x06plugin\x18\x01 \x01(\t\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\x12\n\x10ListToolsRequest\"\xae\x01\n\x11ListToolsResponse\x12/\n\x05tools\x18\x01 \x03(\x0b\x32 .agentrt.tools.v1.ToolDescriptor\x12\x38\n\x0fplugin_problems\x18\x02 \x03(\x0b\x32\x1f.agentrt.tools.v1.PluginProblem\x12.\n\x07sandbox\x18\x03 \x01(\x0b\x32\x1d.agentrt.tools.v1.SandboxInfo\"D\n\x0eSandboxRuntime\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0f\n\x07modules\x18\x03 \x03(\t\"\x8c\x01\n\x0bSandboxInfo\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12\x11\n\tisolation\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x32\n\x08runtimes\x18\x04 \x03(\x0b\x32 .agentrt.tools.v1.SandboxRuntime\x12\x13\n\x0b\x65nforcement\x18\x05 \x03(\t\"r\n\x11InvocationContext\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0e\n\x06run_id\x18\x03 \x01(\t\x12\x11\n\tworkspace\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"R\n\x08\x41rtifact\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08location\x18\x02 \x01(\t\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\"*\n\tToolError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x88\x01\n\x11InvokeToolRequest\x12\x11\n\ttool_name\x18\x01 \x01(\t\x12*\n\targuments\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x34\n\x07\x63ontext\x18\x03 \x01(\x0b\x32#.agentrt.tools.v1.InvocationContext\"\x87\x01\n\x0f\x45xecutionReport\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x11\n\ttimed_out\x18\x02 \x01(\x08\x12\x15\n\rkilled_reason\x18\x03 \x01(\t\x12\x13\n\x0b\x64uration_ms\x18\x04 \x01(\x03\x12\x0e\n\x06\x63pu_ms\x18\x05 \x01(\x03\x12\x12\n\nmax_rss_kb\x18\x06 \x01(\x03\"\x8a\x01\n\x13RunAgentCodeRequest\x12\x31\n\x05start\x18\x01 \x01(\x0b\x32 .agentrt.tools.v1.AgentCodeStartH\x00\x12\x38\n\x0btool_result\x18\x02 \x01(\x0b\x32!.agentrt.tools.v1.AgentToolResultH\x00\x42\x06\n\x04kind\"\xe5\x01\n\x0e\x41gentCodeStart\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x11\n\tcode_path\x18\x03 \x01(\t\x12\x13\n\x0b\x65ntry_point\x18\x04 \x01(\t\x12\x15\n\rmessages_json\x18\x05 \x01(\t\x12\x12\n\nagent_json\x18\x06 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x07 \x01(\x05\x12\x11\n\tmemory_mb\x18\x08 \x01(\x05\x12\x34\n\x07\x63ontext\x18\t \x01(\x0b\x32#.agentrt.tools.v1.InvocationContext\"7\n\x0f\x41gentToolResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x13\n\x0bresult_json\x18\x02 \x01(\t\"\xc7\x01\n\x11RunAgentCodeEvent\x12\x37\n\x08progress\x18\x01 \x01(\x0b\x32#.agentrt.tools.v1.AgentCodeProgressH\x00\x12\x38\n\ttool_call\x18\x02 \x01(\x0b\x32#.agentrt.tools.v1.AgentCodeToolCallH\x00\x12\x37\n\x08\x66inished\x18\x03 \x01(\x0b\x32#.agentrt.tools.v1.AgentCodeFinishedH\x00\x42\x06\n\x04kind\"!\n\x11\x41gentCodeProgress\x12\x0c\n\x04text\x18\x01 \x01(\t\"^\n\x11\x41gentCodeToolCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x96\x01\n\x11\x41gentCodeFinished\x12\r\n\x05reply\x18\x01 \x01(\t\x12\x31\n\x06report\x18\x02 \x01(\x0b\x32!.agentrt.tools.v1.ExecutionReport\x12*\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1b.agentrt.tools.v1.ToolError\x12\x13\n\x0bstderr_tail\x18\x04 \x01(\t\"\xb9\x01\n\x12InvokeToolResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12-\n\tartifacts\x18\x03 \x03(\x0b\x32\x1a.agentrt.tools.v1.Artifact\x12*\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1b.agentrt.tools.v1.ToolError\x12\x10\n\x08replayed\x18\x05 \x01(\x08*~\n\nSideEffect\x12\x1b\n\x17SIDE_EFFECT_UNSPECIFIED\x10\x00\x12\x19\n\x15SIDE_EFFECT_READ_ONLY\x10\x01\x12\x1a\n\x16SIDE_EFFECT_IDEMPOTENT\x10\x02\x12\x1c\n\x18SIDE_EFFECT_AT_MOST_ONCE\x10\x03\x32\x9c\x02\n\x0bToolService\x12T\n\tListTools\x12\".agentrt.tools.v1.ListToolsRequest\x1a#.agentrt.tools.v1.ListToolsResponse\x12W\n\nInvokeTool\x12#.agentrt.tools.v1.InvokeToolRequest\x1a$.agentrt.tools.v1.InvokeToolResponse\x12^\n\x0cRunAgentCode\x12%.agentrt.tools.v1.RunAgentCodeRequest\x1a#.agentrt.tools.v1.RunAgentCodeEvent(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentrt.tools.v1.tools_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIDEEFFECT']._serialized_start=1036
-  _globals['_SIDEEFFECT']._serialized_end=1162
+  _globals['_SIDEEFFECT']._serialized_start=2352
+  _globals['_SIDEEFFECT']._serialized_end=2478
   _globals['_TOOLDESCRIPTOR']._serialized_start=81
   _globals['_TOOLDESCRIPTOR']._serialized_end=267
   _globals['_PLUGINPROBLEM']._serialized_start=269
   _globals['_PLUGINPROBLEM']._serialized_end=315
   _globals['_LISTTOOLSREQUEST']._serialized_start=317
   _globals['_LISTTOOLSREQUEST']._serialized_end=335
-  _globals['_LISTTOOLSRESPONSE']._serialized_start=337
-  _globals['_LISTTOOLSRESPONSE']._serialized_end=463
-  _globals['_INVOCATIONCONTEXT']._serialized_start=465
-  _globals['_INVOCATIONCONTEXT']._serialized_end=579
-  _globals['_ARTIFACT']._serialized_start=581
-  _globals['_ARTIFACT']._serialized_end=663
-  _globals['_TOOLERROR']._serialized_start=665
-  _globals['_TOOLERROR']._serialized_end=707
-  _globals['_INVOKETOOLREQUEST']._serialized_start=710
-  _globals['_INVOKETOOLREQUEST']._serialized_end=846
-  _globals['_INVOKETOOLRESPONSE']._serialized_start=849
-  _globals['_INVOKETOOLRESPONSE']._serialized_end=1034
-  _globals['_TOOLSERVICE']._serialized_start=1165
-  _globals['_TOOLSERVICE']._serialized_end=1353
+  _globals['_LISTTOOLSRESPONSE']._serialized_start=338
+  _globals['_LISTTOOLSRESPONSE']._serialized_end=512
+  _globals['_SANDBOXRUNTIME']._serialized_start=514
+  _globals['_SANDBOXRUNTIME']._serialized_end=582
+  _globals['_SANDBOXINFO']._serialized_start=585
+  _globals['_SANDBOXINFO']._serialized_end=725
+  _globals['_INVOCATIONCONTEXT']._serialized_start=727
+  _globals['_INVOCATIONCONTEXT']._serialized_end=841
+  _globals['_ARTIFACT']._serialized_start=843
+  _globals['_ARTIFACT']._serialized_end=925
+  _globals['_TOOLERROR']._serialized_start=927
+  _globals['_TOOLERROR']._serialized_end=969
+  _globals['_INVOKETOOLREQUEST']._serialized_start=972
+  _globals['_INVOKETOOLREQUEST']._serialized_end=1108
+  _globals['_EXECUTIONREPORT']._serialized_start=1111
+  _globals['_EXECUTIONREPORT']._serialized_end=1246
+  _globals['_RUNAGENTCODEREQUEST']._serialized_start=1249
+  _globals['_RUNAGENTCODEREQUEST']._serialized_end=1387
+  _globals['_AGENTCODESTART']._serialized_start=1390
+  _globals['_AGENTCODESTART']._serialized_end=1619
+  _globals['_AGENTTOOLRESULT']._serialized_start=1621
+  _globals['_AGENTTOOLRESULT']._serialized_end=1676
+  _globals['_RUNAGENTCODEEVENT']._serialized_start=1679
+  _globals['_RUNAGENTCODEEVENT']._serialized_end=1878
+  _globals['_AGENTCODEPROGRESS']._serialized_start=1880
+  _globals['_AGENTCODEPROGRESS']._serialized_end=1913
+  _globals['_AGENTCODETOOLCALL']._serialized_start=1915
+  _globals['_AGENTCODETOOLCALL']._serialized_end=2009
+  _globals['_AGENTCODEFINISHED']._serialized_start=2012
+  _globals['_AGENTCODEFINISHED']._serialized_end=2162
+  _globals['_INVOKETOOLRESPONSE']._serialized_start=2165
+  _globals['_INVOKETOOLRESPONSE']._serialized_end=2350
+  _globals['_TOOLSERVICE']._serialized_start=2481
+  _globals['_TOOLSERVICE']._serialized_end=2765
 # @@protoc_insertion_point(module_scope)

@@ -135,23 +135,103 @@ class ListToolsResponse(_message.Message):
 
     TOOLS_FIELD_NUMBER: _builtins.int
     PLUGIN_PROBLEMS_FIELD_NUMBER: _builtins.int
+    SANDBOX_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolDescriptor]: ...
     @_builtins.property
     def plugin_problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___PluginProblem]: ...
+    @_builtins.property
+    def sandbox(self) -> Global___SandboxInfo:
+        """The code sandbox: whether `run_code` and RunAgentCode are offered, and why not."""
+
     def __init__(
         self,
         *,
         tools: _abc.Iterable[Global___ToolDescriptor] | None = ...,
         plugin_problems: _abc.Iterable[Global___PluginProblem] | None = ...,
+        sandbox: Global___SandboxInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["plugin_problems", b"plugin_problems", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plugin_problems", b"plugin_problems", "sandbox", b"sandbox", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListToolsResponse: _TypeAlias = ListToolsResponse  # noqa: Y015
+
+@_typing.final
+class SandboxRuntime(_message.Message):
+    """One language the sandbox runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    MODULES_FIELD_NUMBER: _builtins.int
+    language: _builtins.str
+    """python | javascript | typescript"""
+    version: _builtins.str
+    """The interpreter's version, e.g. "3.11.2" or "20.19.2"."""
+    @_builtins.property
+    def modules(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The modules code may import: the runtime's standard library (Python) or built-in
+        modules (Node.js). Nothing else is installed.
+        """
+
+    def __init__(
+        self,
+        *,
+        language: _builtins.str = ...,
+        version: _builtins.str = ...,
+        modules: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["language", b"language", "modules", b"modules", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxRuntime: _TypeAlias = SandboxRuntime  # noqa: Y015
+
+@_typing.final
+class SandboxInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    ISOLATION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RUNTIMES_FIELD_NUMBER: _builtins.int
+    ENFORCEMENT_FIELD_NUMBER: _builtins.int
+    available: _builtins.bool
+    """True when untrusted code can run here."""
+    isolation: _builtins.str
+    """The isolation in force: "bubblewrap" (namespaces, seccomp, rlimits), "unsandboxed"
+    (a development setting: NO isolation), or "" when not available.
+    """
+    reason: _builtins.str
+    """Why code cannot run, when it cannot (bubblewrap missing, namespaces refused, ...)."""
+    @_builtins.property
+    def runtimes(self) -> _containers.RepeatedCompositeFieldContainer[Global___SandboxRuntime]: ...
+    @_builtins.property
+    def enforcement(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The limits enforced and how, e.g. "memory:cgroup-v2", "memory:rlimit", "pids:cgroup-v1"."""
+
+    def __init__(
+        self,
+        *,
+        available: _builtins.bool = ...,
+        isolation: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        runtimes: _abc.Iterable[Global___SandboxRuntime] | None = ...,
+        enforcement: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["available", b"available", "enforcement", b"enforcement", "isolation", b"isolation", "reason", b"reason", "runtimes", b"runtimes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxInfo: _TypeAlias = SandboxInfo  # noqa: Y015
 
 @_typing.final
 class InvocationContext(_message.Message):
@@ -270,6 +350,258 @@ class InvokeToolRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InvokeToolRequest: _TypeAlias = InvokeToolRequest  # noqa: Y015
+
+@_typing.final
+class ExecutionReport(_message.Message):
+    """What a sandboxed program used and how it ended (also `data` of a run_code result)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXIT_CODE_FIELD_NUMBER: _builtins.int
+    TIMED_OUT_FIELD_NUMBER: _builtins.int
+    KILLED_REASON_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    CPU_MS_FIELD_NUMBER: _builtins.int
+    MAX_RSS_KB_FIELD_NUMBER: _builtins.int
+    exit_code: _builtins.int
+    timed_out: _builtins.bool
+    killed_reason: _builtins.str
+    """Empty, or why the sandbox ended it: TIMEOUT, CPU_TIME, MEMORY, PIDS, OUTPUT, FILE_SIZE."""
+    duration_ms: _builtins.int
+    cpu_ms: _builtins.int
+    max_rss_kb: _builtins.int
+    def __init__(
+        self,
+        *,
+        exit_code: _builtins.int = ...,
+        timed_out: _builtins.bool = ...,
+        killed_reason: _builtins.str = ...,
+        duration_ms: _builtins.int = ...,
+        cpu_ms: _builtins.int = ...,
+        max_rss_kb: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_ms", b"cpu_ms", "duration_ms", b"duration_ms", "exit_code", b"exit_code", "killed_reason", b"killed_reason", "max_rss_kb", b"max_rss_kb", "timed_out", b"timed_out"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecutionReport: _TypeAlias = ExecutionReport  # noqa: Y015
+
+@_typing.final
+class RunAgentCodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    TOOL_RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start(self) -> Global___AgentCodeStart: ...
+    @_builtins.property
+    def tool_result(self) -> Global___AgentToolResult: ...
+    def __init__(
+        self,
+        *,
+        start: Global___AgentCodeStart | None = ...,
+        tool_result: Global___AgentToolResult | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "start", b"start", "tool_result", b"tool_result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "start", b"start", "tool_result", b"tool_result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["start", "tool_result"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___RunAgentCodeRequest: _TypeAlias = RunAgentCodeRequest  # noqa: Y015
+
+@_typing.final
+class AgentCodeStart(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    CODE_PATH_FIELD_NUMBER: _builtins.int
+    ENTRY_POINT_FIELD_NUMBER: _builtins.int
+    MESSAGES_JSON_FIELD_NUMBER: _builtins.int
+    AGENT_JSON_FIELD_NUMBER: _builtins.int
+    TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
+    MEMORY_MB_FIELD_NUMBER: _builtins.int
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    language: _builtins.str
+    """python | javascript (| typescript where the runtime can run it)"""
+    code: _builtins.str
+    """The agent's source; or empty, with `code_path` naming a file in the workspace."""
+    code_path: _builtins.str
+    entry_point: _builtins.str
+    """The function called with (messages, agent)."""
+    messages_json: _builtins.str
+    """The conversation as a JSON array of {role, content} objects."""
+    agent_json: _builtins.str
+    """What the code sees of the agent as a JSON object ({id, name, version, config})."""
+    timeout_seconds: _builtins.int
+    memory_mb: _builtins.int
+    @_builtins.property
+    def context(self) -> Global___InvocationContext:
+        """Whose workspace and run this is (no idempotency key: the code's tool calls carry theirs)."""
+
+    def __init__(
+        self,
+        *,
+        language: _builtins.str = ...,
+        code: _builtins.str = ...,
+        code_path: _builtins.str = ...,
+        entry_point: _builtins.str = ...,
+        messages_json: _builtins.str = ...,
+        agent_json: _builtins.str = ...,
+        timeout_seconds: _builtins.int = ...,
+        memory_mb: _builtins.int = ...,
+        context: Global___InvocationContext | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_json", b"agent_json", "code", b"code", "code_path", b"code_path", "context", b"context", "entry_point", b"entry_point", "language", b"language", "memory_mb", b"memory_mb", "messages_json", b"messages_json", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentCodeStart: _TypeAlias = AgentCodeStart  # noqa: Y015
+
+@_typing.final
+class AgentToolResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    RESULT_JSON_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.str
+    result_json: _builtins.str
+    """What the code gets back, as a JSON object: {content, data, artifacts, error}."""
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.str = ...,
+        result_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "result_json", b"result_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentToolResult: _TypeAlias = AgentToolResult  # noqa: Y015
+
+@_typing.final
+class RunAgentCodeEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    TOOL_CALL_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def progress(self) -> Global___AgentCodeProgress:
+        """A line the code printed, or a call of agent.progress(text)."""
+
+    @_builtins.property
+    def tool_call(self) -> Global___AgentCodeToolCall: ...
+    @_builtins.property
+    def finished(self) -> Global___AgentCodeFinished: ...
+    def __init__(
+        self,
+        *,
+        progress: Global___AgentCodeProgress | None = ...,
+        tool_call: Global___AgentCodeToolCall | None = ...,
+        finished: Global___AgentCodeFinished | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "kind", b"kind", "progress", b"progress", "tool_call", b"tool_call"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["finished", b"finished", "kind", b"kind", "progress", b"progress", "tool_call", b"tool_call"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["progress", "tool_call", "finished"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___RunAgentCodeEvent: _TypeAlias = RunAgentCodeEvent  # noqa: Y015
+
+@_typing.final
+class AgentCodeProgress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentCodeProgress: _TypeAlias = AgentCodeProgress  # noqa: Y015
+
+@_typing.final
+class AgentCodeToolCall(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_FIELD_NUMBER: _builtins.int
+    call_id: _builtins.str
+    """Unique within the run of this code; answer with the same id."""
+    name: _builtins.str
+    @_builtins.property
+    def arguments(self) -> _struct_pb2.Struct: ...
+    def __init__(
+        self,
+        *,
+        call_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments: _struct_pb2.Struct | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "call_id", b"call_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentCodeToolCall: _TypeAlias = AgentCodeToolCall  # noqa: Y015
+
+@_typing.final
+class AgentCodeFinished(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    STDERR_TAIL_FIELD_NUMBER: _builtins.int
+    reply: _builtins.str
+    """The entry point's return value as text (set when `error` is not)."""
+    stderr_tail: _builtins.str
+    """The end of what the code wrote to stderr (capped)."""
+    @_builtins.property
+    def report(self) -> Global___ExecutionReport: ...
+    @_builtins.property
+    def error(self) -> Global___ToolError:
+        """Why it failed: CODE_ERROR (the code raised; message has its last lines), TIMEOUT,
+        LIMIT_EXCEEDED (memory, CPU time, processes, output), INVALID_CODE (it does not parse
+        or has no such entry point), NOT_FOUND (code_path).
+        """
+
+    def __init__(
+        self,
+        *,
+        reply: _builtins.str = ...,
+        report: Global___ExecutionReport | None = ...,
+        error: Global___ToolError | None = ...,
+        stderr_tail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "reply", b"reply", "report", b"report", "stderr_tail", b"stderr_tail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentCodeFinished: _TypeAlias = AgentCodeFinished  # noqa: Y015
 
 @_typing.final
 class InvokeToolResponse(_message.Message):

@@ -44,6 +44,11 @@ class ToolServiceStub:
                 request_serializer=agentrt_dot_tools_dot_v1_dot_tools__pb2.InvokeToolRequest.SerializeToString,
                 response_deserializer=agentrt_dot_tools_dot_v1_dot_tools__pb2.InvokeToolResponse.FromString,
                 _registered_method=True)
+        self.RunAgentCode = channel.stream_stream(
+                '/agentrt.tools.v1.ToolService/RunAgentCode',
+                request_serializer=agentrt_dot_tools_dot_v1_dot_tools__pb2.RunAgentCodeRequest.SerializeToString,
+                response_deserializer=agentrt_dot_tools_dot_v1_dot_tools__pb2.RunAgentCodeEvent.FromString,
+                _registered_method=True)
 
 
 class ToolServiceServicer:
@@ -63,6 +68,16 @@ class ToolServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunAgentCode(self, request_iterator, context):
+        """Runs an agent's code (the `custom` template) once, in a fresh sandbox: the first
+        request is `start`; the code's tool calls come out as `tool_call` events, each
+        answered by a `tool_result` request; `finished` is the last event. FAILED_PRECONDITION
+        (reason SANDBOX_UNAVAILABLE) when this service cannot build a sandbox.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ToolServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +90,11 @@ def add_ToolServiceServicer_to_server(servicer, server):
                     servicer.InvokeTool,
                     request_deserializer=agentrt_dot_tools_dot_v1_dot_tools__pb2.InvokeToolRequest.FromString,
                     response_serializer=agentrt_dot_tools_dot_v1_dot_tools__pb2.InvokeToolResponse.SerializeToString,
+            ),
+            'RunAgentCode': grpc.stream_stream_rpc_method_handler(
+                    servicer.RunAgentCode,
+                    request_deserializer=agentrt_dot_tools_dot_v1_dot_tools__pb2.RunAgentCodeRequest.FromString,
+                    response_serializer=agentrt_dot_tools_dot_v1_dot_tools__pb2.RunAgentCodeEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +151,33 @@ class ToolService:
             '/agentrt.tools.v1.ToolService/InvokeTool',
             agentrt_dot_tools_dot_v1_dot_tools__pb2.InvokeToolRequest.SerializeToString,
             agentrt_dot_tools_dot_v1_dot_tools__pb2.InvokeToolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunAgentCode(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/agentrt.tools.v1.ToolService/RunAgentCode',
+            agentrt_dot_tools_dot_v1_dot_tools__pb2.RunAgentCodeRequest.SerializeToString,
+            agentrt_dot_tools_dot_v1_dot_tools__pb2.RunAgentCodeEvent.FromString,
             options,
             channel_credentials,
             insecure,

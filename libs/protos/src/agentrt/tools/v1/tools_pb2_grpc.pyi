@@ -43,6 +43,12 @@ class ToolServiceStub:
     """Every tool this service offers (built-in and plugins), and plugins that failed to load."""
     InvokeTool: _grpc.UnaryUnaryMultiCallable[_tools_pb2.InvokeToolRequest, _tools_pb2.InvokeToolResponse]
     """Runs one tool inside the caller's workspace."""
+    RunAgentCode: _grpc.StreamStreamMultiCallable[_tools_pb2.RunAgentCodeRequest, _tools_pb2.RunAgentCodeEvent]
+    """Runs an agent's code (the `custom` template) once, in a fresh sandbox: the first
+    request is `start`; the code's tool calls come out as `tool_call` events, each
+    answered by a `tool_result` request; `finished` is the last event. FAILED_PRECONDITION
+    (reason SANDBOX_UNAVAILABLE) when this service cannot build a sandbox.
+    """
 
 @_typing.type_check_only
 class ToolServiceAsyncStub(ToolServiceStub):
@@ -51,6 +57,12 @@ class ToolServiceAsyncStub(ToolServiceStub):
     """Every tool this service offers (built-in and plugins), and plugins that failed to load."""
     InvokeTool: _aio.UnaryUnaryMultiCallable[_tools_pb2.InvokeToolRequest, _tools_pb2.InvokeToolResponse]  # type: ignore[assignment]
     """Runs one tool inside the caller's workspace."""
+    RunAgentCode: _aio.StreamStreamMultiCallable[_tools_pb2.RunAgentCodeRequest, _tools_pb2.RunAgentCodeEvent]  # type: ignore[assignment]
+    """Runs an agent's code (the `custom` template) once, in a fresh sandbox: the first
+    request is `start`; the code's tool calls come out as `tool_call` events, each
+    answered by a `tool_result` request; `finished` is the last event. FAILED_PRECONDITION
+    (reason SANDBOX_UNAVAILABLE) when this service cannot build a sandbox.
+    """
 
 class ToolServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -68,5 +80,17 @@ class ToolServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_tools_pb2.InvokeToolResponse, _abc.Awaitable[_tools_pb2.InvokeToolResponse]]:
         """Runs one tool inside the caller's workspace."""
+
+    @_abc_1.abstractmethod
+    def RunAgentCode(
+        self,
+        request_iterator: _MaybeAsyncIterator[_tools_pb2.RunAgentCodeRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_tools_pb2.RunAgentCodeEvent], _abc.AsyncIterator[_tools_pb2.RunAgentCodeEvent]]:
+        """Runs an agent's code (the `custom` template) once, in a fresh sandbox: the first
+        request is `start`; the code's tool calls come out as `tool_call` events, each
+        answered by a `tool_result` request; `finished` is the last event. FAILED_PRECONDITION
+        (reason SANDBOX_UNAVAILABLE) when this service cannot build a sandbox.
+        """
 
 def add_ToolServiceServicer_to_server(servicer: ToolServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
