@@ -32,8 +32,8 @@ are fingerprinted before and after; processes running as the sandboxes' own host
 survive `kill(-1)`. What the program reports (errno names) says how each attempt failed, so a
 regression shows the technique that worked.
 
-Resource attacks are in test_tools_sandbox_limits.py. Tests that fail here describe gaps
-found in the sandbox (see the test's docstring), not flakes.
+Resource attacks are in test_tools_sandbox_limits.py. The forged-report tests below were
+written failing, for gaps this suite found (file count, reported memory); they pass now.
 """
 
 from __future__ import annotations
@@ -59,14 +59,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tools_support import Canary, ToolsService, invoke_request
+from tools_support import Canary, ToolsService, invoke_request, sandboxed_service
 
 from agentrt_kit.grpc.client import create_channel
 from agentrt_kit.grpc.structs import struct_to_dict
 from tool_service.adapters import syscalls
 from tool_service.adapters.sandbox import CodeSandbox, SandboxConfig, build_sandbox
-from tool_service.adapters.workspace_fs import openat2_available
-from tool_service.config import Settings
 from tool_service.domain.sandbox import Execution, Language, Limits, Program, SourceFile
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -235,22 +233,8 @@ async def service(
 ) -> AsyncIterator[ToolsService]:
     """The real tools service (one for the module), its sandbox under this file's uids."""
     root = tmp_path_factory.mktemp("escape-service")
-    (root / "workspaces").mkdir()
-    settings = Settings(
-        port=0,
-        nats_url=nats_server.url,
-        nats_prefix=f"t{uuid.uuid4().hex[:10]}",
-        service_token=None,
-        workspace_root=root / "workspaces",
-        database_url=f"sqlite:///{root / 'tools.sqlite3'}",
-        use_openat2=openat2_available(),
-        sandbox_uid_base=SERVICE_UID_BASE,
-    )
-    running = await ToolsService(settings).start()
-    try:
+    async with sandboxed_service(root, nats_server.url, SERVICE_UID_BASE) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -1483,10 +1467,9 @@ async def test_links_in_the_output_folder_are_not_followed(
 async def test_forged_report_lines_cannot_add_more_files_than_the_harness_sends(
     sandbox: CodeSandbox, scene: Scene
 ) -> None:
-    """GAP: the harness reports at most 100 output files, but the service accepts every
-    `file` line the program writes to the report descriptor itself: empty files cost nothing
-    against the output size limit, so one run can make the service write any number of files
-    (and directories) into the caller's workspace."""
+    """The service keeps at most as many output files as the harness reports (100), whatever
+    `file` lines the program forges on the report descriptor (empty files cost nothing
+    against the size limit)."""
     body = (
         FIND_REPORT_FD
         + "os.write(fd, ''.join(line(f'many/f{i}', b'') for i in range(1000)).encode())\n"
@@ -1504,8 +1487,8 @@ async def test_forged_report_lines_cannot_add_more_files_than_the_harness_sends(
 async def test_the_program_cannot_forge_its_reported_memory_use(
     sandbox: CodeSandbox, scene: Scene
 ) -> None:
-    """GAP (reporting): `max_rss_kb` is the largest figure of any `usage` line on the report
-    descriptor, which the program can write itself; a run that used ~12 MiB claims a terabyte."""
+    """`max_rss_kb` is the slot cgroup's peak where there is one, else the program's own
+    figure capped at its memory limit: a forged `usage` line cannot claim a terabyte."""
     body = (
         FIND_REPORT_FD + 'os.write(fd, b\'{"type": "usage", "max_rss_kb": 1000000000}\\n\')\n'
         "OUT['sent'] = 'OK'"
@@ -1665,8 +1648,8 @@ async def test_service_output_file_names_cannot_escape_the_workspace(
 
 
 async def test_service_output_file_count_is_bounded(service: ToolsService) -> None:
-    """GAP (as the adapter test above, end to end): 300 forged empty files all land in the
-    workspace from one run_code call; the harness's own limit is 100."""
+    """End to end, as the adapter test above: of 300 forged empty files at most 100 (the
+    harness's own limit) land in the workspace from one run_code call."""
     code = (
         "import json, os\n"
         "fd = int(open('/proc/self/environ').read().split('AGENTRT_REPORT_FD=')[1].split('\\0')[0])\n"

@@ -15,9 +15,10 @@ audit, Piston/isolate security suites). Each must be:
 - harmless to the service: through gRPC, the health check still answers SERVING and an
   ordinary `run_code` still runs right after.
 
-Fork and memory bombs also go through the real service (`run_code` over gRPC). Tests whose
-docstring starts with GAP describe a limit found not enforced (or not reported); they fail
-until the sandbox is fixed.
+Fork and memory bombs also go through the real service (`run_code` over gRPC). Several tests
+here were written as failing tests for gaps this suite found (the report pipe's budget, the
+output file count, PIDS reporting, SysV memory, libgcc_s); their docstrings say what is
+enforced now.
 """
 
 from __future__ import annotations
@@ -35,12 +36,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tools_support import ToolsService, invoke_request
+from tools_support import ToolsService, invoke_request, sandboxed_service
 
 from agentrt_kit.grpc.client import create_channel
 from tool_service.adapters.sandbox import UID_BLOCKS, CodeSandbox, SandboxConfig, build_sandbox
-from tool_service.adapters.workspace_fs import openat2_available
-from tool_service.config import Settings
 from tool_service.domain.sandbox import Execution, Language, Limits, Program
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -144,23 +143,10 @@ async def call_run_code(service: ToolsService, **arguments: Any) -> Any:
 async def service(
     tmp_path_factory: pytest.TempPathFactory, nats_server: Any
 ) -> AsyncIterator[ToolsService]:
+    """The real tools service (one for the module), its sandbox under this file's uids."""
     root = tmp_path_factory.mktemp("limits-service")
-    (root / "workspaces").mkdir()
-    settings = Settings(
-        port=0,
-        nats_url=nats_server.url,
-        nats_prefix=f"t{uuid.uuid4().hex[:10]}",
-        service_token=None,
-        workspace_root=root / "workspaces",
-        database_url=f"sqlite:///{root / 'tools.sqlite3'}",
-        use_openat2=openat2_available(),
-        sandbox_uid_base=SERVICE_UID_BASE,
-    )
-    running = await ToolsService(settings).start()
-    try:
+    async with sandboxed_service(root, nats_server.url, SERVICE_UID_BASE) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 async def _built(config: SandboxConfig) -> CodeSandbox:
@@ -333,8 +319,8 @@ EXHAUSTIONS = [
         "        n += 1\n"
         "except RuntimeError as e:\n"
         "    print('count=%d' % n, e, flush=True)\n"
-        # Exit at once: daemon threads woken at exit crash this runtime (see
-        # test_daemon_threads_at_exit_do_not_crash_the_program), not what this attack measures.
+        # Exit at once: ending hundreds of waiting daemon threads at exit is not what this
+        # attack measures.
         "os._exit(0)\n",
         Limits(timeout_seconds=10, pids=32),
         SLACK,
@@ -560,10 +546,10 @@ async def test_resource_attack_is_stopped_in_time_and_leaves_nothing_behind(
 
 
 async def test_daemon_threads_at_exit_do_not_crash_the_program(sandbox: CodeSandbox) -> None:
-    """BUG (not a limit): glibc's pthread_exit dlopens libgcc_s.so.1 to unwind, and the runtime
-    image does not bind it (ldd does not list it). CPython ends daemon threads that wake during
-    finalization with pthread_exit, so an ordinary program with worker threads aborts
-    ("libgcc_s.so.1 must be installed for pthread_exit to work", exit 139) most of the time."""
+    """glibc's pthread_exit dlopens libgcc_s.so.1 to unwind, which ldd does not list: the
+    runtime binds it beside libc. Without it, CPython ending daemon threads that wake during
+    finalization aborted ("libgcc_s.so.1 must be installed for pthread_exit to work", exit
+    139) in most runs of an ordinary program with worker threads."""
     code = (
         "import threading, time\n"
         "def work():\n"
@@ -580,10 +566,9 @@ async def test_daemon_threads_at_exit_do_not_crash_the_program(sandbox: CodeSand
 
 
 async def test_a_refused_fork_is_reported_as_pids(sandbox: CodeSandbox) -> None:
-    """GAP (reporting): `limits_hit` says PIDS only when the cgroup's pids controller refuses a
-    fork, but RLIMIT_NPROC is set to the same number for the slot's own uid and refuses first
-    (fork fails with EAGAIN after 31 children under pids=32): the cgroup never counts a
-    refusal, and a fork bomb's result never says it hit the process limit."""
+    """A refused fork is reported: where a cgroup counts processes, RLIMIT_NPROC is set above
+    its `pids.max`, so the cgroup refuses first and counts it (`limits_hit` PIDS). With both
+    at the same number the rlimit refused first and nothing said so."""
     attack = next(a for a in EXHAUSTIONS if a.id == "fork-until-refused-py")
     execution, _ = await timed(sandbox, Program(PY, attack.code, limits=attack.limits))
     program_saw("EAGAIN")(execution)
@@ -724,12 +709,10 @@ async def test_memory_outside_the_heap_is_bounded(
 async def test_the_report_pipe_is_bounded_and_never_stalls_the_service(
     sandbox: CodeSandbox, service: ToolsService
 ) -> None:
-    """GAP: in a run_code run, what the program writes to the report descriptor itself is not
-    counted against output_bytes ("output files are bounded by their tmpfs" assumes only the
-    harness writes there), and each line (up to 64 MiB) is parsed with json.loads and
-    base64-decoded on the service's event loop. A program writing 40 MiB `file` lines for 4 s
-    sends hundreds of MiB with output_bytes=1 MiB, is not stopped, and freezes the whole
-    service (every RPC, the health check) for most of that time."""
+    """The program can write to the report descriptor itself: what it carries has a byte
+    budget (the output folder in base64), past which the program is killed (OUTPUT), and
+    files are decoded off the event loop. Before, 40 MiB `file` lines for 4 s went through
+    unbounded and froze the service's loop for most of that time."""
     code = (
         "import base64, json, os, time\n"
         "fd = int(open('/proc/self/environ').read().split('AGENTRT_REPORT_FD=')[1].split('\\0')[0])\n"

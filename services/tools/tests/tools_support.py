@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from agentrt.tools.v1 import tools_pb2 as pb
 from agentrt.tools.v1 import tools_pb2_grpc as pb_grpc
 from agentrt_testkit.inloop import InLoopService
+from tool_service.adapters.workspace_fs import openat2_available
 from tool_service.config import Settings
 from tool_service.main import serve
 
@@ -46,6 +50,29 @@ class ToolsService(InLoopService[Settings, pb_grpc.ToolServiceStub]):
 
     serve = staticmethod(serve)
     stub_class = pb_grpc.ToolServiceStub
+
+
+@contextlib.asynccontextmanager
+async def sandboxed_service(
+    root: Path, nats_url: str, sandbox_uid_base: int
+) -> AsyncIterator[ToolsService]:
+    """The real tools service on SQLite under `root`, its sandboxes under uids of their own."""
+    (root / "workspaces").mkdir()
+    settings = Settings(
+        port=0,
+        nats_url=nats_url,
+        nats_prefix=f"t{uuid.uuid4().hex[:10]}",
+        service_token=None,
+        workspace_root=root / "workspaces",
+        database_url=f"sqlite:///{root / 'tools.sqlite3'}",
+        use_openat2=openat2_available(),
+        sandbox_uid_base=sandbox_uid_base,
+    )
+    running = await ToolsService(settings).start()
+    try:
+        yield running
+    finally:
+        await running.stop()
 
 
 class Canary:
