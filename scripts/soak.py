@@ -278,6 +278,13 @@ class Stack:
         env["AGENTRT_DEV_ROOT"] = str(self.root)
         env["AGENTRT_RUNTIME_TOKEN"] = self.token
         env["AGENTRT_LOG_FORMAT"] = "json"  # one record a line, naming its service
+        # The soak measures a stack under sustained load, not the rate limiter (its own tests
+        # do): all its workers share one token, and on a fast run they send about the default
+        # 100 requests a second per key, which would turn the run into 429s.
+        env["AGENTRT_GATEWAY_RATE_LIMIT_PER_SECOND"] = "2000"
+        env["AGENTRT_GATEWAY_RATE_LIMIT_BURST"] = "4000"
+        env["AGENTRT_GATEWAY_ADDRESS_RATE_LIMIT_PER_SECOND"] = "2000"
+        env["AGENTRT_GATEWAY_ADDRESS_RATE_LIMIT_BURST"] = "4000"
         env.update({f"AGENTRT_{name}_PORT": str(port) for name, port in self.ports.items()})
         with self.out.open("wb") as sink:
             self.proc = subprocess.Popen(
