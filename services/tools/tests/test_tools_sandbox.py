@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -513,3 +515,55 @@ def test_the_service_environment_never_reaches_a_sandbox(
         "PWD",
     }
     assert os.environ["AGENTRT_TEST_SECRET"] == "s3cr3t-value"
+
+
+def test_cgroup_v1_kill_ends_what_is_left_in_a_slot() -> None:
+    slots, why = open_slots(1, "v1")
+    assert slots.version == "v1", why
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        slots.prepare(0, 64 * 1024 * 1024, 8)
+        for procs in slots.procs_files(0):
+            Path(procs).write_text(str(sleeper.pid))
+        assert slots.kill(0) == 1
+        assert sleeper.wait(timeout=5) == -signal.SIGKILL
+        assert slots.kill(0) == 0
+        assert slots.peak_memory_kb(0) >= 0
+    finally:
+        sleeper.kill()
+        slots.close()
+
+
+def test_cgroup_v1_slots_of_a_dead_service_are_removed() -> None:
+    slots, why = open_slots(1, "v1")
+    assert slots.version == "v1", why
+    parent = Path(slots.procs_files(0)[0]).parent.parent.parent
+    stale = parent / "agentrt-sandbox-999999999-deadbeef"
+    (stale / "slot-0").mkdir(parents=True)
+    try:
+        again, _ = open_slots(1, "v1")
+        again.close()
+        assert not stale.exists()
+    finally:
+        slots.close()
+        for folder in (stale / "slot-0", stale):
+            if folder.exists():
+                folder.rmdir()
+
+
+def test_cgroup_v2_slots_kill_and_peak(tmp_path: Path) -> None:
+    slots = V2Slots(1, tmp_path)
+    group = tmp_path / "slot-0"
+    (group / "memory.peak").write_text(str(3 * 1024 * 1024))
+    assert slots.peak_memory_kb(0) == 3 * 1024
+    (group / "memory.peak").write_text("not a number")
+    assert slots.peak_memory_kb(0) == 0
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        (group / "cgroup.procs").write_text(f"{sleeper.pid}\n")
+        assert slots.kill(0) == 1
+        assert (group / "cgroup.kill").read_text() == "1"
+        assert sleeper.wait(timeout=5) == -signal.SIGKILL
+    finally:
+        sleeper.kill()
+    assert open_slots(1, "v2")[0].version in ("none", "v2")
