@@ -71,6 +71,15 @@ class RuntimeImage:
     options: tuple[str, ...] = ()
     suffix: str = ".py"
 
+    @property
+    def python(self) -> bool:
+        """Whether this is the Python runtime (else Node.js: JavaScript or TypeScript)."""
+        return self.runtime.language is Language.PYTHON
+
+    def harness(self, kind: str) -> str:
+        """The sandbox harness file of `kind` ("run" or "agent") for this runtime."""
+        return f"{kind}.py" if self.python else f"{kind}.js"
+
     def command(self, script: str, *args: str) -> list[str]:
         """The command running `script` with this runtime."""
         return [self.interpreter, *self.options, script, *args]

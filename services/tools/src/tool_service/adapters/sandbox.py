@@ -217,10 +217,8 @@ class _Run:
         """Prlimit with the program's rlimits."""
         limits, sandbox = self.limits, self.sandbox
         memory = limits.memory_mb * 1024 * 1024
-        if self.image.runtime.language is Language.PYTHON:
-            address_space = memory
-        else:  # V8 reserves address space it never touches: bound the data, not the space
-            address_space = memory + 8 * 1024 * 1024 * 1024
+        # V8 reserves address space it never touches: for Node.js bound the data, not the space.
+        address_space = memory if self.image.python else memory + 8 * 1024 * 1024 * 1024
         cpu = limits.cpu_limit
         return [
             "prlimit",
@@ -237,10 +235,10 @@ class _Run:
     def _command(self, code_path: str) -> list[str]:
         image = self.image
         harness = f"{self._harness_dir()}/{self.files.harness}"
-        if image.runtime.language is Language.PYTHON:
+        if image.python:
             return image.command(harness)
         options = [f"--max-old-space-size={max(16, self.limits.memory_mb * 3 // 4)}"]
-        if self.files.harness.startswith("run"):
+        if self.files.harness == image.harness("run"):
             return [image.interpreter, *image.options, *options, "--require", harness, code_path]
         return [image.interpreter, *image.options, *options, harness]
 
@@ -575,7 +573,7 @@ class _Run:
             reason = Killed.FILE_SIZE
         if not reason and exit_code != 0 and _OUT_OF_MEMORY.search(bytes(self._stderr[-8192:])):
             reason = Killed.MEMORY
-        if not reason and signo in _V8_ALLOCATION_FAILED and self.image.suffix != ".py":
+        if not reason and signo in _V8_ALLOCATION_FAILED and not self.image.python:
             # Under RLIMIT_DATA, V8 dies by a signal when an allocation fails, with a message
             # (std::bad_alloc) or, as often, none at all.
             reason = Killed.MEMORY
@@ -826,8 +824,7 @@ class CodeSandbox:
     async def timed_run(self, program: Program) -> tuple[Execution, float | None]:
         """`run`, and the milliseconds from spawn to its first output (benchmarks)."""
         image = self._image(program.language)
-        harness = "run.py" if image.suffix == ".py" else "run.js"
-        files = _Files(harness, program.code.encode(), program.files)
+        files = _Files(image.harness("run"), program.code.encode(), program.files)
         async with self._slot() as slot:
             run = _Run(self, slot, image, files, program.limits, stdin=program.stdin)
             await run.start()
@@ -848,11 +845,10 @@ class CodeSandbox:
             SandboxUnavailable: no sandbox (or no runtime of the language) here.
         """
         image = self._image(language)
-        harness = "agent.py" if image.suffix == ".py" else "agent.js"
         return AgentRun(
             self,
             image,
-            _Files(harness, code.encode()),
+            _Files(image.harness("agent"), code.encode()),
             entry_point=entry_point,
             start=start,
             limits=limits,
